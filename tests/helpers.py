@@ -1,0 +1,35 @@
+"""Test helpers shared by the suites."""
+
+from __future__ import annotations
+
+import torch
+
+
+def assert_tensors_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-6, rtol: float = 0.0,
+                         what: str = "tensors") -> float:
+    """Assert |actual - expected| <= atol + rtol |expected| everywhere; report the max difference and
+    where it is. Returns the max absolute difference."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff = (actual.double() - expected.double()).abs()
+    tol = atol + rtol * expected.double().abs()
+    if diff.numel() and not bool((diff <= tol).all()):
+        idx = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
+        raise AssertionError(f"{what}: max abs difference {diff.max().item():.3e} at index {idx} "
+                             f"(actual {actual[idx].item():.6g}, expected {expected[idx].item():.6g}, atol {atol})")
+    return diff.max().item() if diff.numel() else 0.0
+
+
+def gaussian_velocity(m: float, s: float):
+    """The exact velocity E[eps - x0 | x_sigma] for data x0 ~ N(m, s^2 I), x_sigma = (1 - sigma) x0 + sigma eps.
+
+    With a = 1 - sigma and var = a^2 s^2 + sigma^2: E[x0|x] = m + a s^2 (x - a m) / var and
+    E[eps|x] = sigma (x - a m) / var, so v = (sigma - a s^2) (x - a m) / var - m."""
+
+    def vel(x: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        sg = sigma.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        a = 1 - sg
+        var = a**2 * s**2 + sg**2
+        return (sg - a * s**2) * (x - a * m) / var - m
+
+    return vel
