@@ -1,0 +1,26 @@
+"""Model-family adapters. `load_policy` picks the adapter from the pipeline's class."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .base import FlowPolicy
+from .sd3 import SD3Cond, SD3Policy
+
+ADAPTERS = {"StableDiffusion3Pipeline": SD3Policy}
+
+
+def load_policy(path: str, **kwargs) -> FlowPolicy:
+    """Load a diffusers pipeline directory (or hub id) with the adapter of its family."""
+    index = os.path.join(str(path), "model_index.json")
+    cls = "StableDiffusion3Pipeline"
+    if os.path.isfile(index):
+        with open(index) as f:
+            cls = json.load(f).get("_class_name", cls)
+    if cls not in ADAPTERS:
+        raise ValueError(f"model {path!r} is a {cls}; flowalign supports {sorted(ADAPTERS)}.")
+    return ADAPTERS[cls].from_pretrained(str(path), **kwargs)
+
+
+__all__ = ["ADAPTERS", "FlowPolicy", "SD3Cond", "SD3Policy", "load_policy"]

@@ -1,0 +1,225 @@
+"""SD3 / SD3.5 adapter: a diffusers StableDiffusion3Pipeline seen as a FlowPolicy."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+import samplers
+from samplers import VelocityFn
+
+from ..attention import attention_context, configure_attention
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype {dtype!r} is unknown; use one of {sorted(DTYPES)}.") from None
+
+
+def check_pipeline_dir(path: str, expected: str) -> None:
+    """Fail early, in one sentence, on a local path that is not a pipeline of the expected class."""
+    looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path)
+    if not looks_local:
+        return  # a hub id: diffusers resolves it
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        raise FileNotFoundError(f"model path {path!r} has no model_index.json; pass a diffusers pipeline "
+                                "directory (saved with save_pretrained) or a hub id.")
+    with open(index) as f:
+        cls = json.load(f).get("_class_name")
+    if cls != expected:
+        raise ValueError(f"model path {path!r} holds a {cls}, not a {expected}; use the adapter for that family.")
+
+
+@dataclass
+class SD3Cond:
+    """Cached SD3 conditioning for a batch of prompts."""
+
+    embeds: Tensor  # [B, T, D] joint CLIP+T5 token embeddings
+    pooled: Tensor  # [B, P] pooled CLIP embeddings
+    neg_embeds: Tensor  # [B, T, D] negative-prompt embeddings (for CFG)
+    neg_pooled: Tensor  # [B, P]
+
+    def select(self, rows: Tensor) -> SD3Cond:
+        rows = rows.to(self.embeds.device)
+        return SD3Cond(self.embeds[rows], self.pooled[rows], self.neg_embeds[rows], self.neg_pooled[rows])
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+
+class SD3Policy:
+    """Wraps a StableDiffusion3Pipeline. Log-prob maths stay in samplers (fp32); the transformer runs
+    in `dtype`."""
+
+    family = "sd3"
+
+    def __init__(self, pipe, *, device: str | torch.device = "cpu", attention_backend: str = "sdpa",
+                 max_sequence_length: int = 256, negative_prompt: str = ""):
+        self.pipe = pipe
+        self.device = torch.device(device)
+        self.attention_backend = attention_backend
+        self.max_sequence_length = max_sequence_length
+        self.negative_prompt = negative_prompt
+        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
+        pipe.to(self.device)
+        configure_attention(pipe.transformer, attention_backend, self.device)
+        for m in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+            if m is not None:
+                m.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
+                        **kwargs) -> SD3Policy:
+        from diffusers import StableDiffusion3Pipeline
+
+        check_pipeline_dir(str(path), "StableDiffusion3Pipeline")
+        pipe = StableDiffusion3Pipeline.from_pretrained(str(path), torch_dtype=parse_dtype(dtype))
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, device=device, **kwargs)
+
+    # -- modules ---------------------------------------------------------------------------------
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.transformer.dtype
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            self.transformer.enable_gradient_checkpointing()
+        else:
+            self.transformer.disable_gradient_checkpointing()
+
+    def add_lora(self, rank: int = 32, alpha: float = 64, target_modules: Sequence[str] | None = None,
+                 init: bool | str = True) -> None:
+        """Attach a peft LoRA adapter to the transformer (attention projections by default)."""
+        from peft import LoraConfig
+
+        targets = list(target_modules or ["to_q", "to_k", "to_v", "to_out.0",
+                                          "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"])
+        self.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,
+                                                init_lora_weights=init))
+
+    @property
+    def has_lora(self) -> bool:
+        return bool(getattr(self.transformer, "_hf_peft_config_loaded", False))
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Evaluate the base model: LoRA adapters are disabled inside the context."""
+        if not self.has_lora:
+            yield
+            return
+        self.transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            self.transformer.enable_adapters()
+
+    # -- conditioning ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode_uncached(self, prompts: list[str]) -> None:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=prompts, prompt_3=prompts, device=self.device,
+            do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
+        )
+        for p, e, q in zip(prompts, embeds, pooled):
+            self._cache[p] = (e, q)
+
+    def encode(self, prompts: Sequence[str]) -> SD3Cond:
+        """Embeddings of `prompts` and of the negative prompt; each distinct text is encoded once."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        todo = list(dict.fromkeys(p for p in [*prompts, self.negative_prompt] if p not in self._cache))
+        if todo:
+            self._encode_uncached(todo)
+        e = torch.stack([self._cache[p][0] for p in prompts])
+        q = torch.stack([self._cache[p][1] for p in prompts])
+        ne, nq = self._cache[self.negative_prompt]
+        return SD3Cond(e, q, ne.expand_as(e), nq.expand_as(q))
+
+    # -- model -----------------------------------------------------------------------------------
+    def velocity(self, x: Tensor, sigma: Tensor, cond: SD3Cond, *, guidance: float = 1.0,
+                 rows: Tensor | None = None) -> Tensor:
+        """v at x [B, C, h, w] and sigma [B]; classifier-free guidance when guidance > 1. fp32 out."""
+        c = cond if rows is None else cond.select(rows)
+        x_in = x.to(self.device, self.dtype)
+        t = sigma.to(self.device, torch.float32) * self.pipe.scheduler.config.num_train_timesteps
+        cfg = guidance > 1.0
+        if cfg:
+            x_in, t = torch.cat([x_in, x_in]), torch.cat([t, t])
+            enc, pooled = torch.cat([c.neg_embeds, c.embeds]), torch.cat([c.neg_pooled, c.pooled])
+        else:
+            enc, pooled = c.embeds, c.pooled
+        with attention_context(self.attention_backend):
+            out = self.transformer(hidden_states=x_in, timestep=t, encoder_hidden_states=enc.to(self.dtype),
+                                   pooled_projections=pooled.to(self.dtype), return_dict=False)[0]
+        if cfg:
+            uncond, text = out.chunk(2)
+            out = uncond + guidance * (text - uncond)
+        return out.float()
+
+    def velocity_fn(self, cond: SD3Cond, *, guidance: float = 1.0) -> VelocityFn:
+        def fn(x: Tensor, sigma: Tensor, rows: Tensor) -> Tensor:
+            return self.velocity(x, sigma, cond, guidance=guidance, rows=rows)
+        return fn
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents [B, C, h, w] -> images [B, 3, H, W] in [0, 1], fp32."""
+        vae = self.pipe.vae
+        z = latents.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        return (vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
+
+    # -- schedule and noise ----------------------------------------------------------------------
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        f = self.pipe.vae_scale_factor
+        height = height or self.pipe.default_sample_size * f
+        width = width or self.pipe.default_sample_size * f
+        if height % (f * self.transformer.config.patch_size) or width % (f * self.transformer.config.patch_size):
+            raise ValueError(f"image size {height}x{width} must be a multiple of "
+                             f"{f * self.transformer.config.patch_size} for this model.")
+        return self.transformer.config.in_channels, height // f, width // f
+
+    def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
+        """The pipeline scheduler's [num_steps + 1] sigmas (static shift or resolution-dependent mu)."""
+        cfg = self.pipe.scheduler.config
+        if cfg.get("use_dynamic_shifting", False):
+            _, h, w = self.latent_shape(height, width)
+            p = self.transformer.config.patch_size
+            mu = samplers.dynamic_shift_mu((h // p) * (w // p), cfg.get("base_image_seq_len", 256),
+                                           cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                                           cfg.get("max_shift", 1.16))
+            return samplers.flow_match_sigmas(num_steps, mu=mu, time_shift_kind=cfg.get("time_shift_type", "exponential"),
+                                              num_train_timesteps=cfg.num_train_timesteps)
+        return samplers.flow_match_sigmas(num_steps, shift=cfg.shift, num_train_timesteps=cfg.num_train_timesteps)
+
+    def initial_noise(self, n: int, height: int | None = None, width: int | None = None,
+                      generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn((n, *self.latent_shape(height, width)), generator=generator, dtype=torch.float32).to(self.device)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], *, num_steps: int = 28, guidance: float = 7.0,
+                 height: int | None = None, width: int | None = None, seed: int = 0,
+                 noise: Tensor | None = None) -> Tensor:
+        """Plain ODE sampling -> images [B, 3, H, W] in [0, 1]."""
+        cond = self.encode(list(prompts))
+        if noise is None:
+            noise = self.initial_noise(len(prompts), height, width, torch.Generator().manual_seed(seed))
+        traj = samplers.rollout(self.velocity_fn(cond, guidance=guidance), noise, self.sigmas(num_steps, height, width), "ode")
+        return self.decode(traj.final)

@@ -1,0 +1,134 @@
+"""Tiny, offline-built diffusers pipelines for tests, benchmarks and the shapes testbed.
+
+Nothing is downloaded: the CLIP tokenizer is built from the BPE vocabulary that open_clip ships,
+and every model is initialised from a config. Saved with save_pretrained, the result is a
+standard pipeline directory that StableDiffusion3Pipeline.from_pretrained loads."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+
+def clip_tokenizer(model_max_length: int = 77):
+    """A transformers CLIPTokenizer equal to OpenAI CLIP's, from open_clip's packaged BPE file."""
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPTokenizer
+
+    bpe = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_chars = list(bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "vocab.json"), "w") as f:
+            json.dump({t: i for i, t in enumerate(vocab)}, f)
+        with open(os.path.join(d, "merges.txt"), "w") as f:
+            f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+        return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"),
+                             model_max_length=model_max_length)
+
+
+BASIC_WORDS = (
+    "a an the of and with to in on at photo image picture left right above below top bottom next "
+    "one two three four five six seven eight nine ten red orange yellow green blue purple pink brown "
+    "black white gray circle square triangle star hexagon ring cross diamond small large big"
+).split()
+
+
+def t5_tokenizer(words: list[str] | None = None):
+    """A small sentencepiece-style (Unigram) T5 tokenizer from a word list plus single characters,
+    so any text tokenizes. Built offline with the tokenizers-backed transformers class."""
+    from transformers import T5Tokenizer
+
+    words = list(dict.fromkeys(words or BASIC_WORDS))
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789.,-'"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+    vocab += [("\u2581" + w, -1.0) for w in words]
+    vocab += [(c, -6.0) for c in chars] + [("\u2581" + c, -5.0) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+@dataclass
+class TinySD3Config:
+    """Sizes of a tiny SD3 pipeline. Defaults give a ~0.3M-parameter transformer for unit tests."""
+
+    sample_size: int = 32  # image side in pixels
+    latent_channels: int = 4
+    vae_channels: tuple[int, ...] = (8, 16)  # one down-sampling per extra entry
+    patch_size: int = 2
+    num_layers: int = 2
+    num_attention_heads: int = 2
+    attention_head_dim: int = 16
+    text_hidden: int = 32  # hidden size of each CLIP text encoder
+    text_layers: int = 2
+    text_projection: int = 32
+    t5_dim: int = 64  # width of the tiny T5 encoder (= the transformer's joint_attention_dim)
+    shift: float = 3.0
+    seed: int = 0
+
+
+def tiny_sd3_pipeline(cfg: TinySD3Config | None = None, **overrides):
+    """A randomly initialised StableDiffusion3Pipeline: two tiny CLIP text encoders and a tiny T5."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    cfg = cfg or TinySD3Config()
+    if cfg.t5_dim < 2 * cfg.text_hidden:
+        raise ValueError(f"t5_dim={cfg.t5_dim} must be at least 2 * text_hidden={2 * cfg.text_hidden} "
+                         "(SD3 pads the concatenated CLIP embeddings to the T5 width).")
+    for k, v in overrides.items():
+        if not hasattr(cfg, k):
+            raise ValueError(f"TinySD3Config has no field {k!r}; use one of {sorted(vars(cfg))}.")
+        setattr(cfg, k, v)
+    torch.manual_seed(cfg.seed)
+    down = len(cfg.vae_channels) - 1
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+        block_out_channels=cfg.vae_channels, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * len(cfg.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(cfg.vae_channels),
+        norm_num_groups=min(cfg.vae_channels), sample_size=cfg.sample_size,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    latent_size = cfg.sample_size // 2**down
+    transformer = SD3Transformer2DModel(
+        sample_size=latent_size, patch_size=cfg.patch_size, in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels, num_layers=cfg.num_layers,
+        attention_head_dim=cfg.attention_head_dim, num_attention_heads=cfg.num_attention_heads,
+        joint_attention_dim=cfg.t5_dim, caption_projection_dim=cfg.num_attention_heads * cfg.attention_head_dim,
+        pooled_projection_dim=2 * cfg.text_projection, pos_embed_max_size=latent_size // cfg.patch_size * 2,
+    )
+    tok = clip_tokenizer()
+    text_cfg = CLIPTextConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=2 * cfg.text_hidden,
+        num_attention_heads=2, num_hidden_layers=cfg.text_layers, projection_dim=cfg.text_projection,
+        hidden_act="gelu", max_position_embeddings=77,
+    )
+    te1 = CLIPTextModelWithProjection(text_cfg)
+    te2 = CLIPTextModelWithProjection(text_cfg)
+    tok3 = t5_tokenizer()
+    te3 = T5EncoderModel(T5Config(vocab_size=len(tok3), d_model=cfg.t5_dim, d_kv=cfg.t5_dim // 4, d_ff=cfg.t5_dim,
+                                  num_layers=1, num_heads=4, pad_token_id=tok3.pad_token_id,
+                                  eos_token_id=tok3.eos_token_id, decoder_start_token_id=0))
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift), vae=vae,
+        text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=clip_tokenizer(),
+        text_encoder_3=te3, tokenizer_3=tok3,
+    )
+
+
+def save_tiny_sd3(path: str | os.PathLike, cfg: TinySD3Config | None = None, **overrides) -> str:
+    """Build a tiny SD3 pipeline and save it as a standard diffusers directory at `path`."""
+    pipe = tiny_sd3_pipeline(cfg, **overrides)
+    pipe.save_pretrained(str(path))
+    return str(path)
