@@ -1,0 +1,31 @@
+"""Saving images and grids."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from PIL import Image
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [0, 1] -> PIL image."""
+    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1) -> str:
+    """Save [N, 3, H, W] images in [0, 1] as one PNG grid (`nrow` per row), upscaled by `scale`."""
+    from torchvision.utils import make_grid
+
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images have shape {tuple(images.shape)}; expected [N, 3, H, W].")
+    nrow = nrow or math.ceil(math.sqrt(images.shape[0]))
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    img = to_pil(grid)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    img.save(path)
+    return str(path)
