@@ -77,8 +77,12 @@ class TinySD3Config:
 
 def tiny_sd3_pipeline(cfg: TinySD3Config | None = None, **overrides):
     """A randomly initialised StableDiffusion3Pipeline: two tiny CLIP text encoders and a tiny T5."""
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                           StableDiffusion3Pipeline)
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     cfg = cfg or TinySD3Config()
