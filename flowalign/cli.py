@@ -10,12 +10,14 @@ import sys
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help="diffusers pipeline directory or hub id")
+    p.add_argument("--model", required=required,
+                   help="diffusers pipeline directory or hub id" + ("" if required else " (default: the shapes model)"))
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (transformer and VAE)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--attention-backend", default="sdpa",
                    help="sdpa (default) | math | flash | efficient | cudnn | xformers")
-    p.add_argument("--max-sequence-length", type=int, default=256, help="T5 tokens per prompt")
+    p.add_argument("--max-sequence-length", type=int, default=None,
+                   help="T5 tokens per prompt (default: the checkpoint's flowalign.json, else 256)")
 
 
 def _device(name: str | None) -> str:
@@ -41,6 +43,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_shapes(args: argparse.Namespace) -> int:
+    import json
+
+    from benchmarks.shapes.evaluate import DEFAULT_MODEL, evaluate_policy, first_per_task, load_prompts
+
+    from .policies import load_policy
+
+    metas = first_per_task(load_prompts(args.prompts), args.per_task)
+    policy = load_policy(args.model or DEFAULT_MODEL, dtype=args.dtype, device=_device(args.device),
+                         attention_backend=args.attention_backend, max_sequence_length=args.max_sequence_length)
+    summary = evaluate_policy(policy, metas, images_per_prompt=args.images_per_prompt, num_steps=args.steps,
+                              guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, out=args.out)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}/summary.json, results.jsonl and grid.png")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     print("The demo (GRPO training of the shapes testbed model) is not yet available: it arrives with "
           "`flowalign train`. Try `flowalign sample --model DIR --prompt TEXT` meanwhile.")
@@ -55,13 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
     p.add_argument("--images-per-prompt", type=int, default=1)
-    p.add_argument("--steps", type=int, default=28)
-    p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--steps", type=int, default=None, help="ODE steps (default: the checkpoint's, else 28)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, 1 = off (default: the checkpoint's, else 7)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help="output PNG grid")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="evaluate a model on a benchmark")
+    bench = p.add_subparsers(dest="benchmark", required=True)
+    p = bench.add_parser("shapes", help="GenEval rules on the shapes world with the procedural detector")
+    _add_model_args(p, required=False)
+    p.add_argument("--prompts", default="held-out", help="held-out | train | a GenEval-format JSONL file")
+    p.add_argument("--images-per-prompt", type=int, default=4)
+    p.add_argument("--per-task", type=int, default=None, help="evaluate only the first N prompts of each task")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_eval_shapes)
 
     p = sub.add_parser("demo", help="the README's demo: GRPO on the shapes testbed")
     p.set_defaults(func=cmd_demo)

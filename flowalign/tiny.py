@@ -15,15 +15,18 @@ from dataclasses import dataclass
 import torch
 
 
-def clip_tokenizer(model_max_length: int = 77):
-    """A transformers CLIPTokenizer equal to OpenAI CLIP's, from open_clip's packaged BPE file."""
+def clip_tokenizer(model_max_length: int = 77, num_merges: int | None = None):
+    """A transformers CLIPTokenizer equal to OpenAI CLIP's, from open_clip's packaged BPE file.
+
+    `num_merges` keeps only the first merges (a smaller vocabulary: 512 byte tokens + merges + 2);
+    every text still tokenizes, into smaller pieces."""
     import open_clip
     from open_clip.tokenizer import bytes_to_unicode
     from transformers import CLIPTokenizer
 
     bpe = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
     lines = gzip.open(bpe).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]][:num_merges]
     byte_chars = list(bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -71,6 +74,7 @@ class TinySD3Config:
     text_layers: int = 2
     text_projection: int = 32
     t5_dim: int = 64  # width of the tiny T5 encoder (= the transformer's joint_attention_dim)
+    clip_merges: int | None = None  # None: CLIP's full 49408-token vocabulary; else a smaller one
     shift: float = 3.0
     seed: int = 0
 
@@ -111,7 +115,7 @@ def tiny_sd3_pipeline(cfg: TinySD3Config | None = None, **overrides):
         joint_attention_dim=cfg.t5_dim, caption_projection_dim=cfg.num_attention_heads * cfg.attention_head_dim,
         pooled_projection_dim=2 * cfg.text_projection, pos_embed_max_size=latent_size // cfg.patch_size * 2,
     )
-    tok = clip_tokenizer()
+    tok = clip_tokenizer(num_merges=cfg.clip_merges)
     text_cfg = CLIPTextConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=2 * cfg.text_hidden,
@@ -126,7 +130,7 @@ def tiny_sd3_pipeline(cfg: TinySD3Config | None = None, **overrides):
                                   eos_token_id=tok3.eos_token_id, decoder_start_token_id=0))
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift), vae=vae,
-        text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=clip_tokenizer(),
+        text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=clip_tokenizer(num_merges=cfg.clip_merges),
         text_encoder_3=te3, tokenizer_3=tok3,
     )
 

@@ -44,6 +44,17 @@ def check_pipeline_dir(path: str, expected: str) -> None:
         raise ValueError(f"model path {path!r} holds a {cls}, not a {expected}; use the adapter for that family.")
 
 
+def read_defaults(path: str) -> dict:
+    """Sampling defaults a checkpoint ships in `flowalign.json` (num_steps, guidance, height, width,
+    max_sequence_length); empty for other directories and hub ids."""
+    f = os.path.join(path, "flowalign.json")
+    if not os.path.isfile(f):
+        return {}
+    with open(f) as fh:
+        info = json.load(fh)
+    return {k: info[k] for k in ("num_steps", "guidance", "height", "width", "max_sequence_length") if k in info}
+
+
 @dataclass
 class SD3Cond:
     """Cached SD3 conditioning for a batch of prompts."""
@@ -68,8 +79,12 @@ class SD3Policy:
     family = "sd3"
 
     def __init__(self, pipe, *, device: str | torch.device = "cpu", attention_backend: str = "sdpa",
-                 max_sequence_length: int = 256, negative_prompt: str = ""):
+                 max_sequence_length: int | None = None, negative_prompt: str = "",
+                 defaults: dict | None = None):
         self.pipe = pipe
+        # sampling defaults of this checkpoint (from its flowalign.json, if any)
+        self.defaults = {"num_steps": 28, "guidance": 7.0, "max_sequence_length": 256, **(defaults or {})}
+        max_sequence_length = max_sequence_length or self.defaults["max_sequence_length"]
         self.device = torch.device(device)
         self.attention_backend = attention_backend
         self.max_sequence_length = max_sequence_length
@@ -89,7 +104,7 @@ class SD3Policy:
         check_pipeline_dir(str(path), "StableDiffusion3Pipeline")
         pipe = StableDiffusion3Pipeline.from_pretrained(str(path), torch_dtype=parse_dtype(dtype))
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, device=device, **kwargs)
+        return cls(pipe, device=device, defaults=read_defaults(str(path)), **kwargs)
 
     # -- modules ---------------------------------------------------------------------------------
     @property
@@ -214,10 +229,14 @@ class SD3Policy:
         return torch.randn((n, *self.latent_shape(height, width)), generator=generator, dtype=torch.float32).to(self.device)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], *, num_steps: int = 28, guidance: float = 7.0,
+    def generate(self, prompts: Sequence[str], *, num_steps: int | None = None, guidance: float | None = None,
                  height: int | None = None, width: int | None = None, seed: int = 0,
                  noise: Tensor | None = None) -> Tensor:
-        """Plain ODE sampling -> images [B, 3, H, W] in [0, 1]."""
+        """Plain ODE sampling -> images [B, 3, H, W] in [0, 1]. Unset arguments take the checkpoint's
+        defaults."""
+        num_steps = num_steps or self.defaults["num_steps"]
+        guidance = self.defaults["guidance"] if guidance is None else guidance
+        height, width = height or self.defaults.get("height"), width or self.defaults.get("width")
         cond = self.encode(list(prompts))
         if noise is None:
             noise = self.initial_noise(len(prompts), height, width, torch.Generator().manual_seed(seed))
