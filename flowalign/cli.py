@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -60,10 +61,30 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    print("The demo (GRPO training of the shapes testbed model) is not yet available: it arrives with "
-          "`flowalign train`. Try `flowalign sample --model DIR --prompt TEXT` meanwhile.")
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .trainer import TrainingError, train
+
+    cfg = load_config(None if args.config == "-" else args.config, args.overrides)
+    try:
+        out = train(cfg)
+    except TrainingError as e:
+        print(f"flowalign: training stopped: {e}", file=sys.stderr)
+        return 1
+    if out:
+        print(f"done: final weights in {out}; metrics, samples and checkpoints in {cfg.run.output_dir}")
     return 0
+
+
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes",
+                           "flow_grpo.yaml")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Flow-GRPO on the committed shapes model (the README's demo)."""
+    args.config = DEMO_CONFIG
+    args.overrides = ["run.output_dir=runs/demo", *args.overrides]
+    return cmd_train(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_eval_shapes)
 
-    p = sub.add_parser("demo", help="the README's demo: GRPO on the shapes testbed")
+    p = sub.add_parser("train", help="fine-tune with an RL algorithm: flowalign train CONFIG [key=value ...]")
+    p.add_argument("config", help="YAML config (see configs/), or - for the defaults")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.max_iterations=10")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the README's demo: Flow-GRPO on the shapes testbed (runs/demo)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of configs/shapes/flow_grpo.yaml")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -20,6 +20,18 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
+def _dtype_kwarg() -> str:
+    """diffusers renamed from_pretrained's `torch_dtype` to `dtype`; use the one this version wants."""
+    try:
+        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
+        return "dtype"
+    except ImportError:
+        return "torch_dtype"
+
+
+DTYPE_KWARG = _dtype_kwarg()
+
+
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -90,6 +102,8 @@ class SD3Policy:
         self.max_sequence_length = max_sequence_length
         self.negative_prompt = negative_prompt
         self._cache: dict[str, tuple[Tensor, Tensor]] = {}
+        self.forward_module: torch.nn.Module | None = None  # e.g. the DDP-wrapped transformer when training
+        self.nfe = 0  # transformer evaluations (samples x CFG branches) so far
         pipe.to(self.device)
         configure_attention(pipe.transformer, attention_backend, self.device)
         for m in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
@@ -102,7 +116,7 @@ class SD3Policy:
         from diffusers import StableDiffusion3Pipeline
 
         check_pipeline_dir(str(path), "StableDiffusion3Pipeline")
-        pipe = StableDiffusion3Pipeline.from_pretrained(str(path), torch_dtype=parse_dtype(dtype))
+        pipe = StableDiffusion3Pipeline.from_pretrained(str(path), **{DTYPE_KWARG: parse_dtype(dtype)})
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, device=device, defaults=read_defaults(str(path)), **kwargs)
 
@@ -150,12 +164,21 @@ class SD3Policy:
     # -- conditioning ----------------------------------------------------------------------------
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> None:
-        embeds, _, pooled, _ = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=prompts, prompt_3=prompts, device=self.device,
-            do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
-        )
-        for p, e, q in zip(prompts, embeds, pooled):
-            self._cache[p] = (e, q)
+        from diffusers.utils import logging as dlog
+
+        level = dlog.get_verbosity()
+        dlog.set_verbosity_error()  # truncation to max_sequence_length is by choice, not worth a warning
+        try:
+            # one prompt at a time: an embedding must not depend on which prompts shared its batch
+            # (CPU kernels block differently by batch size), or resumed runs would drift
+            for p in prompts:
+                embeds, _, pooled, _ = self.pipe.encode_prompt(
+                    prompt=[p], prompt_2=[p], prompt_3=[p], device=self.device,
+                    do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
+                )
+                self._cache[p] = (embeds[0], pooled[0])
+        finally:
+            dlog.set_verbosity(level)
 
     def encode(self, prompts: Sequence[str]) -> SD3Cond:
         """Embeddings of `prompts` and of the negative prompt; each distinct text is encoded once."""
@@ -182,8 +205,9 @@ class SD3Policy:
             enc, pooled = torch.cat([c.neg_embeds, c.embeds]), torch.cat([c.neg_pooled, c.pooled])
         else:
             enc, pooled = c.embeds, c.pooled
+        self.nfe += x_in.shape[0]
         with attention_context(self.attention_backend):
-            out = self.transformer(hidden_states=x_in, timestep=t, encoder_hidden_states=enc.to(self.dtype),
+            out = (self.forward_module or self.transformer)(hidden_states=x_in, timestep=t, encoder_hidden_states=enc.to(self.dtype),
                                    pooled_projections=pooled.to(self.dtype), return_dict=False)[0]
         if cfg:
             uncond, text = out.chunk(2)

@@ -48,7 +48,7 @@ def test_encode_caches_each_prompt_once(sd3_policy, monkeypatch):
     monkeypatch.setattr(sd3_policy.pipe, "encode_prompt", counting)
     a = sd3_policy.encode(PROMPTS[:2])
     b = sd3_policy.encode([PROMPTS[1], PROMPTS[0], PROMPTS[1]])
-    assert calls == [[PROMPTS[0], PROMPTS[1], ""]]
+    assert calls == [[PROMPTS[0]], [PROMPTS[1]], [""]]
     assert_tensors_close(b.embeds[1], a.embeds[0], atol=0)
     e, ne, p, np_ = original(prompt=PROMPTS[:2], prompt_2=PROMPTS[:2], prompt_3=PROMPTS[:2],
                              do_classifier_free_guidance=True, max_sequence_length=16)

@@ -1,0 +1,171 @@
+"""Training configuration: one dataclass per concern, merged with a YAML file and `key=value`
+overrides through omegaconf. Unknown keys and invalid combinations fail at start with one sentence
+that names the key and the fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from samplers import STEP_KINDS
+
+
+@dataclass
+class ModelConfig:
+    path: str = "benchmarks/shapes/model"  # diffusers pipeline directory or hub id
+    dtype: str = "float32"  # transformer/VAE dtype: float32 | bfloat16 | float16
+    attention_backend: str = "sdpa"  # sdpa | math | flash | efficient | cudnn | xformers
+    max_sequence_length: int | None = None  # T5 tokens (default: checkpoint's flowalign.json, else 256)
+    gradient_checkpointing: bool = False
+    height: int | None = None  # image size (default: checkpoint's)
+    width: int | None = None
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = True  # false: full fine-tuning of the transformer
+    rank: int = 32
+    alpha: float = 64.0
+    target_modules: list[str] = field(default_factory=lambda: [
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"])
+
+
+@dataclass
+class SamplerConfig:
+    num_steps: int = 10  # denoising steps of a training rollout
+    guidance: float = 4.5  # classifier-free guidance during rollouts and training (1 = off)
+    kind: str = "flow_sde"  # SDE step kind on trained steps: flow_sde | dance_sde | cps
+    noise_level: float = 0.7  # a of Flow-GRPO's SDE (eta for dance_sde)
+    sde_window: list[int] | None = None  # [start, end): SDE (and training) only there, ODE elsewhere
+    eval_num_steps: int | None = None  # steps of sample grids / evaluation (default: num_steps)
+
+
+@dataclass
+class RewardConfig:
+    name: str = "shapes_geneval"  # a name of reward_models.REWARDS
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of that reward
+
+
+@dataclass
+class FlowGRPOConfig:
+    name: str = "flow_grpo"
+    group_size: int = 8  # images per prompt (G)
+    prompts_per_iteration: int = 4  # distinct prompts per iteration, over all processes
+    inner_epochs: int = 1  # policy updates per batch of rollouts
+    train_batch_size: int = 8  # samples per optimiser minibatch, per process
+    clip_range: float = 1e-4  # PPO ratio clip epsilon
+    adv_clip_max: float = 5.0  # advantages are clipped to +- this
+    std_scope: Literal["group", "batch"] = "group"  # normalise rewards by the group's or the batch's std
+    kl_beta: float = 0.04  # weight of the KL to the reference model (0: no reference pass)
+    timestep_fraction: float = 1.0  # fraction of the SDE steps trained per sample (random subset)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-4
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    warmup_iterations: int = 0  # linear learning-rate warm-up
+    ema_decay: float | None = None  # EMA of the trainable weights (e.g. 0.9); None: off
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+@dataclass
+class DataConfig:
+    train_prompts: str = "benchmarks/shapes/prompts/train.jsonl"  # GenEval-format JSONL or a .txt (one prompt a line)
+    sample_prompts: list[str] = field(default_factory=lambda: [
+        "a photo of a red circle", "a photo of three triangles", "a photo of a square left of a circle",
+        "a photo of a blue triangle and a yellow square"])  # fixed prompts of the sample grids
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/shapes_flow_grpo"
+    max_iterations: int = 100
+    seed: int = 0
+    resume: Any = False  # false | true (latest checkpoint of output_dir) | a checkpoint path
+    checkpoint_every: int = 10  # iterations; the final iteration is always checkpointed
+    keep_checkpoints: int = 2
+    sample_every: int = 10  # iterations between sample grids (0: never)
+    device: str | None = None  # default: accelerate's choice
+    progress: bool = True
+
+
+ALGORITHMS: dict[str, type] = {"flow_grpo": FlowGRPOConfig}
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: Any = field(default_factory=FlowGRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _schema(algorithm: str):
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm.name={algorithm!r} is unknown; use one of {sorted(ALGORITHMS)}.")
+    base = OmegaConf.structured(TrainConfig)
+    base.algorithm = OmegaConf.structured(ALGORITHMS[algorithm])
+    return base
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None):
+    """YAML file + `key=value` overrides -> validated DictConfig with the TrainConfig schema."""
+    overrides = list(overrides or [])
+    for o in overrides:
+        if "=" not in o:
+            raise ValueError(f"override {o!r} is not key=value; write e.g. run.max_iterations=10.")
+    user = OmegaConf.load(path) if path else OmegaConf.create()
+    cli = OmegaConf.from_dotlist(overrides)
+    name = OmegaConf.select(cli, "algorithm.name") or OmegaConf.select(user, "algorithm.name") or "flow_grpo"
+    try:
+        cfg = OmegaConf.merge(_schema(name), user, cli)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        key = getattr(e, "full_key", None) or str(e).split("\n")[0]
+        raise ValueError(f"unknown config key {key!r}; check its spelling against the README's config table.") from None
+    except ValidationError as e:
+        key = getattr(e, "full_key", "?")
+        raise ValueError(f"config key {key!r} has an invalid value ({str(e).splitlines()[0]}); "
+                         "give a value of the documented type.") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg) -> None:
+    """Cross-field checks, each failing with one sentence naming the key and the fix."""
+    a, s, r, o = cfg.algorithm, cfg.sampler, cfg.run, cfg.optim
+    if s.kind not in STEP_KINDS or s.kind == "ode":
+        raise ValueError(f"sampler.kind={s.kind!r} must be an SDE kind: flow_sde, dance_sde or cps.")
+    if s.num_steps < 1:
+        raise ValueError(f"sampler.num_steps={s.num_steps} must be at least 1.")
+    if s.sde_window is not None:
+        w = list(s.sde_window)
+        if len(w) != 2 or not 0 <= w[0] < w[1] <= s.num_steps:
+            raise ValueError(f"sampler.sde_window={w} must be [start, end) with 0 <= start < end <= "
+                             f"sampler.num_steps={s.num_steps}.")
+    if a.group_size < 2:
+        raise ValueError(f"algorithm.group_size={a.group_size} must be at least 2 for group-relative advantages.")
+    if a.prompts_per_iteration < 1 or a.inner_epochs < 1 or a.train_batch_size < 1:
+        raise ValueError("algorithm.prompts_per_iteration, inner_epochs and train_batch_size must be at least 1.")
+    if not 0 < a.timestep_fraction <= 1:
+        raise ValueError(f"algorithm.timestep_fraction={a.timestep_fraction} must be in (0, 1].")
+    if a.clip_range <= 0 or a.kl_beta < 0:
+        raise ValueError("algorithm.clip_range must be > 0 and algorithm.kl_beta >= 0.")
+    if o.ema_decay is not None and not 0 < o.ema_decay < 1:
+        raise ValueError(f"optim.ema_decay={o.ema_decay} must be in (0, 1), or null to turn EMA off.")
+    if r.max_iterations < 1 or r.checkpoint_every < 1:
+        raise ValueError("run.max_iterations and run.checkpoint_every must be at least 1.")
+    if cfg.lora.enabled and cfg.lora.rank < 1:
+        raise ValueError(f"lora.rank={cfg.lora.rank} must be at least 1 (or set lora.enabled=false).")
+    if not isinstance(r.resume, (bool, str)):
+        raise ValueError(f"run.resume={r.resume!r} must be true, false or a checkpoint path.")

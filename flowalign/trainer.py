@@ -1,0 +1,304 @@
+"""The training engine: accelerate (devices, processes, mixed precision), LoRA or full fine-tuning,
+EMA, atomic checkpoints and exact resume, metrics (JSONL + tensorboard), sample grids and the
+progress bar. It never owns the maths: the algorithm does (flowalign/algorithms/)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from reward_models import build_reward
+
+from .algorithms import build_algorithm
+from .data import iteration_prompts, load_prompt_rows
+from .ema import EMA
+from .images import save_grid
+from .policies import load_policy
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot continue (non-finite loss or reward); the last checkpoint is kept."""
+
+
+class Updater:
+    """What an algorithm calls to apply gradients: `backward` (gradients are all-reduced only on the
+    last accumulation) and `step` (clip, optimiser, learning-rate schedule, EMA)."""
+
+    def __init__(self, accelerator, model, params, optimizer, scheduler, ema, max_grad_norm):
+        self.acc, self.model, self.params = accelerator, model, params
+        self.optimizer, self.scheduler, self.ema, self.max_grad_norm = optimizer, scheduler, ema, max_grad_norm
+
+    def backward(self, loss: torch.Tensor, last: bool = True) -> None:
+        ctx = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
+        with ctx:
+            self.acc.backward(loss)
+
+    def step(self) -> dict:
+        norm = float(self.acc.clip_grad_norm_(self.params, self.max_grad_norm))
+        if not math.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"grad_norm": norm, "lr": self.scheduler.get_last_lr()[0]}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        return {"grad_norm": norm, "lr": self.scheduler.get_last_lr()[0]}
+
+
+def _checkpoints(root: str) -> list[str]:
+    if not os.path.isdir(root):
+        return []
+    return sorted(os.path.join(root, d) for d in os.listdir(root) if d.startswith("iter_") and not d.endswith(".tmp"))
+
+
+def distributed_advantages(acc, algo, rewards, group_ids):
+    """Gather every process's rewards and prompt ids (in rank order), compute the advantages over
+    the whole batch (groups may span processes), and return (all rewards, all advantages, this
+    process's slice)."""
+    all_rewards, all_gids = acc.gather(rewards), acc.gather(group_ids)
+    adv_all = algo.advantages(all_rewards.cpu(), all_gids.cpu())
+    n = rewards.shape[0]
+    return all_rewards, adv_all, adv_all[acc.process_index * n:(acc.process_index + 1) * n].to(rewards.device)
+
+
+class Trainer:
+    def __init__(self, cfg):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        run = cfg.run
+        self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision, cpu=run.device == "cpu")
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        a = cfg.algorithm
+        total = a.prompts_per_iteration * a.group_size
+        if total % self.world:
+            raise ValueError(f"algorithm.prompts_per_iteration x group_size = {total} samples must divide evenly "
+                             f"over {self.world} processes; change prompts_per_iteration or group_size.")
+        self.n_local = total // self.world
+        self.out = run.output_dir
+        self.ckpt_root = os.path.join(self.out, "checkpoints")
+        torch.manual_seed(run.seed)
+        self.rows = load_prompt_rows(cfg.data.train_prompts)
+
+        m = cfg.model
+        self.policy = load_policy(m.path, dtype=m.dtype, device=self.acc.device, attention_backend=m.attention_backend,
+                                  max_sequence_length=m.max_sequence_length)
+        self.height = m.height or self.policy.defaults.get("height")
+        self.width = m.width or self.policy.defaults.get("width")
+        tr = self.policy.transformer
+        if cfg.lora.enabled:
+            tr.requires_grad_(False)
+            self.policy.add_lora(cfg.lora.rank, cfg.lora.alpha, list(cfg.lora.target_modules))
+        else:
+            tr.requires_grad_(True)
+        self.policy.set_gradient_checkpointing(m.gradient_checkpointing)
+        tr.train()
+        self.param_names = [n for n, p in tr.named_parameters() if p.requires_grad]
+        self.params = [p for p in tr.parameters() if p.requires_grad]
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+        per_iter = a.inner_epochs * math.ceil(self.n_local / a.train_batch_size)
+        warm = max(1, o.warmup_iterations * per_iter)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+        self.model, self.optimizer = self.acc.prepare(tr, optimizer)
+        self.scheduler = scheduler
+        if self.model is not tr:
+            self.policy.forward_module = self.model
+        self.ema = EMA(self.params, o.ema_decay) if o.ema_decay else None
+        self.updater = Updater(self.acc, self.model, self.params, self.optimizer, scheduler, self.ema, o.max_grad_norm)
+        self.reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
+        self.algo = build_algorithm(cfg.algorithm, cfg.sampler)
+        self.iteration = 0
+        self.writer = None
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> str:
+        name = os.path.join(self.ckpt_root, f"iter_{self.iteration:06d}")
+        tmp = name + ".tmp"
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            tensors = {n: p.detach().cpu().contiguous() for n, p in zip(self.param_names, self.params)}
+            save_file(tensors, os.path.join(tmp, "trainable.safetensors"))
+            torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            torch.save(self.scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+            if self.ema is not None:
+                torch.save(self.ema.state_dict(), os.path.join(tmp, "ema.pt"))
+            with open(os.path.join(tmp, "state.json"), "w") as f:
+                json.dump({"iteration": self.iteration, "data_position": self.iteration, "seed": self.cfg.run.seed,
+                           "world_size": self.world}, f)
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+                   os.path.join(tmp, f"rng_{self.rank}.pt"))
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            shutil.rmtree(name, ignore_errors=True)
+            os.replace(tmp, name)  # atomic: a crash leaves either the old or the new checkpoint
+            for old in _checkpoints(self.ckpt_root)[: -self.cfg.run.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return name
+
+    def resume(self) -> None:
+        r = self.cfg.run.resume
+        if r is False or r == "false":
+            return
+        if r is True or r == "true":
+            found = _checkpoints(self.ckpt_root)
+            if not found:
+                self.acc.print(f"run.resume=true but {self.ckpt_root} has no checkpoint: starting fresh.")
+                return
+            path = found[-1]
+        else:
+            path = str(r)
+            if not os.path.isfile(os.path.join(path, "state.json")):
+                raise FileNotFoundError(f"run.resume={path!r} is not a checkpoint folder (no state.json); "
+                                        f"pass one of {self.ckpt_root}/iter_*.")
+        with open(os.path.join(path, "state.json")) as f:
+            state = json.load(f)
+        tensors = load_file(os.path.join(path, "trainable.safetensors"))
+        with torch.no_grad():
+            for n, p in zip(self.param_names, self.params):
+                p.copy_(tensors[n])
+        self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=False))
+        self.scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=False))
+        if self.ema is not None:
+            self.ema.load_state_dict(torch.load(os.path.join(path, "ema.pt"), weights_only=False))
+        rng_file = os.path.join(path, f"rng_{self.rank}.pt")
+        if os.path.isfile(rng_file):
+            rng = torch.load(rng_file, weights_only=False)
+            torch.set_rng_state(rng["torch"]), random.setstate(rng["python"]), np.random.set_state(rng["numpy"])
+        self.iteration = state["iteration"]
+        self._truncate_metrics(self.iteration)
+        self.acc.print(f"resumed from {path} at iteration {self.iteration}")
+
+    def _truncate_metrics(self, upto: int) -> None:
+        path = os.path.join(self.out, "metrics.jsonl")
+        if not self.acc.is_main_process or not os.path.isfile(path):
+            return
+        with open(path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["iteration"] <= upto]
+        with open(path, "w") as f:
+            f.writelines(keep)
+
+    # -- logging -------------------------------------------------------------------------------
+    def log(self, metrics: dict) -> None:
+        if not self.acc.is_main_process:
+            return
+        with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and k != "iteration" and v is not None:
+                    self.writer.add_scalar(k, v, metrics["iteration"])
+
+    @torch.no_grad()
+    def sample_grid(self) -> None:
+        prompts = list(self.cfg.data.sample_prompts)
+        if not prompts:
+            return
+        steps = self.cfg.sampler.eval_num_steps or self.cfg.sampler.num_steps
+        ctx = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+        with ctx:
+            imgs = self.policy.generate(prompts * 4, num_steps=steps, guidance=self.cfg.sampler.guidance,
+                                        height=self.height, width=self.width, seed=self.cfg.run.seed + 12345)
+        if self.acc.is_main_process:
+            save_grid(imgs, os.path.join(self.out, "samples", f"iter_{self.iteration:06d}.png"), nrow=len(prompts), scale=2)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def iterate(self) -> dict:
+        a, seed = self.cfg.algorithm, self.cfg.run.seed
+        t0 = time.time()
+        metas = iteration_prompts(self.rows, self.iteration, a.prompts_per_iteration, seed)
+        expanded = [(g, m) for g, m in enumerate(metas) for _ in range(a.group_size)]
+        mine = expanded[self.rank * self.n_local:(self.rank + 1) * self.n_local]
+        gids = torch.tensor([g for g, _ in mine], device=self.acc.device)
+        gen = torch.Generator().manual_seed((seed * 1_000_003 + self.iteration) * 131 + self.rank)
+        nfe0 = self.policy.nfe
+        ro = self.algo.rollout(self.policy, [m for _, m in mine], gids, gen, self.height, self.width)
+        with torch.no_grad():
+            images = self.policy.decode(ro.traj.final)
+        rewards = self.reward(images, ro.prompts, metadata=ro.metadata).to(self.acc.device)
+        all_rewards, adv_all, adv = distributed_advantages(self.acc, self.algo, rewards, gids)
+        nfe_rollout = self.policy.nfe - nfe0
+        stats = self.algo.policy_step(self.policy, ro, adv, self.updater, gen)
+        self.iteration += 1
+        metrics = {
+            "iteration": self.iteration, "reward_mean": all_rewards.mean().item(), "reward_std": all_rewards.std().item(),
+            "advantage_mean": adv_all.mean().item(), "advantage_abs_mean": adv_all.abs().mean().item(),
+            "advantage_std": adv_all.std().item(), **stats,
+            "nfe_rollout": nfe_rollout * self.world, "nfe_train": (self.policy.nfe - nfe0 - nfe_rollout) * self.world,
+            "iteration_time": time.time() - t0,
+        }
+        if not math.isfinite(metrics["reward_mean"]) or not math.isfinite(metrics.get("loss", 0.0)) \
+                or not math.isfinite(metrics.get("grad_norm", 0.0)):
+            last = _checkpoints(self.ckpt_root)
+            raise TrainingError(f"non-finite loss or reward at iteration {self.iteration} (reward "
+                                f"{metrics['reward_mean']}, loss {metrics.get('loss')}, grad norm {metrics.get('grad_norm')}); "
+                                f"the last good checkpoint is {last[-1] if last else 'none'}: lower optim.lr and resume.")
+        return metrics
+
+    def train(self) -> str:
+        cfg = self.cfg
+        if self.acc.is_main_process:
+            os.makedirs(self.out, exist_ok=True)
+            OmegaConf.save(cfg, os.path.join(self.out, "config.yaml"), resolve=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(self.out, "tensorboard"))
+        self.resume()
+        if cfg.run.sample_every and self.iteration == 0:
+            self.sample_grid()
+        bar = tqdm(total=cfg.run.max_iterations, initial=self.iteration, desc="flowalign train",
+                   disable=not (cfg.run.progress and self.acc.is_main_process))
+        while self.iteration < cfg.run.max_iterations:
+            metrics = self.iterate()
+            self.log(metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0):.2e}")
+            if self.iteration % cfg.run.checkpoint_every == 0 or self.iteration == cfg.run.max_iterations:
+                self.save_checkpoint()
+            if cfg.run.sample_every and self.iteration % cfg.run.sample_every == 0:
+                self.sample_grid()
+        bar.close()
+        final = self.save_final()
+        if self.writer is not None:
+            self.writer.close()
+        return final
+
+    def save_final(self) -> str:
+        """lora/pytorch_lora_weights.safetensors (diffusers format) or model/ for full fine-tuning;
+        EMA weights when EMA is on."""
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return ""
+        ctx = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+        with ctx:
+            if self.cfg.lora.enabled:
+                from peft.utils import get_peft_model_state_dict
+
+                out = os.path.join(self.out, "lora")
+                layers = get_peft_model_state_dict(self.policy.transformer)
+                type(self.policy.pipe).save_lora_weights(out, transformer_lora_layers=layers)
+            else:
+                out = os.path.join(self.out, "model")
+                self.policy.pipe.save_pretrained(out)
+        return out
+
+
+def train(cfg) -> str:
+    """Run a training job from a validated config; returns the final weights' folder."""
+    return Trainer(cfg).train()

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from flowalign.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+YAMLS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def test_there_are_shipped_configs():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in YAMLS}
+    assert {"shapes/flow_grpo.yaml", "flow_grpo/sd3.5-medium_geneval.yaml", "flow_grpo/sd3.5-medium_pickscore.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+def test_every_shipped_yaml_loads_and_validates(path):
+    cfg = load_config(str(path))
+    assert cfg.run.max_iterations >= 1 and cfg.algorithm.name
+
+
+def test_sd35_configs_carry_the_anchor_defaults():
+    cfg = load_config(str(ROOT / "configs/flow_grpo/sd3.5-medium_geneval.yaml"))
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.optim.lr) == (32, 64, 3e-4)
+    assert (cfg.sampler.num_steps, cfg.sampler.noise_level, cfg.algorithm.clip_range) == (10, 0.7, 1e-4)
+    assert cfg.algorithm.group_size == 24 and cfg.algorithm.kl_beta == 0.004
+
+
+def test_overrides_apply():
+    cfg = load_config(str(ROOT / "configs/shapes/flow_grpo.yaml"), ["run.max_iterations=3", "algorithm.group_size=4"])
+    assert cfg.run.max_iterations == 3 and cfg.algorithm.group_size == 4
+
+
+@pytest.mark.parametrize("override,message", [
+    (["run.max_iteration=3"], "unknown config key 'run.max_iteration'"),
+    (["algorithm.grup_size=3"], "unknown config key 'algorithm.grup_size'"),
+    (["run.max_iterations=abc"], "config key 'run.max_iterations' has an invalid value"),
+    (["algorithm.group_size=1"], "algorithm.group_size=1 must be at least 2"),
+    (["sampler.kind=ode"], "sampler.kind='ode' must be an SDE kind"),
+    (["sampler.sde_window=[3,20]"], r"sampler.sde_window=\[3, 20\] must be \[start, end\)"),
+    (["algorithm.timestep_fraction=0"], "algorithm.timestep_fraction=0.0 must be in"),
+    (["optim.ema_decay=1.5"], "optim.ema_decay=1.5 must be in"),
+    (["algorithm.name=ppo"], "algorithm.name='ppo' is unknown"),
+    (["max_iterations"], "override 'max_iterations' is not key=value"),
+])
+def test_bad_configs_fail_with_one_sentence(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(str(ROOT / "configs/shapes/flow_grpo.yaml"), override)

@@ -1,0 +1,115 @@
+"""Smoke, resume and LoRA-export tests of `flowalign train` on the tiny offline SD3 pipeline."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusion3Pipeline
+from safetensors.torch import load_file
+
+from flowalign.config import load_config
+from flowalign.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def overrides(model, out, prompts_file, **extra):
+    base = {
+        "model.path": model, "model.max_sequence_length": 8, "model.height": 32, "model.width": 32,
+        "lora.rank": 4, "lora.alpha": 8, "sampler.num_steps": 3, "sampler.guidance": 2.0,
+        "reward.name": "jpeg_compressibility", "algorithm.group_size": 4, "algorithm.prompts_per_iteration": 2,
+        "algorithm.train_batch_size": 4, "algorithm.timestep_fraction": 0.7, "algorithm.kl_beta": 0.01,
+        "algorithm.clip_range": 0.2, "optim.lr": 1e-2, "data.train_prompts": prompts_file,
+        "run.output_dir": out, "run.max_iterations": 2, "run.checkpoint_every": 1, "run.sample_every": 2,
+        "run.progress": False, "run.device": "cpu",
+        "data.sample_prompts": "[a red circle,a blue square]",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    p = tmp_path / "prompts.txt"
+    p.write_text("a red circle\na blue square\ntwo green triangles\na yellow circle above a square\n")
+    return str(p)
+
+
+def test_train_smoke_outputs_and_on_policy_first_step(tiny_sd3_dir, tmp_path, prompts_file):
+    out = str(tmp_path / "run")
+    cfg = load_config(None, overrides(tiny_sd3_dir, out, prompts_file))
+    trainer = Trainer(cfg)
+    before = [p.detach().clone() for p in trainer.params]
+    final = trainer.train()
+    assert final == os.path.join(out, "lora")
+    lines = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+    assert [m["iteration"] for m in lines] == [1, 2]
+    for key in ("reward_mean", "reward_std", "advantage_std", "ratio", "clip_fraction", "kl", "loss", "grad_norm",
+                "lr", "iteration_time", "nfe_rollout", "nfe_train"):
+        assert key in lines[0], key
+    # the first inner step re-scores the rollout with the same weights, dtype, noise and code path
+    assert abs(lines[0]["first_ratio"] - 1) < 1e-5
+    # 8 samples x 3 steps x 2 (CFG) per rollout
+    assert lines[0]["nfe_rollout"] == 48
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params))
+    for name in ("config.yaml", "samples/iter_000000.png", "samples/iter_000002.png",
+                 "checkpoints/iter_000002/trainable.safetensors", "lora/pytorch_lora_weights.safetensors"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert os.listdir(os.path.join(out, "tensorboard"))
+    resolved = load_config(os.path.join(out, "config.yaml"))
+    assert resolved.run.max_iterations == 2
+
+
+def test_saved_lora_loads_in_a_stock_pipeline_and_changes_its_output(tiny_sd3_dir, tmp_path, prompts_file):
+    out = str(tmp_path / "run")
+    cfg = load_config(None, overrides(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 1, "run.sample_every": 0}))
+    Trainer(cfg).train()
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_dir)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(prompt="a red circle", num_inference_steps=3, guidance_scale=2.0, height=32, width=32,
+              max_sequence_length=8, output_type="latent")
+    base = pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    pipe.load_lora_weights(os.path.join(out, "lora"))
+    tuned = pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    assert (tuned - base).abs().max() > 1e-4
+
+
+def _cli(args, **popen):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "flowalign.cli", "train", "-", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_sd3_dir, tmp_path, prompts_file):
+    args = lambda out, **kw: overrides(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 4,  # noqa: E731
+                                                                          "run.sample_every": 0, **kw})
+    straight = _cli(args(str(tmp_path / "a")))
+    assert straight.wait(timeout=300) == 0, straight.stdout.read().decode()[-2000:]
+
+    killed_out = tmp_path / "b"
+    proc = _cli(args(str(killed_out)))
+    deadline = time.time() + 300
+    while not (killed_out / "checkpoints" / "iter_000002").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # a crash mid-run
+    proc.wait()
+    done = sorted(os.listdir(killed_out / "checkpoints"))
+    assert not (killed_out / "lora").exists() and done[-1] < "iter_000004", done
+    resumed = _cli(args(str(killed_out), **{"run.resume": "true"}))
+    log = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0 and "resumed from" in log, log[-2000:]
+
+    a = load_file(str(tmp_path / "a" / "lora" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(killed_out / "lora" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(x) for x in open(killed_out / "metrics.jsonl")]
+    assert [m["iteration"] for m in lines] == [1, 2, 3, 4]
+    ref = [json.loads(x) for x in open(tmp_path / "a" / "metrics.jsonl")]
+    assert [m["reward_mean"] for m in lines] == [m["reward_mean"] for m in ref]
