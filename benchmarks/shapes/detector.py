@@ -61,7 +61,7 @@ def detect(image: np.ndarray) -> dict[str, list[Detection]]:
         if n == 0:
             continue
         cov = soft[..., ci]
-        for k, sl in enumerate(ndimage.find_objects(comps), start=1):
+        for k in range(1, n + 1):
             region = comps == k
             grown = ndimage.binary_dilation(region, structure=np.ones((3, 3)))
             alpha = np.where(grown, cov, 0.0)
@@ -71,7 +71,6 @@ def detect(image: np.ndarray) -> dict[str, list[Detection]]:
             # sub-pixel extents: a column's (row's) largest coverage is the share of it the shape spans
             col_ext, row_ext = alpha.max(0), alpha.max(1)
             w, h = float(col_ext.sum()), float(row_ext.sum())
-            xs, ys = np.nonzero(col_ext > 0)[0], np.nonzero(row_ext > 0)[0]
             cx = float((col_ext * (np.arange(len(col_ext)) + 0.5)).sum() / w)  # centre of the extent
             cy = float((row_ext * (np.arange(len(row_ext)) + 0.5)).sum() / h)
             x1, x2, y1, y2 = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2

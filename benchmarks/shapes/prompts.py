@@ -87,7 +87,7 @@ def prompt_set(split: str, per_task: int, seed: int = 0) -> list[dict]:
     them. Deterministic from `seed`."""
     rng = random.Random(seed)
     rows = []
-    for task, cands in all_prompts(split).items():
+    for cands in all_prompts(split).values():
         cands = list(cands)
         rng.shuffle(cands)
         rows += [cands[i % len(cands)] for i in range(per_task)]

@@ -82,7 +82,7 @@ def test_render_is_deterministic_anti_aliased_and_on_999():
 def test_scenes_satisfy_their_prompt_with_1_to_4_objects():
     rng = random.Random(0)
     sizes = Counter()
-    for i, meta in enumerate(prompts.prompt_set("train", 20)):
+    for meta in prompts.prompt_set("train", 20):
         scene = render.sample_scene(meta, rng)
         assert render.satisfies(scene, meta), meta["prompt"]
         sizes[len(scene)] += 1
@@ -102,7 +102,7 @@ def test_detector_accuracy_on_clean_renders():
 def test_detector_objects_classes_colours_and_boxes():
     rng = random.Random(1)
     n = found = 0
-    for i, meta in enumerate(prompts.prompt_set("train", 10, seed=4)):
+    for meta in prompts.prompt_set("train", 10, seed=4):
         scene = render.sample_scene(meta, rng)
         dets = detector.detect(render.render(scene))
         got = Counter((c, d.color) for c, ds in dets.items() for d in ds if d.score > 0.9)

@@ -1,0 +1,43 @@
+import json
+import os
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusion3Pipeline
+
+from benchmarks.shapes.evaluate import DEFAULT_MODEL, first_per_task, load_prompts
+from flowalign.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_eval_shapes_cli_smoke(tiny_sd3_dir, tmp_path, capsys):
+    out = tmp_path / "ev"
+    rc = main(["eval", "shapes", "--model", tiny_sd3_dir, "--prompts", "held-out", "--per-task", "1",
+               "--images-per-prompt", "2", "--steps", "2", "--max-sequence-length", "8", "--device", "cpu",
+               "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_images"] == 12 and set(summary["tasks"]) == {
+        "single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    assert 0 <= summary["overall"] <= 1
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and {"prompt", "tag", "correct", "partial", "reasons"} <= set(rows[0])
+    assert (out / "grid.png").exists()
+
+
+def test_prompt_selection():
+    held = load_prompts("held-out")
+    assert len(held) == 72 and len(first_per_task(held, 2)) == 12
+    assert load_prompts(str(ROOT / "benchmarks/shapes/prompts/train.jsonl"))[0] == load_prompts("train")[0]
+
+
+def test_committed_model_loads_in_a_stock_pipeline_and_generates():
+    assert os.path.isfile(os.path.join(DEFAULT_MODEL, "model_index.json"))
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(DEFAULT_MODEL) for f in fs)
+    assert size <= 10 * 1024 * 1024, size
+    pipe = StableDiffusion3Pipeline.from_pretrained(DEFAULT_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a photo of a red circle", num_inference_steps=4, guidance_scale=4.0, height=32, width=32,
+               max_sequence_length=8, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 3, 32, 32) and out.std() > 0.05
