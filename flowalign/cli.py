@@ -76,14 +76,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes",
-                           "flow_grpo.yaml")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Flow-GRPO on the committed shapes model (the README's demo)."""
-    args.config = DEMO_CONFIG
-    args.overrides = ["run.output_dir=runs/demo", *args.overrides]
+    """Flow-GRPO on the committed shapes model (the README's demo), from any working directory."""
+    args.config = os.path.join(REPO, "configs", "shapes", "flow_grpo.yaml")
+    args.overrides = ["run.output_dir=runs/demo", f"model.path={os.path.join(REPO, 'benchmarks', 'shapes', 'model')}",
+                      f"data.train_prompts={os.path.join(REPO, 'benchmarks', 'shapes', 'prompts', 'train.jsonl')}",
+                      *args.overrides]
     return cmd_train(args)
 
 

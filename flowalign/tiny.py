@@ -75,6 +75,7 @@ class TinySD3Config:
     text_projection: int = 32
     t5_dim: int = 64  # width of the tiny T5 encoder (= the transformer's joint_attention_dim)
     clip_merges: int | None = None  # None: CLIP's full 49408-token vocabulary; else a smaller one
+    clip_max_length: int = 77  # CLIP tokens per prompt (the pipeline pads to this length)
     shift: float = 3.0
     seed: int = 0
 
@@ -115,7 +116,7 @@ def tiny_sd3_pipeline(cfg: TinySD3Config | None = None, **overrides):
         joint_attention_dim=cfg.t5_dim, caption_projection_dim=cfg.num_attention_heads * cfg.attention_head_dim,
         pooled_projection_dim=2 * cfg.text_projection, pos_embed_max_size=latent_size // cfg.patch_size * 2,
     )
-    tok = clip_tokenizer(num_merges=cfg.clip_merges)
+    tok = clip_tokenizer(cfg.clip_max_length, num_merges=cfg.clip_merges)
     text_cfg = CLIPTextConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=2 * cfg.text_hidden,
@@ -130,7 +131,7 @@ def tiny_sd3_pipeline(cfg: TinySD3Config | None = None, **overrides):
                                   eos_token_id=tok3.eos_token_id, decoder_start_token_id=0))
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift), vae=vae,
-        text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=clip_tokenizer(num_merges=cfg.clip_merges),
+        text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=clip_tokenizer(cfg.clip_max_length, num_merges=cfg.clip_merges),
         text_encoder_3=te3, tokenizer_3=tok3,
     )
 

@@ -33,7 +33,7 @@ from .render import render_prompt
 SAMPLING_DEFAULTS = {"height": 32, "width": 32, "num_steps": 12, "guidance": 4.0, "max_sequence_length": 8}
 MODEL_CONFIG = dict(sample_size=32, vae_channels=(32, 64), latent_channels=4, patch_size=2, num_layers=6,
                     num_attention_heads=4, attention_head_dim=32, text_hidden=32, text_layers=2, text_projection=32,
-                    t5_dim=64, clip_merges=2000, shift=1.0, seed=0)
+                    t5_dim=64, clip_merges=2000, clip_max_length=16, shift=1.0, seed=0)
 
 
 def batch_images(rows, rng: random.Random, n: int) -> torch.Tensor:
@@ -55,9 +55,9 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/shapes/model")
     ap.add_argument("--work", default=None, help="checkpoint folder (default: OUT.work)")
     ap.add_argument("--minutes", type=float, default=28.0, help="total wall-clock budget")
-    ap.add_argument("--vae-fraction", type=float, default=0.2)
+    ap.add_argument("--vae-fraction", type=float, default=0.15)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--vae-lr", type=float, default=2e-3)
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--caption-dropout", type=float, default=0.1)

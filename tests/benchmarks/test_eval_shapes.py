@@ -41,3 +41,14 @@ def test_committed_model_loads_in_a_stock_pipeline_and_generates():
     out = pipe("a photo of a red circle", num_inference_steps=4, guidance_scale=4.0, height=32, width=32,
                max_sequence_length=8, output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 3, 32, 32) and out.std() > 0.05
+
+
+def test_learn_benchmark_smoke(tiny_sd3_dir, tmp_path):
+    from benchmarks.shapes import learn
+
+    res = learn.main(["--minutes", "0.01", "--eval-every", "0.005", "--images-per-prompt", "1", "--curve-images", "1",
+                      "--out", str(tmp_path / "learn"), f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8",
+                      "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.prompts_per_iteration=2",
+                      "algorithm.train_batch_size=4", "lora.rank=2"])
+    assert res["iterations"] >= 1 and "overall" in res["before"] and "overall" in res["after"]
+    assert (tmp_path / "learn" / "curve.png").exists() and (tmp_path / "learn" / "learn.json").exists()

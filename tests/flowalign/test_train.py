@@ -113,3 +113,28 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_sd3_dir, tmp_path, pro
     assert [m["iteration"] for m in lines] == [1, 2, 3, 4]
     ref = [json.loads(x) for x in open(tmp_path / "a" / "metrics.jsonl")]
     assert [m["reward_mean"] for m in lines] == [m["reward_mean"] for m in ref]
+
+
+def test_full_fine_tuning_saves_a_loadable_pipeline(tiny_sd3_dir, tmp_path, prompts_file):
+    out = str(tmp_path / "run")
+    cfg = load_config(None, overrides(tiny_sd3_dir, out, prompts_file, **{
+        "lora.enabled": "false", "run.max_iterations": 1, "run.sample_every": 0, "optim.lr": 1e-4}))
+    trainer = Trainer(cfg)
+    assert len(trainer.params) == len(list(trainer.policy.transformer.parameters()))
+    assert trainer.train() == os.path.join(out, "model")
+    pipe = StableDiffusion3Pipeline.from_pretrained(os.path.join(out, "model"))
+    base = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_dir)
+    changed = [n for n, p in pipe.transformer.named_parameters()
+               if not torch.equal(p, dict(base.transformer.named_parameters())[n])]
+    assert changed
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_sd3_dir, tmp_path, prompts_file):
+    out = tmp_path / "run"
+    proc = _cli(overrides(tiny_sd3_dir, str(out), prompts_file, **{
+        "optim.lr": 1e30, "run.max_iterations": 5, "run.sample_every": 0, "algorithm.kl_beta": 0}))
+    log = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 1, log[-2000:]
+    assert "training stopped: non-finite loss or reward at iteration" in log
+    assert "iter_000001" in log and (out / "checkpoints" / "iter_000001" / "state.json").exists()
+    assert not (out / "lora").exists()
