@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -179,7 +180,7 @@ def main(argv=None):
     pipe.transformer = ema
     pipe.register_modules(transformer=ema)
     pipe.to(torch.float16).save_pretrained(args.out)
-    info = {**SAMPLING_DEFAULTS, "pretrain": {"command": "python -m benchmarks.shapes.pretrain " + " ".join(argv or []),
+    info = {**SAMPLING_DEFAULTS, "pretrain": {"command": "python -m benchmarks.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
                                                "minutes": args.minutes, "vae_steps": state["vae_steps"],
                                                "transformer_steps": state["steps"], "vae_mse": state["vae_mse"],
                                                "final_loss": float(np.mean(state["losses"][-100:])),
