@@ -2,11 +2,13 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 
 from benchmarks.shapes.evaluate import DEFAULT_MODEL, first_per_task, load_prompts
 from flowalign.cli import main
+from flowalign.policies.sd3 import DTYPE_KWARG
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +38,8 @@ def test_committed_model_loads_in_a_stock_pipeline_and_generates():
     assert os.path.isfile(os.path.join(DEFAULT_MODEL, "model_index.json"))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(DEFAULT_MODEL) for f in fs)
     assert size <= 10 * 1024 * 1024, size
-    pipe = StableDiffusion3Pipeline.from_pretrained(DEFAULT_MODEL)
+    # the weights are stored in fp16; on a CPU load them in fp32 (on a GPU fp16 is the natural choice)
+    pipe = StableDiffusion3Pipeline.from_pretrained(DEFAULT_MODEL, **{DTYPE_KWARG: torch.float32})
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a photo of a red circle", num_inference_steps=4, guidance_scale=4.0, height=32, width=32,
                max_sequence_length=8, output_type="pt", generator=torch.Generator().manual_seed(0)).images
@@ -52,3 +55,19 @@ def test_learn_benchmark_smoke(tiny_sd3_dir, tmp_path):
                       "algorithm.train_batch_size=4", "lora.rank=2"])
     assert res["iterations"] >= 1 and "overall" in res["before"] and "overall" in res["after"]
     assert (tmp_path / "learn" / "curve.png").exists() and (tmp_path / "learn" / "learn.json").exists()
+
+
+@pytest.mark.slow
+def test_demo_config_trains_the_committed_model(tmp_path):
+    """Two iterations of the shipped demo config on the committed model (about a minute)."""
+    from flowalign.config import load_config
+    from flowalign.trainer import Trainer
+
+    cfg = load_config(str(ROOT / "configs/shapes/flow_grpo.yaml"),
+                      [f"model.path={DEFAULT_MODEL}", f"data.train_prompts={ROOT}/benchmarks/shapes/prompts/train.jsonl",
+                       f"run.output_dir={tmp_path}/run", "run.max_iterations=2", "run.sample_every=2",
+                       "run.progress=false"])
+    Trainer(cfg).train()
+    lines = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(lines) == 2 and 0 < lines[0]["reward_mean"] <= 1 and abs(lines[0]["first_ratio"] - 1) < 1e-5
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").exists()

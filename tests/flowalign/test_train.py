@@ -132,7 +132,8 @@ def test_full_fine_tuning_saves_a_loadable_pipeline(tiny_sd3_dir, tmp_path, prom
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_sd3_dir, tmp_path, prompts_file):
     out = tmp_path / "run"
     proc = _cli(overrides(tiny_sd3_dir, str(out), prompts_file, **{
-        "optim.lr": 1e30, "run.max_iterations": 5, "run.sample_every": 0, "algorithm.kl_beta": 0}))
+        "optim.lr": 1e30, "run.max_iterations": 5, "run.sample_every": 0, "algorithm.kl_beta": 0,
+        "algorithm.train_batch_size": 8}))  # one update per iteration: iteration 1 ends finite, 2 does not
     log = proc.communicate(timeout=300)[0].decode()
     assert proc.returncode == 1, log[-2000:]
     assert "training stopped: non-finite loss or reward at iteration" in log
