@@ -277,6 +277,8 @@ class Trainer:
         final = self.save_final()
         if self.writer is not None:
             self.writer.close()
+        self.acc.wait_for_everyone()
+        self.acc.end_training()  # a clean shutdown of the process group, if any
         return final
 
     def save_final(self) -> str:

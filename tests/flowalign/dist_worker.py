@@ -27,6 +27,8 @@ def main(out: str) -> None:
     with open(f"{out}/rank{acc.process_index}.json", "w") as f:
         json.dump({"world": acc.num_processes, "backend": str(acc.state.backend), "local": adv_local.tolist(),
                    "all": adv_all.tolist()}, f)
+    acc.wait_for_everyone()
+    acc.end_training()  # destroys the process group: a clean gloo shutdown
 
 
 if __name__ == "__main__":
