@@ -76,6 +76,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .algorithms.dense_grpo import calibrate
+    from .config import load_config
+
+    cfg = load_config(None if args.config == "-" else args.config, args.overrides)
+    path = calibrate(cfg)
+    print(f"wrote {path}; train with sampler.psi={path}")
+    return 0
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -123,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config (see configs/), or - for the defaults")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.max_iterations=10")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="DenseGRPO's exploration calibration: write psi(t) to "
+                                         "run.output_dir/psi.json (flowalign calibrate CONFIG [key=value ...])")
+    p.add_argument("config", help="a dense_grpo YAML config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.calib_rounds=5")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="the README's demo: Flow-GRPO on the shapes testbed (runs/demo)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of configs/shapes/flow_grpo.yaml")

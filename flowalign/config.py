@@ -40,6 +40,7 @@ class SamplerConfig:
     kind: str = "flow_sde"  # SDE step kind on trained steps: flow_sde | dance_sde | cps
     noise_level: float = 0.7  # a of Flow-GRPO's SDE (eta for dance_sde)
     sde_window: list[int] | None = None  # [start, end): SDE (and training) only there, ODE elsewhere
+    psi: Any = None  # DenseGRPO's calibrated std per step: a list of num_steps floats or a psi.json path (flow_sde)
     eval_num_steps: int | None = None  # steps of sample grids / evaluation (default: num_steps)
 
 
@@ -61,6 +62,37 @@ class FlowGRPOConfig:
     std_scope: Literal["group", "batch"] = "group"  # normalise rewards by the group's or the batch's std
     kl_beta: float = 0.04  # weight of the KL to the reference model (0: no reference pass)
     timestep_fraction: float = 1.0  # fraction of the SDE steps trained per sample (random subset)
+
+
+@dataclass
+class DenseGRPOConfig(FlowGRPOConfig):
+    name: str = "dense_grpo"
+    completion_steps: int | None = None  # Euler steps of each latent's ODE completion; None: all remaining steps
+    # exploration calibration (`flowalign calibrate`), DenseGRPO's Algorithm 1
+    calib_rounds: int = 10  # calibration rounds
+    calib_trajectories: int = 32  # trajectories per round (over all processes)
+    calib_eps1: float = 2.0  # |#(gain > 0) - #(gain < 0)| below this: the step explores too little -> raise psi
+    calib_eps2: float = 0.01  # psi change per round
+    calib_initial_psi: Any = None  # float or list; None: Flow-GRPO's std with sampler.noise_level
+
+
+@dataclass
+class BranchGRPOConfig(FlowGRPOConfig):
+    name: str = "branch_grpo"
+    group_size: int = 8  # leaves per tree: must equal branch_factor ** len(split_steps)
+    split_steps: list[int] = field(default_factory=lambda: [2, 5, 8])  # steps at which every node branches
+    branch_factor: int = 2  # children per split
+    split_noise_scale: float = 1.0  # s of the split noise
+    split_mode: Literal["correlated", "independent"] = "correlated"  # paper | released code
+    reward_beta: float = 0.0  # reward fusion: node reward = sum_l softmax(beta log p_path)_l r_l; 0 = leaf mean
+    mix: bool = False  # BranchGRPO-Mix: ODE on every step that is neither a split nor in sampler.sde_window
+    width_pruning: Literal["none", "parent_top1", "extreme"] = "none"  # on the edges below the last split
+    width_keep: int = 1  # extreme: keep the b best and b worst leaves' edges per tree
+    depth_pruning: list[int] = field(default_factory=list)  # steps whose incoming edges leave the loss
+    depth_pruning_slide: bool = False  # slide the pruned steps one earlier every depth_pruning_interval iterations
+    depth_pruning_interval: int = 1
+    depth_pruning_stop: int | None = None  # the slide stops here (default: the last split step)
+    train_batch_size: int = 16  # tree nodes (parents) per forward pass in training
 
 
 @dataclass
@@ -96,7 +128,8 @@ class RunConfig:
     progress: bool = True
 
 
-ALGORITHMS: dict[str, type] = {"flow_grpo": FlowGRPOConfig}
+ALGORITHMS: dict[str, type] = {"flow_grpo": FlowGRPOConfig, "dense_grpo": DenseGRPOConfig,
+                               "branch_grpo": BranchGRPOConfig}
 
 
 @dataclass
@@ -161,6 +194,17 @@ def validate(cfg) -> None:
         raise ValueError(f"algorithm.timestep_fraction={a.timestep_fraction} must be in (0, 1].")
     if a.clip_range <= 0 or a.kl_beta < 0:
         raise ValueError("algorithm.clip_range must be > 0 and algorithm.kl_beta >= 0.")
+    if s.psi is not None and s.kind != "flow_sde":
+        raise ValueError(f"sampler.psi is set but sampler.kind={s.kind!r}; calibrated psi drives the flow_sde step, "
+                         "so set sampler.kind=flow_sde or sampler.psi=null.")
+    if a.name == "dense_grpo":
+        if a.completion_steps is not None and a.completion_steps < 1:
+            raise ValueError(f"algorithm.completion_steps={a.completion_steps} must be at least 1, or null for "
+                             "all remaining steps.")
+        if a.calib_rounds < 1 or a.calib_trajectories < 2 or a.calib_eps2 <= 0:
+            raise ValueError("algorithm.calib_rounds must be >= 1, calib_trajectories >= 2 and calib_eps2 > 0.")
+    if a.name == "branch_grpo":
+        _validate_branch(cfg)
     if o.ema_decay is not None and not 0 < o.ema_decay < 1:
         raise ValueError(f"optim.ema_decay={o.ema_decay} must be in (0, 1), or null to turn EMA off.")
     if r.max_iterations < 1 or r.checkpoint_every < 1:
@@ -169,3 +213,31 @@ def validate(cfg) -> None:
         raise ValueError(f"lora.rank={cfg.lora.rank} must be at least 1 (or set lora.enabled=false).")
     if not isinstance(r.resume, (bool, str)):
         raise ValueError(f"run.resume={r.resume!r} must be true, false or a checkpoint path.")
+
+
+def _validate_branch(cfg) -> None:
+    a, s = cfg.algorithm, cfg.sampler
+    splits = list(a.split_steps)
+    if not splits or any(not 0 <= k < s.num_steps for k in splits) or len(set(splits)) != len(splits):
+        raise ValueError(f"algorithm.split_steps={splits} must be distinct steps in [0, sampler.num_steps="
+                         f"{s.num_steps}).")
+    if a.branch_factor < 2:
+        raise ValueError(f"algorithm.branch_factor={a.branch_factor} must be at least 2.")
+    leaves = a.branch_factor ** len(splits)
+    if a.group_size != leaves:
+        raise ValueError(f"algorithm.group_size={a.group_size} must equal branch_factor ** len(split_steps) = "
+                         f"{leaves} (the leaves of one tree); set algorithm.group_size={leaves}.")
+    if s.sde_window is not None and not a.mix:
+        lo, hi = s.sde_window
+        outside = [k for k in splits if not lo <= k < hi]
+        if outside:
+            raise ValueError(f"algorithm.split_steps {outside} lie outside sampler.sde_window={list(s.sde_window)}; "
+                             "splits need SDE steps (or set algorithm.mix=true).")
+    if a.width_keep < 1:
+        raise ValueError(f"algorithm.width_keep={a.width_keep} must be at least 1.")
+    if a.depth_pruning_interval < 1:
+        raise ValueError(f"algorithm.depth_pruning_interval={a.depth_pruning_interval} must be at least 1.")
+    bad = [k for k in a.depth_pruning if not 1 <= k <= s.num_steps]
+    if bad:
+        raise ValueError(f"algorithm.depth_pruning steps {bad} must lie in [1, sampler.num_steps={s.num_steps}] "
+                         "(the step of an edge's child).")

@@ -63,16 +63,6 @@ def _checkpoints(root: str) -> list[str]:
     return sorted(os.path.join(root, d) for d in os.listdir(root) if d.startswith("iter_") and not d.endswith(".tmp"))
 
 
-def distributed_advantages(acc, algo, rewards, group_ids):
-    """Gather every process's rewards and prompt ids (in rank order), compute the advantages over
-    the whole batch (groups may span processes), and return (all rewards, all advantages, this
-    process's slice)."""
-    all_rewards, all_gids = acc.gather(rewards), acc.gather(group_ids)
-    adv_all = algo.advantages(all_rewards.cpu(), all_gids.cpu())
-    n = rewards.shape[0]
-    return all_rewards, adv_all, adv_all[acc.process_index * n:(acc.process_index + 1) * n].to(rewards.device)
-
-
 class Trainer:
     def __init__(self, cfg):
         from accelerate import Accelerator
@@ -82,11 +72,9 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision, cpu=run.device == "cpu")
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         a = cfg.algorithm
-        total = a.prompts_per_iteration * a.group_size
-        if total % self.world:
-            raise ValueError(f"algorithm.prompts_per_iteration x group_size = {total} samples must divide evenly "
-                             f"over {self.world} processes; change prompts_per_iteration or group_size.")
-        self.n_local = total // self.world
+        self.algo = build_algorithm(cfg.algorithm, cfg.sampler)
+        # which prompts (samples or trees) this process rolls out; raises if they do not divide evenly
+        self.n_local = len(self.algo.assign([{"prompt": ""}] * a.prompts_per_iteration, self.rank, self.world)[0])
         self.out = run.output_dir
         self.ckpt_root = os.path.join(self.out, "checkpoints")
         torch.manual_seed(run.seed)
@@ -109,7 +97,7 @@ class Trainer:
         self.params = [p for p in tr.parameters() if p.requires_grad]
         o = cfg.optim
         optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
-        per_iter = a.inner_epochs * math.ceil(self.n_local / a.train_batch_size)
+        per_iter = self.algo.updates_per_iteration(self.n_local)
         warm = max(1, o.warmup_iterations * per_iter)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
         self.model, self.optimizer = self.acc.prepare(tr, optimizer)
@@ -119,7 +107,6 @@ class Trainer:
         self.ema = EMA(self.params, o.ema_decay) if o.ema_decay else None
         self.updater = Updater(self.acc, self.model, self.params, self.optimizer, scheduler, self.ema, o.max_grad_norm)
         self.reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
-        self.algo = build_algorithm(cfg.algorithm, cfg.sampler)
         self.iteration = 0
         self.writer = None
 
@@ -223,26 +210,28 @@ class Trainer:
         a, seed = self.cfg.algorithm, self.cfg.run.seed
         t0 = time.time()
         metas = iteration_prompts(self.rows, self.iteration, a.prompts_per_iteration, seed)
-        expanded = [(g, m) for g, m in enumerate(metas) for _ in range(a.group_size)]
-        mine = expanded[self.rank * self.n_local:(self.rank + 1) * self.n_local]
-        gids = torch.tensor([g for g, _ in mine], device=self.acc.device)
+        mine, gids = self.algo.assign(metas, self.rank, self.world)
+        self.algo.iteration = self.iteration
         gen = torch.Generator().manual_seed((seed * 1_000_003 + self.iteration) * 131 + self.rank)
         nfe0 = self.policy.nfe
-        ro = self.algo.rollout(self.policy, [m for _, m in mine], gids, gen, self.height, self.width)
-        with torch.no_grad():
-            images = self.policy.decode(ro.traj.final)
-        rewards = self.reward(images, ro.prompts, metadata=ro.metadata).to(self.acc.device)
-        all_rewards, adv_all, adv = distributed_advantages(self.acc, self.algo, rewards, gids)
-        nfe_rollout = self.policy.nfe - nfe0
+        ro = self.algo.rollout(self.policy, mine, gids.to(self.acc.device), gen, self.height, self.width)
+        nfe1 = self.policy.nfe
+        rewards = self.algo.score(self.policy, ro, self.reward).to(self.acc.device)
+        nfe2 = self.policy.nfe
+        all_rewards, adv = self.algo.advantages(ro, rewards, self.acc)
+        adv_all = self.acc.gather(adv.contiguous())
         stats = self.algo.policy_step(self.policy, ro, adv, self.updater, gen)
         self.iteration += 1
+        final_rewards = all_rewards if all_rewards.dim() == 1 else all_rewards[:, -1]  # dense: the final image's
         metrics = {
-            "iteration": self.iteration, "reward_mean": all_rewards.mean().item(), "reward_std": all_rewards.std().item(),
+            "iteration": self.iteration, "reward_mean": final_rewards.mean().item(),
+            "reward_std": final_rewards.std().item(),
             "advantage_mean": adv_all.mean().item(), "advantage_abs_mean": adv_all.abs().mean().item(),
             "advantage_std": adv_all.std().item(), **stats,
-            "nfe_rollout": nfe_rollout * self.world, "nfe_train": (self.policy.nfe - nfe0 - nfe_rollout) * self.world,
-            "iteration_time": time.time() - t0,
+            "nfe_rollout": (nfe1 - nfe0) * self.world, "nfe_reward": (nfe2 - nfe1) * self.world,
+            "nfe_train": (self.policy.nfe - nfe2) * self.world, "iteration_time": time.time() - t0,
         }
+        metrics["nfe"] = metrics["nfe_rollout"] + metrics["nfe_reward"] + metrics["nfe_train"]
         if not math.isfinite(metrics["reward_mean"]) or not math.isfinite(metrics.get("loss", 0.0)) \
                 or not math.isfinite(metrics.get("grad_norm", 0.0)):
             last = _checkpoints(self.ckpt_root)

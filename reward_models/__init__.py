@@ -4,6 +4,7 @@ when their reward is built (no import-time registration)."""
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from .base import Reward
 
@@ -18,7 +19,15 @@ def build_reward(name: str, **kwargs) -> Reward:
     if name not in REWARDS:
         raise ValueError(f"reward {name!r} is unknown; use one of {sorted(REWARDS)}.")
     module, cls = REWARDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    klass = getattr(importlib.import_module(module), cls)
+    params = inspect.signature(klass.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params) - {"self"})
+        if unknown:
+            known = sorted(set(params) - {"self"})
+            raise ValueError(f"reward {name!r} takes no argument {unknown[0]!r} (reward.args.{unknown[0]}); "
+                             f"its arguments are {known}.")
+    return klass(**kwargs)
 
 
 __all__ = ["REWARDS", "Reward", "build_reward"]

@@ -52,3 +52,26 @@ def complete_trajectory(velocity_fn: VelocityFn, latents: Tensor, sigmas: Tensor
     rows = torch.arange(B, device=latents.device).repeat_interleave(len(steps))
     out = ode_complete(velocity_fn, flat, sig, num_steps, rows=rows)
     return out.reshape(B, len(steps), *latents.shape[2:])
+
+
+def complete_on_grid(velocity_fn: VelocityFn, latents: Tensor, sigmas: Tensor, steps) -> Tensor:
+    """Complete chosen states of trajectories with Euler steps along the rest of their own grid
+    (DenseGRPO's default n = all remaining steps). latents [B, K+1, *S], sigmas [K+1], steps: state
+    indices in [0, K] -> x0 [B, len(steps), *S]. Every grid step j is one model call over all states
+    still to be completed (those with index <= j), so completing T states costs K - min(steps) calls."""
+    B, K1 = latents.shape[:2]
+    K = K1 - 1
+    steps = [int(s) for s in steps]
+    if any(not 0 <= s <= K for s in steps):
+        raise ValueError(f"states {steps} must lie in [0, {K}].")
+    T = len(steps)
+    x = latents[:, steps].reshape(B * T, *latents.shape[2:]).clone()
+    start = torch.tensor(steps, device=latents.device).repeat(B)
+    rows = torch.arange(B, device=latents.device).repeat_interleave(T)
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    for j in range(min(steps, default=K), K):
+        act = torch.nonzero(start <= j).flatten()
+        s, s_next = float(sig[j]), float(sig[j + 1])
+        v = velocity_fn(x[act], torch.full((act.numel(),), s, dtype=x.dtype, device=x.device), rows[act])
+        x[act] = euler_step(x[act], v, s, s_next).prev_sample.to(x.dtype)
+    return x.reshape(B, T, *latents.shape[2:])

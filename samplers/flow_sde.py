@@ -31,3 +31,25 @@ def flow_sde_step(
     mean = x * (1 + std_t**2 / (2 * s) * dt) + v * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
     std = std_t * torch.sqrt(-dt)
     return finish_step(x, mean, std, noise=noise, generator=generator, prev_sample=prev_sample)
+
+
+def flow_sde_std_scale(sigmas: Tensor) -> Tensor:
+    """sqrt(sigma / (1 - sigma)) of each step k of a grid [K+1] (sigma = 1 uses the next grid value in
+    the denominator): Flow-GRPO's std_t = a * scale_k. Returns [K] float64."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    cur, nxt = s[:-1], s[1:]
+    denom = torch.where(cur == 1, nxt, cur)
+    return torch.sqrt(cur / (1 - denom))
+
+
+def psi_to_noise_levels(psi, sigmas: Tensor) -> Tensor:
+    """DenseGRPO's per-step diffusion std psi(t) ([K], used as std_t directly) -> the per-step
+    noise levels a_k = psi_k / scale_k that make flow_sde_step use std_t = psi_k. Returns [K] float64."""
+    scale = flow_sde_std_scale(sigmas)
+    psi = torch.as_tensor(psi, dtype=torch.float64).flatten()
+    if psi.numel() != scale.numel():
+        raise ValueError(f"psi has {psi.numel()} values for {scale.numel()} steps; pass one per step "
+                         "(calibrate with the same sampler.num_steps).")
+    if (psi < 0).any():
+        raise ValueError(f"psi {psi.tolist()} has negative values; a diffusion std must be >= 0.")
+    return psi / scale

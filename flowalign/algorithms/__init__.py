@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from .branch_grpo import BranchGRPO
+from .dense_grpo import DenseGRPO
 from .flow_grpo import FlowGRPO
 
-ALGORITHMS = {"flow_grpo": FlowGRPO}
+ALGORITHMS = {"flow_grpo": FlowGRPO, "dense_grpo": DenseGRPO, "branch_grpo": BranchGRPO}
 
 
 def build_algorithm(algo_cfg, sampler_cfg):
@@ -13,4 +15,4 @@ def build_algorithm(algo_cfg, sampler_cfg):
     return ALGORITHMS[algo_cfg.name](algo_cfg, sampler_cfg)
 
 
-__all__ = ["ALGORITHMS", "FlowGRPO", "build_algorithm"]
+__all__ = ["ALGORITHMS", "BranchGRPO", "DenseGRPO", "FlowGRPO", "build_algorithm"]

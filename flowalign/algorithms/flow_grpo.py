@@ -18,6 +18,7 @@ from samplers import Trajectory
 
 from ..advantages import group_advantages
 from ..losses import grpo_clipped_loss
+from .base import decode_rewards, expand_groups, gathered, sde_noise_levels
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Rollout:
 
 
 class FlowGRPO:
+    iteration = 0  # set by the trainer before each iteration
+
     def __init__(self, algo_cfg, sampler_cfg):
         self.cfg = algo_cfg
         self.sampler = sampler_cfg
@@ -39,23 +42,42 @@ class FlowGRPO:
         self.train_steps = [k for k, kind in enumerate(self.kinds) if kind != "ode"]
         self.steps_per_update = max(1, round(len(self.train_steps) * algo_cfg.timestep_fraction))
 
+    def assign(self, metas: Sequence[dict], rank: int, world: int) -> tuple[list[dict], Tensor]:
+        """Each prompt's group of G samples, split over processes (a group may span processes)."""
+        return expand_groups(metas, self.cfg.group_size, rank, world)
+
+    def updates_per_iteration(self, n_local: int) -> int:
+        return self.cfg.inner_epochs * -(-n_local // self.cfg.train_batch_size)
+
     @torch.no_grad()
     def rollout(self, policy, metadata: Sequence[dict], group_ids: Tensor, generator: torch.Generator,
-                height: int | None = None, width: int | None = None) -> Rollout:
+                height: int | None = None, width: int | None = None, noise_level: Tensor | None = None) -> Rollout:
+        """SDE rollouts of the local samples; `noise_level` ([K]) overrides the sampler's levels."""
         prompts = [m["prompt"] for m in metadata]
         cond = policy.encode(prompts)
         noise = policy.initial_noise(len(prompts), height, width, generator)
-        traj = samplers.rollout(policy.velocity_fn(cond, guidance=self.sampler.guidance), noise,
-                                policy.sigmas(self.sampler.num_steps, height, width), self.kinds,
-                                noise_level=self.sampler.noise_level, generator=generator)
-        return Rollout(prompts, list(metadata), group_ids, cond, traj)
+        sigmas = policy.sigmas(self.sampler.num_steps, height, width)
+        traj = samplers.rollout(policy.velocity_fn(cond, guidance=self.sampler.guidance), noise, sigmas, self.kinds,
+                                noise_level=sde_noise_levels(self.sampler, sigmas) if noise_level is None else noise_level,
+                                generator=generator)
+        return Rollout(prompts, list(metadata), group_ids.to(noise.device), cond, traj)
 
-    def advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
+    def score(self, policy, ro: Rollout, reward) -> Tensor:
+        """Reward of each final image, [n]."""
+        return decode_rewards(policy, reward, ro.traj.final, ro.prompts, ro.metadata)
+
+    def group_advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
         """Global rewards [N] and prompt ids [N] (gathered over processes) -> advantages [N]."""
         return group_advantages(rewards, group_ids, std_scope=self.cfg.std_scope, clip=self.cfg.adv_clip_max)
 
+    def advantages(self, ro: Rollout, rewards: Tensor, comm) -> tuple[Tensor, Tensor]:
+        """Gather rewards over processes, normalise per prompt group. Returns (all rewards, local advantages)."""
+        all_rewards, _, adv = gathered(comm, rewards, ro.group_ids, self.group_advantages)
+        return all_rewards, adv
+
     def step_loss(self, policy, ro: Rollout, idx: Tensor, k: int, adv: Tensor):
-        """Loss of transition k for samples `idx`: clipped ratio + beta KL. Returns (loss, stats)."""
+        """Loss of transition k for samples `idx`: clipped ratio + beta KL. `adv` is [n] (one advantage
+        per sample) or [n, K] (one per sample and step). Returns (loss, stats)."""
         traj = ro.traj
         x, x_next = traj.latents[idx, k], traj.latents[idx, k + 1]
         s, sn = float(traj.sigmas[k]), float(traj.sigmas[k + 1])
@@ -64,7 +86,8 @@ class FlowGRPO:
         level = float(traj.noise_level[k])
         v = policy.velocity(x, sig, ro.cond, guidance=self.sampler.guidance, rows=idx)
         out = step(x, v, s, sn, noise_level=level, prev_sample=x_next)
-        pg = grpo_clipped_loss(out.log_prob, traj.log_probs[idx, k], adv[idx], self.cfg.clip_range)
+        a = adv[idx] if adv.dim() == 1 else adv[idx, k]
+        pg = grpo_clipped_loss(out.log_prob, traj.log_probs[idx, k], a, self.cfg.clip_range)
         loss, kl_val = pg.loss, 0.0
         if self.cfg.kl_beta > 0:
             with torch.no_grad(), policy.reference():

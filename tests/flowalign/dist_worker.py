@@ -9,7 +9,7 @@ from accelerate import Accelerator
 
 from flowalign.algorithms import build_algorithm
 from flowalign.config import load_config
-from flowalign.trainer import distributed_advantages
+from flowalign.algorithms.base import gathered
 
 REWARDS = [0.1, 0.9, 0.4, 0.4, 1.0, 0.0, 0.3, 0.7, 0.2, 0.2, 0.9, 0.5]  # 3 prompts x 4 samples
 GROUPS = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
@@ -23,7 +23,7 @@ def main(out: str) -> None:
     lo = acc.process_index * n
     rewards = torch.tensor(REWARDS[lo:lo + n])
     gids = torch.tensor(GROUPS[lo:lo + n])
-    _, adv_all, adv_local = distributed_advantages(acc, algo, rewards, gids)
+    _, adv_all, adv_local = gathered(acc, rewards, gids, algo.group_advantages)
     with open(f"{out}/rank{acc.process_index}.json", "w") as f:
         json.dump({"world": acc.num_processes, "backend": str(acc.state.backend), "local": adv_local.tolist(),
                    "all": adv_all.tolist()}, f)

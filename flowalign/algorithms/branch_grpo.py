@@ -1,0 +1,279 @@
+"""BranchGRPO (Li et al. 2025): tree rollouts that share prefixes, tree-based credit assignment and
+pruning.
+
+One tree per prompt: the rollout branches into `branch_factor` children at each split step, so a
+tree has branch_factor ** len(split_steps) leaves (the prompt's group). Leaf rewards are fused
+upwards (a node's reward is the softmax(beta log p_path)-weighted mean of its descendant leaves;
+beta = 0 is the plain mean), normalised per tree over the nodes at the same step (depth), and
+every edge takes its child's advantage. Pruning removes edges from the loss only:
+- width ("parent_top1"): below the last split keep, for each parent at the last split, the edges of
+  its best child's branch; ("extreme"): keep the `width_keep` best and worst leaves' branches;
+- depth: the edges into the steps listed in `depth_pruning`, optionally a window sliding one step
+  earlier every `depth_pruning_interval` iterations until `depth_pruning_stop`.
+BranchGRPO-Mix (`mix`): ODE on every step that is neither a split step nor in sampler.sde_window,
+so only stochastic edges are trained. Training computes one velocity per parent node and scores all
+of its children with it; a rollout makes one model call per node per step, batched over the
+frontier (samplers.tree_rollout)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+import samplers
+from samplers import TreeTrajectory
+
+from ..losses import grpo_clipped_loss
+from .base import decode_rewards, sde_noise_levels
+
+
+# -- the maths, as pure functions of a tree --------------------------------------------------------
+def descendant_leaves(tree: TreeTrajectory) -> Tensor:
+    """[N, L] bool: node n lies on the path of leaf l (n is l or one of its ancestors)."""
+    desc = torch.zeros(tree.num_nodes, tree.leaves.numel(), dtype=torch.bool)
+    for j, leaf in enumerate(tree.leaves.tolist()):
+        desc[tree.leaf_path(leaf), j] = True
+    return desc
+
+
+def fuse_rewards(tree: TreeTrajectory, leaf_rewards: Tensor, beta: float = 0.0) -> Tensor:
+    """Node rewards [N]: sum over the node's descendant leaves of w_l r_l with
+    w = softmax(beta log p_path(l)) over those leaves (beta = 0: their mean)."""
+    desc = descendant_leaves(tree)
+    logits = beta * tree.leaf_log_prob().to(torch.float64) if beta else torch.zeros(tree.leaves.numel(),
+                                                                                    dtype=torch.float64)
+    w = torch.where(desc, logits.expand_as(desc), torch.tensor(float("-inf"), dtype=torch.float64)).softmax(dim=1)
+    return w @ leaf_rewards.to(torch.float64).cpu()
+
+
+def depthwise_advantages(tree: TreeTrajectory, node_rewards: Tensor, *, eps: float = 1e-4,
+                         clip: float = 5.0) -> Tensor:
+    """A(n) = (r(n) - mean_d) / (std_d + eps) over the nodes of n's tree at n's step (depth); a step
+    with a single node (before the first split, or a root) gets 0. Clipped to +-clip. [N] float32."""
+    adv = torch.zeros(tree.num_nodes, dtype=torch.float64)
+    key = tree.root * (int(tree.step.max()) + 1) + tree.step
+    for k in torch.unique(key):
+        idx = torch.nonzero(key == k).flatten()
+        if idx.numel() < 2:
+            continue
+        r = node_rewards[idx].to(torch.float64)
+        adv[idx] = (r - r.mean()) / (r.std(unbiased=False) + eps)
+    return adv.clamp(-clip, clip).to(torch.float32)
+
+
+def comparable_edges(tree: TreeTrajectory) -> Tensor:
+    """[N] bool: edges (into node n) that can carry a policy gradient: stochastic, and n has other
+    nodes at its step in its tree (a lone node has no advantage)."""
+    key = tree.root * (int(tree.step.max()) + 1) + tree.step
+    counts = torch.bincount(key)[key]
+    return (tree.parent >= 0) & tree.sde_mask & (counts > 1)
+
+
+def _last_layer(tree: TreeTrajectory, split_steps: Sequence[int]) -> tuple[Tensor, int]:
+    last = max(split_steps)
+    return tree.step > last, last
+
+
+def width_prune(tree: TreeTrajectory, node_adv: Tensor, split_steps: Sequence[int], mode: str,
+                keep: int = 1) -> Tensor:
+    """[N] bool keep-mask of edges after width pruning. Only edges below the last split (into nodes
+    at steps > last split) can be dropped; the leaf at the end of such a branch decides:
+    parent_top1 keeps, for every parent at the last split, only its best child's branch (ties: the
+    first child); extreme keeps the `keep` best and `keep` worst branches of each tree."""
+    mask = torch.ones(tree.num_nodes, dtype=torch.bool)
+    if mode == "none":
+        return mask
+    if mode not in ("parent_top1", "extreme"):
+        raise ValueError(f"width pruning {mode!r} is unknown; use none, parent_top1 or extreme.")
+    below, last = _last_layer(tree, split_steps)
+    leaves = tree.leaves.tolist()
+    paths = {leaf: tree.leaf_path(leaf) for leaf in leaves}
+    kept: set[int] = set()
+    if mode == "parent_top1":
+        by_parent: dict[int, list[int]] = {}
+        for leaf in leaves:
+            split_parent = next(n for n in paths[leaf] if int(tree.step[n]) == last)
+            by_parent.setdefault(split_parent, []).append(leaf)
+        for group in by_parent.values():
+            kept.add(max(group, key=lambda leaf: (float(node_adv[leaf]), -leaf)))
+    else:
+        by_root: dict[int, list[int]] = {}
+        for leaf in leaves:
+            by_root.setdefault(int(tree.root[leaf]), []).append(leaf)
+        for group in by_root.values():
+            order = sorted(group, key=lambda leaf: (float(node_adv[leaf]), leaf))
+            kept.update(order[:keep] + order[-keep:])
+    for leaf in leaves:
+        if leaf not in kept:
+            for n in paths[leaf]:
+                if below[n]:
+                    mask[n] = False
+    return mask
+
+
+def pruned_depths(base: Sequence[int], iteration: int, *, slide: bool, interval: int, stop: int) -> list[int]:
+    """The steps whose incoming edges are dropped at `iteration`: `base`, or with `slide` the window
+    moved one step earlier every `interval` iterations until its first step reaches `stop`."""
+    base = sorted(int(b) for b in base)
+    if not base or not slide:
+        return base
+    shift = min(iteration // interval, max(0, base[0] - stop))
+    return [b - shift for b in base]
+
+
+def depth_prune(tree: TreeTrajectory, steps: Sequence[int]) -> Tensor:
+    """[N] bool keep-mask: drop the edges into nodes at the given steps."""
+    mask = torch.ones(tree.num_nodes, dtype=torch.bool)
+    for k in steps:
+        mask &= tree.step != int(k)
+    return mask
+
+
+# -- the algorithm ---------------------------------------------------------------------------------
+@dataclass
+class TreeRollout:
+    prompts: list[str]  # [R] one prompt per tree (root)
+    metadata: list[dict]  # [R]
+    group_ids: Tensor  # [R] global prompt index of each tree
+    cond: object  # the policy's conditioning for `prompts`
+    tree: TreeTrajectory
+    kinds: list[str]  # [K]
+    levels: Tensor  # [K] noise level per step
+    train_mask: Tensor | None = None  # [N] edges in the loss (set by `advantages`)
+
+
+class BranchGRPO:
+    iteration = 0  # the trainer sets it before each iteration (sliding depth pruning)
+
+    def __init__(self, algo_cfg, sampler_cfg):
+        self.cfg, self.sampler = algo_cfg, sampler_cfg
+        K = sampler_cfg.num_steps
+        window = tuple(sampler_cfg.sde_window) if sampler_cfg.sde_window is not None else None
+        splits = set(int(k) for k in algo_cfg.split_steps)
+        if algo_cfg.mix:
+            lo, hi = window if window is not None else (0, 0)
+            self.kinds = [sampler_cfg.kind if (k in splits or lo <= k < hi) else "ode" for k in range(K)]
+        else:
+            self.kinds = samplers.step_kinds(K, sampler_cfg.kind, window=window)
+
+    def assign(self, metas: Sequence[dict], rank: int, world: int) -> tuple[list[dict], Tensor]:
+        """Whole trees per process: prompts_per_iteration must divide evenly over the processes."""
+        if len(metas) % world:
+            raise ValueError(f"algorithm.prompts_per_iteration={len(metas)} trees must divide evenly over {world} "
+                             "processes for branch_grpo; change prompts_per_iteration.")
+        n = len(metas) // world
+        return list(metas[rank * n:(rank + 1) * n]), torch.arange(rank * n, (rank + 1) * n)
+
+    def updates_per_iteration(self, n_local: int) -> int:
+        return self.cfg.inner_epochs
+
+    @torch.no_grad()
+    def rollout(self, policy, metadata: Sequence[dict], group_ids: Tensor, generator: torch.Generator,
+                height: int | None = None, width: int | None = None) -> TreeRollout:
+        prompts = [m["prompt"] for m in metadata]
+        cond = policy.encode(prompts)
+        noise = policy.initial_noise(len(prompts), height, width, generator)
+        sigmas = policy.sigmas(self.sampler.num_steps, height, width)
+        levels = sde_noise_levels(self.sampler, sigmas)
+        tree = samplers.tree_rollout(policy.velocity_fn(cond, guidance=self.sampler.guidance), noise, sigmas,
+                                     split_steps=list(self.cfg.split_steps), branch_factor=self.cfg.branch_factor,
+                                     kinds=self.kinds, noise_level=levels, split_noise_scale=self.cfg.split_noise_scale,
+                                     mode=self.cfg.split_mode, generator=generator)
+        return TreeRollout(prompts, list(metadata), group_ids.to(noise.device), cond, tree, self.kinds, levels)
+
+    def score(self, policy, ro: TreeRollout, reward) -> Tensor:
+        """Reward of every leaf, [R * leaves] grouped by tree."""
+        t = ro.tree
+        roots = t.root[t.leaves].tolist()
+        return decode_rewards(policy, reward, t.latents[t.leaves], [ro.prompts[r] for r in roots],
+                              [ro.metadata[r] for r in roots])
+
+    def node_advantages(self, tree: TreeTrajectory, leaf_rewards: Tensor) -> Tensor:
+        fused = fuse_rewards(tree, leaf_rewards, self.cfg.reward_beta)
+        return depthwise_advantages(tree, fused, clip=self.cfg.adv_clip_max)
+
+    def edge_mask(self, tree: TreeTrajectory, node_adv: Tensor, iteration: int) -> Tensor:
+        """[N] bool: the edges in this iteration's loss (comparable, not pruned)."""
+        c = self.cfg
+        mask = comparable_edges(tree)
+        mask &= width_prune(tree, node_adv, list(c.split_steps), c.width_pruning, c.width_keep)
+        stop = c.depth_pruning_stop if c.depth_pruning_stop is not None else max(c.split_steps)
+        mask &= depth_prune(tree, pruned_depths(list(c.depth_pruning), iteration, slide=c.depth_pruning_slide,
+                                                interval=c.depth_pruning_interval, stop=stop))
+        return mask
+
+    def advantages(self, ro: TreeRollout, rewards: Tensor, comm) -> tuple[Tensor, Tensor]:
+        """Per-node advantages of this process's trees (a tree never spans processes); the leaf
+        rewards of all processes are gathered for logging. Returns (all leaf rewards, [N] advantages)."""
+        adv = self.node_advantages(ro.tree, rewards.cpu())
+        ro.train_mask = self.edge_mask(ro.tree, adv, self.iteration)
+        return comm.gather(rewards), adv.to(rewards.device)
+
+    def policy_step(self, policy, ro: TreeRollout, adv: Tensor, update, generator: torch.Generator) -> dict:
+        """inner_epochs passes; each pass accumulates the gradient of every kept edge, computing one
+        velocity per parent node (train_batch_size parents per forward) for all its children, then
+        calls update() once. Returns mean statistics; first_ratio must be 1 (on-policy)."""
+        t = ro.tree
+        mask = ro.train_mask if ro.train_mask is not None else comparable_edges(t)
+        edges = torch.nonzero(mask).flatten()
+        stats: dict[str, list[float]] = {}
+        first_ratio = None
+        if edges.numel() == 0:
+            return {"edges_trained": 0.0}
+        parents = torch.unique(t.parent[edges])
+        adv = adv.cpu()
+        for _ in range(self.cfg.inner_epochs):
+            order = parents[torch.randperm(parents.numel(), generator=generator)]
+            chunks = list(order.split(self.cfg.train_batch_size))
+            for ci, chunk in enumerate(chunks):
+                child = edges[torch.isin(t.parent[edges], chunk)]
+                loss, st = self._edges_loss(policy, ro, chunk, child, adv)
+                if first_ratio is None:
+                    first_ratio = st["ratio"]
+                update.backward(loss * (child.numel() / edges.numel()), last=ci == len(chunks) - 1)
+                for key, val in st.items():
+                    stats.setdefault(key, []).append(val)
+            for key, val in update.step().items():
+                stats.setdefault(key, []).append(val)
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out.update(first_ratio=first_ratio, edges_trained=float(edges.numel()), parents_trained=float(parents.numel()))
+        return out
+
+    def _edges_loss(self, policy, ro: TreeRollout, parents: Tensor, child: Tensor, adv: Tensor):
+        t, g = ro.tree, self.sampler.guidance
+        dev = t.latents.device
+        pos = {int(p): i for i, p in enumerate(parents.tolist())}
+        x = t.latents[parents.to(dev)]
+        sig = t.sigmas.to(torch.float32)[t.step[parents]].to(dev)
+        rows = t.root[parents].to(dev)
+        v = policy.velocity(x, sig, ro.cond, guidance=g, rows=rows)
+        v_ref = None
+        if self.cfg.kl_beta > 0:
+            with torch.no_grad(), policy.reference():
+                v_ref = policy.velocity(x, sig, ro.cond, guidance=g, rows=rows)
+        lps, olds, advs, kls = [], [], [], []
+        pidx = torch.tensor([pos[int(p)] for p in t.parent[child].tolist()])
+        for k in torch.unique(t.step[t.parent[child]]).tolist():
+            sel = pidx[t.step[t.parent[child]] == k]
+            ch = child[t.step[t.parent[child]] == k]
+            s, sn = float(t.sigmas[k]), float(t.sigmas[k + 1])
+            fn, lvl = samplers.step_fn(ro.kinds[k]), float(ro.levels[k])
+            out = fn(x[sel], v[sel], s, sn, noise_level=lvl, prev_sample=t.latents[ch.to(dev)])
+            lps.append(out.log_prob)
+            olds.append(t.log_probs[ch].to(dev))
+            advs.append(adv[ch].to(dev))
+            if v_ref is not None:
+                mean_ref = fn(x[sel], v_ref[sel], s, sn, noise_level=lvl, prev_sample=t.latents[ch.to(dev)]).mean
+                kls.append(samplers.gaussian_mean_kl(out.mean, mean_ref, out.std))
+        lp, old, a = torch.cat(lps), torch.cat(olds), torch.cat(advs)
+        pg = grpo_clipped_loss(lp, old, a, self.cfg.clip_range)
+        loss, kl_val = pg.loss, 0.0
+        if kls:
+            kl = torch.cat(kls).mean()
+            loss = loss + self.cfg.kl_beta * kl
+            kl_val = kl.item()
+        return loss, {"ratio": pg.ratio_mean, "clip_fraction": pg.clip_fraction, "kl": kl_val,
+                      "policy_loss": pg.loss.item(), "log_prob": lp.mean().item(), "loss": loss.item()}

@@ -1,0 +1,162 @@
+"""BranchGRPO: tree shapes and NFE, reward fusion, depth-wise advantages, pruning, and the algorithm
+on the tiny SD3."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import samplers
+from flowalign.algorithms.base import LocalComm
+from flowalign.algorithms.branch_grpo import (BranchGRPO, comparable_edges, depth_prune, depthwise_advantages,
+                                              fuse_rewards, pruned_depths, width_prune)
+from flowalign.config import load_config
+from tests.flowalign.test_train import overrides, prompts_file  # noqa: F401 (fixture)
+from tests.helpers import assert_tensors_close, gaussian_velocity
+
+VEL = gaussian_velocity(0.3, 0.5)
+
+
+def _tree(R=2, K=4, splits=(1, 2), nb=2, kinds="flow_sde", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    calls = []
+
+    def vel(x, sigma, rows):
+        calls.append(x.shape[0])
+        return VEL(x, sigma, rows)
+
+    noise = torch.randn(R, 3, generator=g, dtype=torch.float64)
+    t = samplers.tree_rollout(vel, noise, samplers.linear_sigmas(K), split_steps=splits, branch_factor=nb,
+                              kinds=kinds, generator=g)
+    return t, calls
+
+
+@pytest.mark.parametrize("R,K,splits,nb", [(2, 4, (1, 2), 2), (1, 6, (0, 3), 3), (3, 5, (4,), 2)])
+def test_tree_shapes_indices_leaves_and_nfe(R, K, splits, nb):
+    t, calls = _tree(R, K, splits, nb)
+    # frontier size before step k: R * nb ** (number of splits before k); one call per step over the frontier
+    frontier = [R * nb ** sum(s < k for s in splits) for k in range(K)]
+    assert calls == frontier and sum(calls) == sum(frontier)
+    after = [R * nb ** sum(s <= k for s in splits) for k in range(K)]
+    assert t.num_nodes == R + sum(after)
+    assert t.leaves.numel() == R * nb ** len(splits)
+    e = t.edges()
+    assert torch.all(t.step[e] == t.step[t.parent[e]] + 1)
+    split_edge = torch.isin(t.step[t.parent[e]], torch.tensor(splits))
+    assert torch.all(t.depth[e] == t.depth[t.parent[e]] + split_edge.long())
+    assert torch.all(t.depth[t.leaves] == len(splits))
+    # each tree has nb ** len(splits) leaves, grouped by root
+    assert torch.bincount(t.root[t.leaves]).tolist() == [nb ** len(splits)] * R
+
+
+def _hand_tree():
+    """One root, K = 3, splits at steps 1 and 2, 2 children each: 4 leaves.
+    node: 0 (root, step 0) -> 1 (step 1) -> {2, 3} (step 2) -> {4, 5} from 2, {6, 7} from 3 (step 3)."""
+    t, _ = _tree(R=1, K=3, splits=(1, 2), nb=2)
+    assert t.parent.tolist() == [-1, 0, 1, 1, 2, 2, 3, 3] and t.leaves.tolist() == [4, 5, 6, 7]
+    return t
+
+
+def test_fusion_with_beta_zero_is_the_mean_of_descendant_leaves():
+    t = _hand_tree()
+    r = torch.tensor([1.0, 0.0, 0.5, 0.3], dtype=torch.float64)
+    fused = fuse_rewards(t, r, beta=0.0)
+    assert_tensors_close(fused, torch.tensor([0.45, 0.45, 0.5, 0.4, 1.0, 0.0, 0.5, 0.3], dtype=torch.float64),
+                         atol=1e-12)
+    # large beta puts all weight on the most probable path below each node
+    lp = t.leaf_log_prob()
+    hot = fuse_rewards(t, r, beta=1e6)
+    assert float(hot[0]) == float(r[int(torch.argmax(lp))])
+    # weights are softmax(beta log p_path) over the node's leaves
+    w = torch.softmax(0.5 * lp.double()[:2], 0)
+    assert_tensors_close(fuse_rewards(t, r, beta=0.5)[2], (w * r[:2].double()).sum(), atol=1e-12)
+
+
+def test_depthwise_advantages_on_a_hand_built_tree():
+    t = _hand_tree()
+    fused = fuse_rewards(t, torch.tensor([1.0, 0.0, 0.5, 0.3]), beta=0.0)
+    adv = depthwise_advantages(t, fused, eps=0.0)
+    # steps 0 and 1 hold one node each -> 0; step 2: rewards 0.5 and 0.4 -> +1, -1;
+    # step 3: 1, 0, 0.5, 0.3 (mean 0.45, population std)
+    std = torch.tensor([1.0, 0.0, 0.5, 0.3]).std(unbiased=False)
+    exp3 = (torch.tensor([1.0, 0.0, 0.5, 0.3]) - 0.45) / std
+    assert_tensors_close(adv, torch.cat([torch.tensor([0.0, 0.0, 1.0, -1.0]), exp3]), atol=1e-5)
+    assert comparable_edges(t).tolist() == [False, False, True, True, True, True, True, True]
+    assert depthwise_advantages(t, fused * 100, clip=0.5).abs().max() <= 0.5
+
+
+def test_width_pruning_keeps_exactly_the_promised_edges():
+    t, _ = _tree(R=1, K=5, splits=(0, 2), nb=2)
+    # nodes: 0 | 1 2 (step 1) | 3 4 (step 2) | 5 6 7 8 (step 3, split children) | 9 10 11 12 (step 4) |
+    #        13 14 15 16 (step 5, leaves)
+    assert t.leaves.tolist() == [13, 14, 15, 16]
+    adv = torch.zeros(t.num_nodes)
+    adv[t.leaves] = torch.tensor([0.2, 0.9, -1.0, 0.1])
+    keep = width_prune(t, adv, [0, 2], "parent_top1")
+    # parents at the last split (step 2): node 3 (leaves 13, 14) keeps leaf 14's branch, node 4 keeps leaf 16's
+    dropped = {n for n in range(t.num_nodes) if not keep[n]}
+    assert dropped == set(t.leaf_path(13)[3:]) | set(t.leaf_path(15)[3:])
+    assert dropped == {5, 9, 13, 7, 11, 15}
+    keep = width_prune(t, adv, [0, 2], "extreme", keep=1)
+    assert {n for n in range(t.num_nodes) if not keep[n]} == {5, 9, 13, 8, 12, 16}  # keeps 14 (best), 15 (worst)
+    assert width_prune(t, adv, [0, 2], "none").all()
+    with pytest.raises(ValueError, match="unknown"):
+        width_prune(t, adv, [0, 2], "top3")
+
+
+def test_depth_pruning_and_its_sliding_window():
+    t, _ = _tree(R=1, K=5, splits=(0, 2), nb=2)
+    keep = depth_prune(t, [4, 5])
+    assert torch.equal(keep, ~torch.isin(t.step, torch.tensor([4, 5])))
+    assert pruned_depths([4, 5], 0, slide=True, interval=2, stop=2) == [4, 5]
+    assert pruned_depths([4, 5], 3, slide=True, interval=2, stop=2) == [3, 4]
+    assert pruned_depths([4, 5], 100, slide=True, interval=2, stop=2) == [2, 3]
+    assert pruned_depths([4, 5], 100, slide=False, interval=2, stop=2) == [4, 5]
+
+
+def _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **extra):
+    base = {"algorithm.name": "branch_grpo", "sampler.num_steps": 4, "algorithm.split_steps": "[1,2]",
+            "algorithm.group_size": 4, "algorithm.train_batch_size": 3}
+    base.update(extra)
+    return load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **base))
+
+
+def test_branch_training_iteration_nfe_and_on_policy(tiny_sd3_dir, tmp_path, prompts_file):
+    from flowalign.trainer import Trainer
+
+    cfg = _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"run.max_iterations": 1, "run.sample_every": 0})
+    Trainer(cfg).train()
+    m = json.loads(open(os.path.join(cfg.run.output_dir, "metrics.jsonl")).readline())
+    assert abs(m["first_ratio"] - 1) < 1e-5
+    # 2 trees; frontier per step 1, 1, 2, 4 -> 8 node-steps a tree; CFG doubles
+    assert m["nfe_rollout"] == 2 * 8 * 2
+    # trained edges: those with siblings at their step (steps 2, 3, 4: 2 + 4 + 4 a tree); their parents
+    # (1 + 2 + 4 a tree) each get one velocity, plus one reference velocity for the KL
+    assert m["edges_trained"] == 2 * 10 and m["parents_trained"] == 2 * 7
+    assert m["nfe_train"] == 2 * 7 * 2 * 2
+
+
+def test_branch_mix_trains_only_stochastic_edges(tiny_sd3_dir, tmp_path, prompts_file):
+    from flowalign.policies import load_policy
+    from reward_models import build_reward
+
+    cfg = _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"algorithm.mix": True})
+    algo = BranchGRPO(cfg.algorithm, cfg.sampler)
+    assert algo.kinds == ["ode", "flow_sde", "flow_sde", "ode"]
+    policy = load_policy(cfg.model.path, max_sequence_length=8)
+    ro = algo.rollout(policy, [{"prompt": "a red circle"}], torch.tensor([0]), torch.Generator().manual_seed(0), 32, 32)
+    r = algo.score(policy, ro, build_reward("jpeg_compressibility"))
+    _, adv = algo.advantages(ro, r, LocalComm)
+    t = ro.tree
+    assert torch.equal(ro.train_mask, t.sde_mask & (t.step >= 2))  # the split edges (steps 2 and 3) only
+    assert (t.log_probs[~t.sde_mask] == 0).all()
+
+
+def test_branch_config_errors(tiny_sd3_dir, tmp_path, prompts_file):
+    with pytest.raises(ValueError, match="group_size=8 must equal"):
+        _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"algorithm.group_size": 8})
+    with pytest.raises(ValueError, match="split_steps"):
+        _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"algorithm.split_steps": "[1,9]"})
+    with pytest.raises(ValueError, match="outside sampler.sde_window"):
+        _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"sampler.sde_window": "[0,2]"})

@@ -1,0 +1,115 @@
+"""DenseGRPO: step gains, per-step advantages, calibration, and the algorithm on the tiny SD3."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from flowalign.algorithms.base import LocalComm
+from flowalign.algorithms.dense_grpo import DenseGRPO, calibrate_psi, dense_advantages, step_gains
+from flowalign.config import load_config
+from flowalign.policies import load_policy
+from reward_models import build_reward
+from tests.flowalign.test_train import overrides, prompts_file  # noqa: F401 (fixture)
+from tests.helpers import assert_tensors_close
+
+
+def test_step_gains_are_reward_after_minus_before():
+    R = torch.tensor([[0.0, 0.5, 0.5, 1.0], [1.0, 0.2, 0.7, 0.7]])
+    assert_tensors_close(step_gains(R), torch.tensor([[0.5, 0.0, 0.5], [-0.8, 0.5, 0.0]]), atol=1e-7)
+
+
+def test_per_step_advantages_normalise_each_step_within_each_group():
+    # 2 prompts x 2 samples, 3 steps; only steps 0 and 2 are trained
+    gains = torch.tensor([[1.0, 5.0, 0.0], [3.0, 1.0, 2.0], [0.5, 0.0, 4.0], [0.5, 2.0, 4.0]], dtype=torch.float64)
+    gids = torch.tensor([0, 0, 1, 1])
+    adv = dense_advantages(gains, gids, [0, 2], eps=1e-12)
+    # group 0, step 0: mean 2, std 1 -> -1, +1; step 2: mean 1, std 1 -> -1, +1; group 1: equal gains -> 0
+    expected = torch.tensor([[-1.0, 0.0, -1.0], [1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert_tensors_close(adv, expected, atol=1e-6)
+
+
+def test_calibration_raises_psi_where_outcomes_are_balanced_and_lowers_it_elsewhere():
+    psi = torch.tensor([0.5, 0.5, 0.5, 0.005])
+    gains = torch.tensor([
+        [0.1, 0.2, 0.0, 0.3],
+        [-0.1, 0.3, 0.0, 0.1],
+        [0.2, 0.1, 0.0, 0.2],
+        [-0.3, 0.4, 0.0, 0.4],
+    ])
+    new = calibrate_psi(psi, gains, steps=[0, 1, 3], eps1=2, eps2=0.01)
+    # step 0: 2 up, 2 down -> balanced -> explore more; step 1, 3: all up -> less (floored at 0);
+    # step 2 is not calibrated
+    assert_tensors_close(new, torch.tensor([0.51, 0.49, 0.5, 0.0], dtype=torch.float64), atol=1e-9)
+
+
+def _dense(tiny_sd3_dir, tmp_path, prompts_file, **extra):
+    cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file,
+                                      **{"algorithm.name": "dense_grpo", **extra}))
+    policy = load_policy(cfg.model.path, max_sequence_length=8)
+    return cfg, policy, DenseGRPO(cfg.algorithm, cfg.sampler)
+
+
+def test_latent_rewards_are_rewards_of_the_ode_completions(tiny_sd3_dir, tmp_path, prompts_file):
+    cfg, policy, algo = _dense(tiny_sd3_dir, tmp_path, prompts_file, **{"sampler.sde_window": "[0,2]"})
+    reward = build_reward("jpeg_compressibility")
+    metas = [{"prompt": "a red circle"}] * 2 + [{"prompt": "a blue square"}] * 2
+    ro = algo.rollout(policy, metas, torch.tensor([0, 0, 1, 1]), torch.Generator().manual_seed(0), 32, 32)
+    assert algo.states == [0, 1, 2, 3]
+    nfe0 = policy.nfe
+    R = algo.score(policy, ro, reward)
+    # states 0, 1, 2 complete in 3 + 2 + 1 grid steps, 4 samples, CFG doubles the batch
+    assert policy.nfe - nfe0 == (3 + 2 + 1) * 4 * 2
+    assert R.shape == (4, 4) and torch.isfinite(R).all()
+    # state 1's completion, by hand: the policy's ODE from latents[:, 1]
+    vel = policy.velocity_fn(ro.cond, guidance=cfg.sampler.guidance)
+    x = ro.traj.latents[:, 1]
+    for j in (1, 2):
+        s, sn = float(ro.traj.sigmas[j]), float(ro.traj.sigmas[j + 1])
+        x = x + (sn - s) * vel(x, torch.full((4,), s), torch.arange(4))
+    by_hand = reward(policy.decode(x), ro.prompts)
+    assert_tensors_close(R[:, 1], by_hand, atol=1e-4)
+    assert_tensors_close(R[:, 3], reward(policy.decode(ro.traj.final), ro.prompts), atol=1e-6)
+    R_all, adv = algo.advantages(ro, R, LocalComm)
+    assert adv.shape == (4, 3)
+    # a trained step's advantages sum to zero within each group
+    assert_tensors_close(adv[:2, :2].sum(0), torch.zeros(2), atol=1e-5)
+
+
+def test_dense_untrained_states_are_not_completed(tiny_sd3_dir, tmp_path, prompts_file):
+    _, _, algo = _dense(tiny_sd3_dir, tmp_path, prompts_file, **{"sampler.sde_window": "[1,2]"})
+    assert algo.train_steps == [1] and algo.states == [1, 2, 3]
+
+
+def test_dense_training_iteration_is_on_policy(tiny_sd3_dir, tmp_path, prompts_file):
+    from flowalign.trainer import Trainer
+
+    cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file,
+                                      **{"algorithm.name": "dense_grpo", "run.max_iterations": 1,
+                                         "run.sample_every": 0, "algorithm.completion_steps": 1}))
+    t = Trainer(cfg)
+    t.train()
+    m = json.loads(open(os.path.join(cfg.run.output_dir, "metrics.jsonl")).readline())
+    assert abs(m["first_ratio"] - 1) < 1e-5
+    # one completion step for each of the 3 inner states (states 0..2; state 3 is the image), 8 samples, CFG
+    assert m["nfe_reward"] == 3 * 8 * 2 and m["nfe"] == m["nfe_rollout"] + m["nfe_reward"] + m["nfe_train"]
+
+
+def test_calibrate_writes_psi(tiny_sd3_dir, tmp_path, prompts_file):
+    from flowalign.cli import main
+
+    args = overrides(tiny_sd3_dir, str(tmp_path / "cal"), prompts_file,
+                     **{"algorithm.name": "dense_grpo", "algorithm.calib_rounds": 2,
+                        "algorithm.calib_trajectories": 4, "algorithm.calib_initial_psi": 0.5})
+    assert main(["calibrate", "-", *args]) == 0
+    d = json.load(open(tmp_path / "cal" / "psi.json"))
+    assert len(d["psi"]) == 3 and len(d["history"]) == 3 and d["history"][0] == [0.5, 0.5, 0.5]
+    for a, b in zip(d["history"][0], d["psi"]):
+        assert math.isclose(abs(a - b), 0.02, abs_tol=1e-9) or math.isclose(abs(a - b), 0.0, abs_tol=1e-9)
+    # the result drives a training config
+    cfg = load_config(None, args + [f"sampler.psi={tmp_path / 'cal' / 'psi.json'}"])
+    assert cfg.sampler.psi.endswith("psi.json")
+    with pytest.raises(ValueError, match="sampler.kind"):
+        load_config(None, args + ["sampler.psi=[0.1,0.1,0.1]", "sampler.kind=cps"])
