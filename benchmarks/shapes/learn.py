@@ -1,11 +1,15 @@
-"""Does an algorithm make the shapes model better? Train the committed model for a fixed
-wall-clock budget on CPU and report the held-out GenEval-shapes score before and after.
+"""Does an algorithm make the shapes model better, and how fast? Train the committed model with
+each algorithm for the same wall-clock budget on CPU (same seed, prompts and evaluation) and
+report the held-out GenEval-shapes score before and after.
 
     python -m benchmarks.shapes.learn --algo flow_grpo --minutes 20 [key=value ...]
+    python -m benchmarks.shapes.learn --algo flow_grpo,dense_grpo,branch_grpo,branch_grpo_mix --minutes 8
 
-The budget counts training time only; held-out evaluations (every --eval-every minutes, with
+The budget counts training time only; held-out evaluations (every --eval-every minutes with
 --curve-images images per prompt; the first and last with --images-per-prompt) run between
-iterations. Writes OUT/learn.json, OUT/curve.png and the run folder (metrics, samples, LoRA)."""
+iterations. The base model is evaluated once (it is the same for every algorithm). Writes
+OUT/learn.json, OUT/table.md, OUT/curve.png (score against training time and against NFE) and
+one run folder per algorithm (metrics, LoRA)."""
 
 from __future__ import annotations
 
@@ -19,53 +23,72 @@ from flowalign.trainer import Trainer
 
 from .evaluate import evaluate_policy, load_prompts
 
-CONFIGS = {"flow_grpo": "configs/shapes/flow_grpo.yaml"}
+CONFIGS = {
+    "flow_grpo": "configs/shapes/flow_grpo.yaml",
+    "dense_grpo": "configs/shapes/dense_grpo.yaml",
+    "branch_grpo": "configs/shapes/branch_grpo.yaml",
+    "branch_grpo_mix": "configs/shapes/branch_grpo_mix.yaml",
+}
 
 
-def plot(curve: list[dict], path: str, title: str) -> None:
+def plot(results: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([c["train_minutes"] for c in curve], [c["overall"] for c in curve], "o-", label="held-out overall")
-    ax.plot([c["train_minutes"] for c in curve], [c["mean_partial"] for c in curve], "s--", label="held-out partial")
-    ax.set_xlabel("training time (min, 2 CPU cores)")
-    ax.set_ylabel("GenEval-shapes score")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for algo, res in results.items():
+        c = res["curve"]
+        axes[0].plot([p["train_minutes"] for p in c], [p["overall"] for p in c], "o-", label=algo)
+        axes[1].plot([p["nfe"] / 1e3 for p in c], [p["overall"] for p in c], "o-", label=algo)
+    axes[0].set_xlabel("training time (min, 2 CPU cores)")
+    axes[1].set_xlabel("transformer evaluations (thousands of samples, CFG included)")
+    for ax in axes:
+        ax.set_ylabel("held-out GenEval-shapes overall")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("shapes model: held-out score during training")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--algo", default="flow_grpo", choices=sorted(CONFIGS))
-    ap.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
-    ap.add_argument("--eval-every", type=float, default=5.0, help="minutes of training between curve points")
-    ap.add_argument("--images-per-prompt", type=int, default=4, help="for the first and last evaluation")
-    ap.add_argument("--curve-images", type=int, default=2, help="images per prompt of intermediate points")
-    ap.add_argument("--out", default=None, help="default: runs/learn_<algo>")
-    ap.add_argument("overrides", nargs="*", help="config overrides, key=value")
-    args = ap.parse_args(argv)
-    out = args.out or f"runs/learn_{args.algo}"
-    cfg = load_config(CONFIGS[args.algo], [f"run.output_dir={out}", "run.max_iterations=100000",
-                                           "run.checkpoint_every=100000", "run.sample_every=0", *args.overrides])
+def table(results: dict, base: str | None) -> str:
+    ref = results.get(base) if base else None
+    lines = ["| algorithm | iterations | s / iteration | relative to flow_grpo | NFE / iteration | before | after | "
+             "gain |", "|---|---|---|---|---|---|---|---|"]
+    for algo, r in results.items():
+        rel = f"{r['seconds_per_iteration'] / ref['seconds_per_iteration']:.2f}" if ref else "-"
+        lines.append(f"| {algo} | {r['iterations']} | {r['seconds_per_iteration']:.2f} | {rel} | "
+                     f"{r['nfe_per_iteration']:.0f} | {r['before']['overall']:.3f} | {r['after']['overall']:.3f} | "
+                     f"{r['gain_overall']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_one(algo: str, args, metas, before_cache: dict) -> dict:
+    out = os.path.join(args.out, algo)
+    cfg = load_config(CONFIGS[algo], [f"run.output_dir={out}", "run.max_iterations=100000",
+                                      "run.checkpoint_every=100000", "run.sample_every=0", "run.progress=false",
+                                      *args.overrides])
     trainer = Trainer(cfg)
     os.makedirs(out, exist_ok=True)
-    metas = load_prompts("held-out")
+    state = {"nfe": 0}
 
     def evaluate(n: int, minutes: float) -> dict:
-        s = evaluate_policy(trainer.policy, metas, images_per_prompt=n, seed=1234, progress=False,
-                            out=os.path.join(out, f"eval_{minutes:05.1f}min") if n == args.images_per_prompt else None)
-        row = {"train_minutes": minutes, "iteration": trainer.iteration, "overall": s["overall"],
+        key = (n, minutes)
+        if minutes == 0 and key in before_cache:  # the untouched base model: evaluated once for all algorithms
+            s = before_cache[key]
+        else:
+            s = evaluate_policy(trainer.policy, metas, images_per_prompt=n, seed=1234, progress=False,
+                                out=os.path.join(out, f"eval_{minutes:05.1f}min") if n == args.images_per_prompt else None)
+            if minutes == 0:
+                before_cache[key] = s
+        row = {"train_minutes": minutes, "iteration": trainer.iteration, "nfe": state["nfe"], "overall": s["overall"],
                "mean_partial": s["mean_partial"], "tasks": s["tasks"], "images_per_prompt": n}
-        print(f"[{minutes:5.1f} min, iteration {trainer.iteration}] held-out overall {s['overall']:.3f} "
-              f"(partial {s['mean_partial']:.3f}) tasks {json.dumps({k: round(v, 2) for k, v in s['tasks'].items()})}",
-              flush=True)
+        print(f"[{algo} {minutes:5.1f} min, iteration {trainer.iteration}, {state['nfe']} NFE] held-out overall "
+              f"{s['overall']:.3f} (partial {s['mean_partial']:.3f}) "
+              f"tasks {json.dumps({k: round(v, 2) for k, v in s['tasks'].items()})}", flush=True)
         return row
 
     before = evaluate(args.images_per_prompt, 0.0)
@@ -75,29 +98,54 @@ def main(argv=None) -> dict:
         t0 = time.time()
         metrics = trainer.iterate()
         trained += time.time() - t0
+        state["nfe"] += metrics["nfe"]
         trainer.log(metrics)
-        print(f"iteration {trainer.iteration}: reward {metrics['reward_mean']:.3f} kl {metrics.get('kl', 0):.2e} "
-              f"clip {metrics.get('clip_fraction', 0):.2f} ({trained / 60:.1f} min)", flush=True)
+        print(f"{algo} iteration {trainer.iteration}: reward {metrics['reward_mean']:.3f} kl {metrics.get('kl', 0):.2e} "
+              f"NFE {metrics['nfe']} ({trained / 60:.1f} min)", flush=True)
         if trained >= next_eval and trained < args.minutes * 60:
             curve.append(evaluate(args.curve_images, trained / 60))
             next_eval += args.eval_every * 60
-    trainer.save_checkpoint()
     final_lora = trainer.save_final()
     after = evaluate(args.images_per_prompt, trained / 60)
-    if args.curve_images != args.images_per_prompt:
-        curve.append(evaluate(args.curve_images, trained / 60))
-    else:
-        curve.append(after)
-    res = {"algo": args.algo, "budget_minutes": args.minutes, "trained_minutes": trained / 60,
-           "iterations": trainer.iteration, "before": before, "after": after,
-           "gain_overall": after["overall"] - before["overall"], "curve": curve, "final_weights": final_lora,
-           "overrides": args.overrides}
-    with open(os.path.join(out, "learn.json"), "w") as f:
+    curve.append(after if args.curve_images == args.images_per_prompt else evaluate(args.curve_images, trained / 60))
+    return {"algo": algo, "config": CONFIGS[algo], "budget_minutes": args.minutes, "trained_minutes": trained / 60,
+            "iterations": trainer.iteration, "seconds_per_iteration": trained / max(1, trainer.iteration),
+            "nfe_total": state["nfe"], "nfe_per_iteration": state["nfe"] / max(1, trainer.iteration),
+            "before": before, "after": after, "gain_overall": after["overall"] - before["overall"], "curve": curve,
+            "final_weights": final_lora}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--algo", default="flow_grpo", help=f"comma-separated, from {sorted(CONFIGS)}")
+    ap.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget per algorithm")
+    ap.add_argument("--eval-every", type=float, default=5.0, help="minutes of training between curve points")
+    ap.add_argument("--images-per-prompt", type=int, default=4, help="for the first and last evaluation")
+    ap.add_argument("--curve-images", type=int, default=2, help="images per prompt of intermediate points")
+    ap.add_argument("--out", default=None, help="default: runs/learn_<algos>")
+    ap.add_argument("overrides", nargs="*", help="config overrides for every algorithm, key=value")
+    args = ap.parse_args(argv)
+    algos = [a.strip() for a in args.algo.split(",") if a.strip()]
+    bad = [a for a in algos if a not in CONFIGS]
+    if bad or not algos:
+        ap.error(f"--algo {args.algo!r}: unknown {bad}; use a comma-separated list of {sorted(CONFIGS)}")
+    args.out = args.out or f"runs/learn_{'_'.join(algos)}"
+    os.makedirs(args.out, exist_ok=True)
+    metas = load_prompts("held-out")
+    cache: dict = {}
+    results = {a: run_one(a, args, metas, cache) for a in algos}
+    md = table(results, "flow_grpo" if "flow_grpo" in results else None)
+    res = {"algos": algos, "budget_minutes": args.minutes, "overrides": args.overrides, "results": results,
+           "table": md}
+    if len(algos) == 1:  # the single-algorithm layout of earlier results
+        res.update(results[algos[0]])
+    with open(os.path.join(args.out, "learn.json"), "w") as f:
         json.dump(res, f, indent=2)
-    plot(curve, os.path.join(out, "curve.png"), f"{args.algo} on the shapes model")
-    print(f"{args.algo}: held-out overall {before['overall']:.3f} -> {after['overall']:.3f} "
-          f"({res['gain_overall']:+.3f}) in {trained / 60:.1f} min, {trainer.iteration} iterations; "
-          f"{out}/learn.json, {out}/curve.png")
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(md)
+    plot(results, os.path.join(args.out, "curve.png"))
+    print(md)
+    print(f"wrote {args.out}/learn.json, {args.out}/table.md, {args.out}/curve.png")
     return res
 
 

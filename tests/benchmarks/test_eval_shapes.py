@@ -57,6 +57,25 @@ def test_learn_benchmark_smoke(tiny_sd3_dir, tmp_path):
     assert (tmp_path / "learn" / "curve.png").exists() and (tmp_path / "learn" / "learn.json").exists()
 
 
+def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
+    from benchmarks.shapes import learn
+
+    common = ["--minutes", "0.005", "--eval-every", "1", "--images-per-prompt", "1", "--curve-images", "1",
+              f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8", "algorithm.prompts_per_iteration=2",
+              "lora.rank=2"]
+    res = learn.main(["--algo", "flow_grpo,dense_grpo", "--out", str(tmp_path / "a"), *common, "sampler.num_steps=2",
+                      "algorithm.group_size=2", "algorithm.train_batch_size=4"])
+    r = res["results"]
+    assert set(r) == {"flow_grpo", "dense_grpo"}
+    # the base model is evaluated once and shared; DenseGRPO's completions cost more NFE per iteration
+    assert r["flow_grpo"]["before"] == r["dense_grpo"]["before"]
+    assert r["dense_grpo"]["nfe_per_iteration"] > r["flow_grpo"]["nfe_per_iteration"] > 0
+    assert "| dense_grpo |" in (tmp_path / "a" / "table.md").read_text()
+    res = learn.main(["--algo", "branch_grpo_mix", "--out", str(tmp_path / "b"), *common, "sampler.num_steps=3",
+                      "algorithm.split_steps=[1]", "algorithm.group_size=2"])
+    assert res["results"]["branch_grpo_mix"]["iterations"] >= 1 and (tmp_path / "b" / "curve.png").exists()
+
+
 @pytest.mark.slow
 def test_demo_config_trains_the_committed_model(tmp_path):
     """Two iterations of the shipped demo config on the committed model (about a minute)."""
