@@ -68,6 +68,7 @@ class FlowGRPOConfig:
 class DenseGRPOConfig(FlowGRPOConfig):
     name: str = "dense_grpo"
     completion_steps: int | None = None  # Euler steps of each latent's ODE completion; None: all remaining steps
+    completion_batch_size: int = 128  # latents per model call of the completions (memory bound)
     # exploration calibration (`flowalign calibrate`), DenseGRPO's Algorithm 1
     calib_rounds: int = 10  # calibration rounds
     calib_trajectories: int = 32  # trajectories per round (over all processes)

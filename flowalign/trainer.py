@@ -216,7 +216,8 @@ class Trainer:
         nfe0 = self.policy.nfe
         ro = self.algo.rollout(self.policy, mine, gids.to(self.acc.device), gen, self.height, self.width)
         nfe1 = self.policy.nfe
-        rewards = self.algo.score(self.policy, ro, self.reward).to(self.acc.device)
+        with torch.no_grad():
+            rewards = self.algo.score(self.policy, ro, self.reward).to(self.acc.device)
         nfe2 = self.policy.nfe
         all_rewards, adv = self.algo.advantages(ro, rewards, self.acc)
         adv_all = self.acc.gather(adv.contiguous())

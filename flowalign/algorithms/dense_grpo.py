@@ -56,6 +56,7 @@ class DenseGRPO(FlowGRPO):
         # states whose reward a trained step needs (k and k + 1); state K is the final image
         self.states = sorted({k for t in self.train_steps for k in (t, t + 1)} | {K})
 
+    @torch.no_grad()
     def latent_rewards(self, policy, ro: Rollout, reward, steps=None) -> Tensor:
         """R [n, K+1]: rewards of the ODE completions of the states the trained steps need (NaN for
         the others); the final state is the image itself. All completions of all samples are batched:
@@ -65,12 +66,22 @@ class DenseGRPO(FlowGRPO):
         states = self.states if steps is None else steps
         inner = [k for k in states if k < K]
         vel = policy.velocity_fn(ro.cond, guidance=self.sampler.guidance)
-        if self.cfg.completion_steps is None:
-            x0 = samplers.complete_on_grid(vel, traj.latents, traj.sigmas, inner)  # [n, T, *S]
-        else:
-            x0 = samplers.complete_trajectory(vel, traj.latents, traj.sigmas, self.cfg.completion_steps,
-                                              steps=torch.tensor(inner, dtype=torch.long))
         T = len(inner)
+        per = max(1, self.cfg.completion_batch_size // max(1, T))  # samples per batched completion
+        parts = []
+        for lo in range(0, n, per):
+            rows = torch.arange(lo, min(n, lo + per), device=traj.latents.device)
+
+            def v_rows(x, sigma, r, rows=rows):  # completion rows index this chunk; map back to the batch
+                return vel(x, sigma, rows[r])
+
+            if self.cfg.completion_steps is None:
+                parts.append(samplers.complete_on_grid(v_rows, traj.latents[rows], traj.sigmas, inner))
+            else:
+                parts.append(samplers.complete_trajectory(v_rows, traj.latents[rows], traj.sigmas,
+                                                          self.cfg.completion_steps,
+                                                          steps=torch.tensor(inner, dtype=torch.long)))
+        x0 = torch.cat(parts) if T else traj.latents[:, :0]  # [n, T, *S]
         flat = torch.cat([x0.reshape(n * T, *x0.shape[2:]), traj.final]) if T else traj.final
         prompts = [p for p in ro.prompts for _ in range(T)] + list(ro.prompts)
         metas = [m for m in ro.metadata for _ in range(T)] + list(ro.metadata)
