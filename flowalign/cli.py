@@ -76,6 +76,71 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+RENO_KEYS = ("model", "prompt", "prompts", "reward", "reward_args", "iters", "lr", "optimizer", "momentum",
+             "nesterov", "grad_clip", "reg_weight", "steps", "guidance", "height", "width", "seed", "out",
+             "dtype", "device", "attention_backend", "max_sequence_length", "gradient_checkpointing")
+
+
+def cmd_reno(args: argparse.Namespace) -> int:
+    import json
+
+    from omegaconf import OmegaConf
+
+    from benchmarks.shapes.evaluate import load_prompts
+
+    from .noise_opt import RenoSettings, build_rewards, optimize_noise, parse_reward_weights, write_result
+    from .policies import load_policy
+
+    conf = {"iters": 50, "lr": 5.0, "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "grad_clip": 0.1,
+            "reg_weight": 0.01, "steps": 1, "guidance": 1.0, "seed": 0, "out": "runs/reno", "dtype": "float32",
+            "attention_backend": "sdpa", "gradient_checkpointing": True, "reward_args": {}}
+    if args.config:
+        user = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
+        unknown = sorted(set(user) - set(RENO_KEYS))
+        if unknown:
+            raise ValueError(f"unknown reno config key {unknown[0]!r} in {args.config}; known keys: {list(RENO_KEYS)}.")
+        conf.update(user)
+    for k in RENO_KEYS:  # flags given on the command line win over the file
+        v = getattr(args, k, None)
+        if v is not None:
+            conf[k] = v
+    if not conf.get("model"):
+        raise ValueError("no model: pass --model PATH or set model: in the config.")
+    if bool(conf.get("prompt")) == bool(conf.get("prompts")):
+        raise ValueError("pass exactly one of --prompt TEXT or --prompts FILE (GenEval JSONL or .txt).")
+    items = ([{"prompt": conf["prompt"]}] if conf.get("prompt") else
+             (load_prompts(conf["prompts"]) if str(conf["prompts"]).endswith(".jsonl") or conf["prompts"] in
+              ("held-out", "train") else [{"prompt": line.strip()} for line in open(conf["prompts"]) if line.strip()]))
+    weights = parse_reward_weights(conf.get("reward") or "")
+    rewards = build_rewards(weights, conf.get("reward_args"))
+    policy = load_policy(conf["model"], dtype=conf["dtype"], device=_device(conf.get("device")),
+                         attention_backend=conf["attention_backend"], max_sequence_length=conf.get("max_sequence_length"))
+    policy.transformer.requires_grad_(False)
+    policy.pipe.vae.requires_grad_(False)
+    st = RenoSettings(iters=int(conf["iters"]), lr=float(conf["lr"]), optimizer=conf["optimizer"],
+                      momentum=float(conf["momentum"]), nesterov=bool(conf["nesterov"]),
+                      grad_clip=float(conf["grad_clip"]), reg_weight=float(conf["reg_weight"]),
+                      steps=int(conf["steps"]), guidance=float(conf["guidance"]), height=conf.get("height"),
+                      width=conf.get("width"), gradient_checkpointing=bool(conf["gradient_checkpointing"]),
+                      weights=weights)
+    summary = []
+    for i, item in enumerate(items):
+        res = optimize_noise(policy, item["prompt"], rewards, st, seed=int(conf["seed"]) + i,
+                             metadata=item if "include" in item else None, progress=True)
+        folder = os.path.join(conf["out"], f"{i:05d}")
+        write_result(res, folder)
+        row = {k: res[k] for k in ("prompt", "initial_reward", "best_reward", "best_iteration", "nfe",
+                                   "seconds_per_iteration")}
+        summary.append(row)
+        print(f"[{i}] {item['prompt']!r}: reward {res['initial_reward']:.4f} -> {res['best_reward']:.4f} "
+              f"(best at iteration {res['best_iteration']}); {folder}/initial_final.png")
+    with open(os.path.join(conf["out"], "summary.json"), "w") as f:
+        json.dump({"settings": {k: conf[k] for k in conf if k not in ("reward_args",)}, "prompts": summary}, f,
+                  indent=2, default=str)
+    print(f"wrote {conf['out']}/summary.json")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .algorithms.dense_grpo import calibrate
     from .config import load_config
@@ -133,6 +198,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config (see configs/), or - for the defaults")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.max_iterations=10")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reno", help="ReNO: optimise the initial noise of a generation against "
+                                    "differentiable rewards")
+    p.add_argument("--config", default=None, help="YAML with the keys below (flags override it)")
+    p.add_argument("--model", default=None, help="diffusers pipeline directory or hub id")
+    p.add_argument("--prompt", default=None, help="one prompt")
+    p.add_argument("--prompts", default=None, help="a prompt file: GenEval JSONL (gives metadata), .txt, or held-out")
+    p.add_argument("--reward", default=None, help="weighted rewards, e.g. hps=5,pickscore=0.05 or shapes_soft=1")
+    p.add_argument("--iters", type=int, default=None, help="optimisation steps (default 50)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 5)")
+    p.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="sgd (Nesterov momentum 0.9) or adam")
+    p.add_argument("--momentum", type=float, default=None)
+    p.add_argument("--grad-clip", dest="grad_clip", type=float, default=None, help="noise gradient-norm clip (0.1)")
+    p.add_argument("--reg-weight", dest="reg_weight", type=float, default=None, help="chi regulariser weight (0.01)")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps of the differentiable sampler (1)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (1 = off)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="output folder (default runs/reno)")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-sequence-length", dest="max_sequence_length", type=int, default=None)
+    p.set_defaults(func=cmd_reno)
 
     p = sub.add_parser("calibrate", help="DenseGRPO's exploration calibration: write psi(t) to "
                                          "run.output_dir/psi.json (flowalign calibrate CONFIG [key=value ...])")

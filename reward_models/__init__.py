@@ -12,6 +12,7 @@ from .base import Reward
 REWARDS: dict[str, str] = {
     "shapes_geneval": "reward_models.shapes_geneval:ShapesGenEvalReward",
     "jpeg_compressibility": "reward_models.compressibility:JpegCompressibility",
+    "shapes_soft": "reward_models.shapes_soft:ShapesSoftReward",
 }
 
 
