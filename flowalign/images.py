@@ -11,8 +11,9 @@ from PIL import Image
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """[3, H, W] in [0, 1] -> PIL image."""
-    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
+    from reward_models.base import to_uint8_hwc
+
+    return Image.fromarray(to_uint8_hwc(image.unsqueeze(0))[0])
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1) -> str:

@@ -88,6 +88,16 @@ def build_rewards(weights: dict[str, float], args: dict[str, dict] | None = None
     return rewards
 
 
+def make_optimizer(params, settings: RenoSettings) -> torch.optim.Optimizer:
+    """SGD with (Nesterov) momentum, ReNO's choice, or Adam."""
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                               nesterov=settings.nesterov and settings.momentum > 0)
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr)
+    raise ValueError(f"optimizer {settings.optimizer!r} is unknown; use sgd or adam.")
+
+
 def differentiable_sample(policy, eps: Tensor, cond, sigmas: Tensor, *, guidance: float,
                           gradient_checkpointing: bool = True) -> Tensor:
     """Euler ODE from eps along `sigmas` and decode, keeping the graph -> images [B, 3, H, W]."""
@@ -127,12 +137,7 @@ def optimize_noise(policy, prompt: str, rewards: dict, settings: RenoSettings, *
     sigmas = policy.sigmas(st.steps, st.height, st.width)
     g = torch.Generator().manual_seed(seed)
     eps = torch.nn.Parameter(policy.initial_noise(1, st.height, st.width, g))
-    if st.optimizer == "sgd":
-        opt = torch.optim.SGD([eps], lr=st.lr, momentum=st.momentum, nesterov=st.nesterov and st.momentum > 0)
-    elif st.optimizer == "adam":
-        opt = torch.optim.Adam([eps], lr=st.lr)
-    else:
-        raise ValueError(f"optimizer {st.optimizer!r} is unknown; use sgd or adam.")
+    opt = make_optimizer([eps], st)
     trace, best, initial = [], None, None
     nfe0, t0 = policy.nfe, time.time()
     bar = tqdm(range(st.iters + 1), desc="flowalign reno", disable=not progress)

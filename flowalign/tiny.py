@@ -141,3 +141,42 @@ def save_tiny_sd3(path: str | os.PathLike, cfg: TinySD3Config | None = None, **o
     pipe = tiny_sd3_pipeline(cfg, **overrides)
     pipe.save_pretrained(str(path))
     return str(path)
+
+
+def tiny_flux_pipeline(guidance_embeds: bool = True, seed: int = 0, sample_size: int = 32):
+    """A randomly initialised FluxPipeline (diffusers' own test sizes): one double and one single
+    transformer block, a tiny CLIP and a tiny T5, a one-channel VAE with one down-sampling.
+    guidance_embeds=True is FLUX.1-dev-like, False schnell-like."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=guidance_embeds)
+    tok = clip_tokenizer(77, num_merges=2000)
+    te = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        projection_dim=32, hidden_act="gelu", max_position_embeddings=77))
+    tok2 = t5_tokenizer()
+    te2 = T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                                  pad_token_id=tok2.pad_token_id, eos_token_id=tok2.eos_token_id,
+                                  decoder_start_token_id=0))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=1, block_out_channels=(4, 8),
+                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, sample_size=sample_size,
+                        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    return FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+                        vae=vae, text_encoder=te, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok2)
+
+
+def save_tiny_flux(path: str | os.PathLike, guidance_embeds: bool = True, seed: int = 0) -> str:
+    """Build a tiny FLUX pipeline and save it with save_pretrained, plus flowalign.json sampling
+    defaults (32x32 images, 4 steps, guidance 3.5, 16 T5 tokens)."""
+    pipe = tiny_flux_pipeline(guidance_embeds=guidance_embeds, seed=seed)
+    pipe.save_pretrained(str(path))
+    with open(os.path.join(str(path), "flowalign.json"), "w") as f:
+        json.dump({"height": 32, "width": 32, "num_steps": 4, "guidance": 3.5, "max_sequence_length": 16}, f)
+    return str(path)

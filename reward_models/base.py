@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+import torch
 from torch import Tensor
+
+
+def to_uint8_hwc(images: Tensor) -> np.ndarray:
+    """images [B, 3, H, W] in [0, 1] -> uint8 array [B, H, W, 3] (rounded, clamped)."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @runtime_checkable

@@ -11,10 +11,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .base import to_uint8_hwc
+
 
 def jpeg_kilobytes(images: Tensor, quality: int = 95) -> Tensor:
     """images [B, 3, H, W] in [0, 1] -> JPEG sizes in kB, [B] float32."""
-    arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = to_uint8_hwc(images)
     sizes = []
     for a in arr:
         buf = io.BytesIO()

@@ -15,6 +15,8 @@ from torch import Tensor
 from benchmarks.geneval.scoring import evaluate
 from benchmarks.shapes.detector import detect
 
+from .base import to_uint8_hwc
+
 
 class ShapesGenEvalReward:
     differentiable = False
@@ -30,7 +32,7 @@ class ShapesGenEvalReward:
         if metadata is None or len(metadata) != len(images):
             raise ValueError("the shapes_geneval reward needs GenEval metadata (one row per image); "
                              "train with a GenEval-format JSONL prompt file.")
-        arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        arr = to_uint8_hwc(images)
         scores = []
         for img, meta in zip(arr, metadata):
             v = evaluate(detect(img), meta)

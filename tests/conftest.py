@@ -22,6 +22,13 @@ def sd3_policy(tiny_sd3_dir):
     return SD3Policy.from_pretrained(tiny_sd3_dir, max_sequence_length=16)
 
 
+@pytest.fixture
+def prompts_file(tmp_path):
+    p = tmp_path / "prompts.txt"
+    p.write_text("a red circle\na blue square\ntwo green triangles\na yellow circle above a square\n")
+    return str(p)
+
+
 def pytest_configure(config):
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog

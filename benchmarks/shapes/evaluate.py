@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from reward_models.base import to_uint8_hwc
+
 from ..geneval.scoring import evaluate, summarize
 from .detector import detect
 from .prompts import prompt_set, read_jsonl
@@ -50,7 +52,7 @@ def first_per_task(metas: Sequence[dict], n: int | None) -> list[dict]:
 
 def score_images(images: torch.Tensor, metas: Sequence[dict]) -> list[dict]:
     """images [N, 3, H, W] in [0, 1] with one metadata row each -> per-image verdicts."""
-    arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = to_uint8_hwc(images)
     out = []
     for img, meta in zip(arr, metas):
         v = evaluate(detect(img), meta)

@@ -6,9 +6,10 @@ import json
 import os
 
 from .base import FlowPolicy
+from .flux import FluxCond, FluxPolicy
 from .sd3 import SD3Cond, SD3Policy
 
-ADAPTERS = {"StableDiffusion3Pipeline": SD3Policy}
+ADAPTERS = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy}
 
 
 def load_policy(path: str, **kwargs) -> FlowPolicy:
@@ -23,4 +24,4 @@ def load_policy(path: str, **kwargs) -> FlowPolicy:
     return ADAPTERS[cls].from_pretrained(str(path), **kwargs)
 
 
-__all__ = ["ADAPTERS", "FlowPolicy", "SD3Cond", "SD3Policy", "load_policy"]
+__all__ = ["ADAPTERS", "FlowPolicy", "FluxCond", "FluxPolicy", "SD3Cond", "SD3Policy", "load_policy"]

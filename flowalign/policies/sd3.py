@@ -89,6 +89,8 @@ class SD3Policy:
     in `dtype`."""
 
     family = "sd3"
+    pipeline_class = "StableDiffusion3Pipeline"
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
     def __init__(self, pipe, *, device: str | torch.device = "cpu", attention_backend: str = "sdpa",
                  max_sequence_length: int | None = None, negative_prompt: str = "",
@@ -106,17 +108,19 @@ class SD3Policy:
         self.nfe = 0  # transformer evaluations (samples x CFG branches) so far
         pipe.to(self.device)
         configure_attention(pipe.transformer, attention_backend, self.device)
-        for m in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+        for m in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
+                  getattr(pipe, "text_encoder_3", None)):
             if m is not None:
                 m.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
                         **kwargs) -> SD3Policy:
-        from diffusers import StableDiffusion3Pipeline
+        import diffusers
 
-        check_pipeline_dir(str(path), "StableDiffusion3Pipeline")
-        pipe = StableDiffusion3Pipeline.from_pretrained(str(path), **{DTYPE_KWARG: parse_dtype(dtype)})
+        check_pipeline_dir(str(path), cls.pipeline_class)
+        pipe_cls = getattr(diffusers, cls.pipeline_class)
+        pipe = pipe_cls.from_pretrained(str(path), **{DTYPE_KWARG: parse_dtype(dtype)})
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, device=device, defaults=read_defaults(str(path)), **kwargs)
 
@@ -140,8 +144,7 @@ class SD3Policy:
         """Attach a peft LoRA adapter to the transformer (attention projections by default)."""
         from peft import LoraConfig
 
-        targets = list(target_modules or ["to_q", "to_k", "to_v", "to_out.0",
-                                          "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"])
+        targets = list(target_modules or self.lora_targets)
         self.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,
                                                 init_lora_weights=init))
 

@@ -8,8 +8,8 @@ import torch
 from accelerate import Accelerator
 
 from flowalign.algorithms import build_algorithm
-from flowalign.config import load_config
 from flowalign.algorithms.base import gathered
+from flowalign.config import load_config
 
 REWARDS = [0.1, 0.9, 0.4, 0.4, 1.0, 0.0, 0.3, 0.7, 0.2, 0.2, 0.9, 0.5]  # 3 prompts x 4 samples
 GROUPS = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]

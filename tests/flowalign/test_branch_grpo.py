@@ -9,10 +9,17 @@ import torch
 
 import samplers
 from flowalign.algorithms.base import LocalComm
-from flowalign.algorithms.branch_grpo import (BranchGRPO, comparable_edges, depth_prune, depthwise_advantages,
-                                              fuse_rewards, pruned_depths, width_prune)
+from flowalign.algorithms.branch_grpo import (
+    BranchGRPO,
+    comparable_edges,
+    depth_prune,
+    depthwise_advantages,
+    fuse_rewards,
+    pruned_depths,
+    width_prune,
+)
 from flowalign.config import load_config
-from tests.flowalign.test_train import overrides, prompts_file  # noqa: F401 (fixture)
+from tests.flowalign.test_train import overrides
 from tests.helpers import assert_tensors_close, gaussian_velocity
 
 VEL = gaussian_velocity(0.3, 0.5)

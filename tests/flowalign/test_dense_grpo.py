@@ -12,7 +12,7 @@ from flowalign.algorithms.dense_grpo import DenseGRPO, calibrate_psi, dense_adva
 from flowalign.config import load_config
 from flowalign.policies import load_policy
 from reward_models import build_reward
-from tests.flowalign.test_train import overrides, prompts_file  # noqa: F401 (fixture)
+from tests.flowalign.test_train import overrides
 from tests.helpers import assert_tensors_close
 
 

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 from safetensors.torch import load_file
@@ -32,13 +31,6 @@ def overrides(model, out, prompts_file, **extra):
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
-
-
-@pytest.fixture
-def prompts_file(tmp_path):
-    p = tmp_path / "prompts.txt"
-    p.write_text("a red circle\na blue square\ntwo green triangles\na yellow circle above a square\n")
-    return str(p)
 
 
 def test_train_smoke_outputs_and_on_policy_first_step(tiny_sd3_dir, tmp_path, prompts_file):

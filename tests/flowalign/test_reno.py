@@ -1,0 +1,140 @@
+"""ReNO: the regulariser, gradients to the noise, the best-image rule, optimiser settings, errors, CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from flowalign.noise_opt import (
+    RenoSettings,
+    build_rewards,
+    chi_regulariser,
+    differentiable_sample,
+    make_optimizer,
+    optimize_noise,
+    parse_reward_weights,
+)
+from tests.helpers import assert_tensors_close
+
+META = {"tag": "color_attr", "prompt": "a photo of a red circle and a blue square",
+        "include": [{"class": "circle", "count": 1, "color": "red"}, {"class": "square", "count": 1, "color": "blue"}]}
+
+
+def test_chi_regulariser_closed_form_and_minimum():
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    d = 20
+    n = eps.flatten(1).norm(dim=1)
+    assert_tensors_close(chi_regulariser(eps), 0.5 * n**2 - (d - 1) * torch.log(n), atol=1e-12)
+    direction = eps[:1] / eps[:1].norm()
+    at = lambda r: float(chi_regulariser(direction * r))  # noqa: E731
+    r0 = math.sqrt(d - 1)
+    assert at(r0) < at(r0 * 0.99) and at(r0) < at(r0 * 1.01)
+    x = (direction * r0).requires_grad_(True)
+    chi_regulariser(x).sum().backward()
+    assert x.grad.abs().max() < 1e-12  # stationary at ||eps|| = sqrt(d - 1)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_gradients_reach_the_noise_with_and_without_checkpointing(sd3_policy, steps):
+    sd3_policy.transformer.requires_grad_(False)
+    sd3_policy.pipe.vae.requires_grad_(False)
+    reward = build_rewards({"shapes_soft": 1.0})["shapes_soft"]
+    cond = sd3_policy.encode([META["prompt"]])
+    sig = sd3_policy.sigmas(steps)
+    grads = []
+    for ckpt in (True, False):
+        eps = sd3_policy.initial_noise(1, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        img = differentiable_sample(sd3_policy, eps, cond, sig, guidance=2.0, gradient_checkpointing=ckpt)
+        reward(img, [META["prompt"]], metadata=[META]).sum().backward()
+        assert eps.grad is not None and torch.isfinite(eps.grad).all() and eps.grad.abs().sum() > 0
+        grads.append(eps.grad.clone())
+    assert_tensors_close(grads[0], grads[1], atol=1e-6, what="checkpointed vs plain gradient")
+
+
+class ScriptedReward:
+    """A differentiable reward whose value follows a script, with the gradient of the image mean (m - m.detach()
+    adds 0 to the value but not to the gradient), recording the images it sees."""
+
+    differentiable = True
+
+    def __init__(self, values):
+        self.values, self.seen = list(values), []
+
+    def __call__(self, images, prompts, **context):
+        self.seen.append(images.detach().clone())
+        m = images.mean(dim=(1, 2, 3))
+        return torch.full((images.shape[0],), self.values[len(self.seen) - 1]) + (m - m.detach())
+
+
+def test_best_image_rule_returns_the_best_scored_image(sd3_policy):
+    sd3_policy.transformer.requires_grad_(False)
+    sd3_policy.pipe.vae.requires_grad_(False)
+    fake = ScriptedReward([0.1, 0.7, 0.3, 0.9, 0.2, 0.5])
+    st = RenoSettings(iters=5, steps=1, weights={"fake": 1.0}, reg_weight=0.0)
+    res = optimize_noise(sd3_policy, "a red circle", {"fake": fake}, st, progress=False)
+    assert res["best_iteration"] == 3 and res["best_reward"] == pytest.approx(0.9)
+    assert torch.equal(res["best_image"], fake.seen[3]) and torch.equal(res["initial_image"], fake.seen[0])
+    assert [r["iteration"] for r in res["trace"]] == list(range(6))
+    assert not torch.equal(fake.seen[0], fake.seen[1])  # the noise moved between iterations
+
+
+def test_optimiser_settings_and_gradient_clipping():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = make_optimizer([p], RenoSettings(lr=5.0, momentum=0.9, nesterov=True))
+    assert isinstance(opt, torch.optim.SGD)
+    g = opt.param_groups[0]
+    assert (g["lr"], g["momentum"], g["nesterov"]) == (5.0, 0.9, True)
+    opt = make_optimizer([p], RenoSettings(optimizer="adam", lr=0.01))
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 0.01
+    with pytest.raises(ValueError, match="optimizer 'lbfgs' is unknown"):
+        make_optimizer([p], RenoSettings(optimizer="lbfgs"))
+
+
+def test_one_step_moves_the_noise_by_at_most_lr_times_the_clip(sd3_policy):
+    sd3_policy.transformer.requires_grad_(False)
+    sd3_policy.pipe.vae.requires_grad_(False)
+    st = RenoSettings(iters=1, steps=1, lr=1.0, momentum=0.0, grad_clip=0.1, weights={"shapes_soft": 1.0})
+    seen = []
+    rewards = build_rewards(st.weights)
+    orig = sd3_policy.velocity
+
+    def spy(x, *a, **k):
+        seen.append(x.detach().clone())
+        return orig(x, *a, **k)
+
+    sd3_policy.velocity = spy
+    try:
+        res = optimize_noise(sd3_policy, META["prompt"], rewards, st, metadata=META, progress=False)
+    finally:
+        del sd3_policy.velocity
+    step = (seen[-1] - seen[0]).norm()
+    assert 0 < step <= 0.1 + 1e-6 and res["trace"][0]["grad_norm"] > 0
+
+
+def test_bad_reward_names_and_non_differentiable_rewards():
+    with pytest.raises(ValueError, match="reward 'hpsv9' is unknown"):
+        parse_reward_weights("hpsv9=5")
+    with pytest.raises(ValueError, match="not name=number"):
+        parse_reward_weights("shapes_soft=lots")
+    assert parse_reward_weights("shapes_soft=2,jpeg_compressibility") == {"shapes_soft": 2.0, "jpeg_compressibility": 1.0}
+    with pytest.raises(ValueError, match="not differentiable"):
+        build_rewards({"shapes_geneval": 1.0})
+
+
+def test_reno_cli_writes_images_trace_and_summary(tiny_sd3_dir, tmp_path, capsys):
+    from flowalign.cli import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps(META) + "\n")
+    out = tmp_path / "reno"
+    assert main(["reno", "--model", tiny_sd3_dir, "--prompts", str(prompts), "--reward", "shapes_soft=1",
+                 "--iters", "2", "--steps", "1", "--max-sequence-length", "8", "--out", str(out)]) == 0
+    for f in ("initial_final.png", "trace.jsonl", "trace.png"):
+        assert (out / "00000" / f).exists(), f
+    s = json.loads((out / "summary.json").read_text())
+    assert s["prompts"][0]["best_reward"] >= s["prompts"][0]["initial_reward"]
+    assert len((out / "00000" / "trace.jsonl").read_text().splitlines()) == 3
+    assert main(["reno", "--model", tiny_sd3_dir, "--prompt", "x", "--reward", "nope=1", "--out", str(out)]) == 2
+    assert "reward 'nope' is unknown" in capsys.readouterr().err
