@@ -13,6 +13,10 @@ REWARDS: dict[str, str] = {
     "shapes_geneval": "reward_models.shapes_geneval:ShapesGenEvalReward",
     "jpeg_compressibility": "reward_models.compressibility:JpegCompressibility",
     "shapes_soft": "reward_models.shapes_soft:ShapesSoftReward",
+    "video_segmental": "reward_models.video:SegmentalVideoReward",
+    "pickscore": "reward_models.pickscore:PickScoreReward",
+    "clip": "reward_models.clip_score:CLIPScoreReward",
+    "weighted": "reward_models.weighted:WeightedReward",
 }
 
 

@@ -1,0 +1,87 @@
+"""Shared pieces of the CLIP-based rewards (transformers CLIPModel): loading from a local directory
+or hub id with a clear error, and torch-only preprocessing so gradients reach the image."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def check_local(path: str, what: str) -> None:
+    """A path that looks local (absolute, ./ or ../, or more than one '/') must exist; hub ids
+    ("owner/name") are left to transformers."""
+    looks_local = os.path.isabs(path) or path.startswith(".") or path.count("/") > 1
+    if looks_local and not os.path.exists(path):
+        raise FileNotFoundError(f"{what} checkpoint {path!r} does not exist; pass a local directory saved with "
+                                "save_pretrained or a hub id.")
+
+
+def load_clip(model: str, processor: str | None, device: str | None, dtype: str):
+    from transformers import AutoProcessor, CLIPModel
+
+    check_local(model, "CLIP")
+    check_local(processor or model, "processor")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        m = CLIPModel.from_pretrained(model, dtype=getattr(torch, dtype)).to(dev).eval().requires_grad_(False)
+        proc = AutoProcessor.from_pretrained(processor or model)
+    except OSError as e:
+        raise FileNotFoundError(f"could not load CLIP checkpoint {model!r} (processor {processor or model!r}): "
+                                f"{str(e).splitlines()[0]}; pass a local directory or a reachable hub id.") from None
+    return m, proc, dev
+
+
+def features(out) -> Tensor:
+    """get_*_features returns a tensor (transformers 4) or an output whose pooler_output is projected (5)."""
+    return out if isinstance(out, Tensor) else out.pooler_output
+
+
+class CLIPPreprocess:
+    """Resize the shortest side to the crop size (bicubic, antialiased), centre-crop, normalise:
+    CLIPImageProcessor's steps in torch, differentiable. images [B, 3, H, W] in [0, 1]."""
+
+    def __init__(self, image_processor):
+        crop = image_processor.crop_size
+        self.size = crop["height"] if isinstance(crop, dict) else int(crop)
+        self.mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        _, _, h, w = images.shape
+        s = self.size / min(h, w)
+        nh, nw = max(self.size, round(h * s)), max(self.size, round(w * s))
+        x = F.interpolate(images.float(), size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
+        top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        x = x[:, :, top:top + self.size, left:left + self.size]
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class CLIPSimilarity:
+    """scale * cos(image, text) with a transformers CLIPModel, batched; differentiable in the image."""
+
+    differentiable = True
+
+    def __init__(self, model: str, processor: str | None = None, *, device: str | None = None,
+                 dtype: str = "float32", batch_size: int = 32, scale: float | None = None):
+        self.model, self.processor, self.device = load_clip(model, processor, device, dtype)
+        self.preprocess = CLIPPreprocess(self.processor.image_processor)
+        self.batch_size = batch_size
+        self.scale = scale
+
+    def _scale(self) -> Tensor:
+        return torch.tensor(self.scale) if self.scale is not None else self.model.logit_scale.exp().float()
+
+    def __call__(self, images: Tensor, prompts, **context) -> Tensor:
+        out = []
+        for i in range(0, images.shape[0], self.batch_size):
+            img = self.preprocess(images[i:i + self.batch_size].to(self.device))
+            tok = self.processor.tokenizer(list(prompts[i:i + self.batch_size]), padding=True, truncation=True,
+                                           max_length=77, return_tensors="pt").to(self.device)
+            ie = features(self.model.get_image_features(pixel_values=img.to(self.model.dtype))).float()
+            te = features(self.model.get_text_features(**tok)).float()
+            ie, te = ie / ie.norm(dim=-1, keepdim=True), te / te.norm(dim=-1, keepdim=True)
+            out.append(self._scale().to(ie.device) * (ie * te).sum(-1))
+        return torch.cat(out).float()

@@ -1,0 +1,38 @@
+"""A weighted sum of registered rewards: R = sum_i w_i R_i, each with its own arguments and batch
+size; differentiable when every part is. `last_parts` keeps the latest per-reward values (for
+logging or per-reward advantages)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+class WeightedReward:
+    def __init__(self, weights: dict[str, float], args: dict[str, dict] | None = None,
+                 batch_sizes: dict[str, int] | None = None):
+        from . import build_reward
+
+        if not weights:
+            raise ValueError("reward.args.weights is empty; give e.g. {shapes_geneval: 1.0, jpeg_compressibility: 0.1}.")
+        self.weights = {k: float(v) for k, v in weights.items()}
+        self.parts = {k: build_reward(k, **(args or {}).get(k, {})) for k in self.weights}
+        self.batch_sizes = dict(batch_sizes or {})
+        self.differentiable = all(getattr(p, "differentiable", False) for p in self.parts.values())
+        self.name = "weighted(" + ",".join(f"{k}={w:g}" for k, w in self.weights.items()) + ")"
+        self.last_parts: dict[str, Tensor] = {}
+
+    def __call__(self, images: Tensor, prompts: Sequence[str], **context) -> Tensor:
+        total = 0.0
+        for name, r in self.parts.items():
+            bs = self.batch_sizes.get(name, images.shape[0])
+            vals = []
+            for i in range(0, images.shape[0], bs):
+                ctx = {k: v[i:i + bs] if isinstance(v, (list, tuple)) else v for k, v in context.items()}
+                vals.append(r(images[i:i + bs], list(prompts[i:i + bs]), **ctx).float())
+            v = torch.cat(vals)
+            self.last_parts[name] = v.detach()
+            total = total + self.weights[name] * v
+        return total
