@@ -22,6 +22,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     height: int | None = None  # image size (default: checkpoint's)
     width: int | None = None
+    num_frames: int | None = None  # video models: frames per video (default: checkpoint's)
 
 
 @dataclass

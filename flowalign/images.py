@@ -30,3 +30,22 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     img.save(path)
     return str(path)
+
+
+def save_video_grid(videos: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1,
+                    fps: int = 8) -> str:
+    """Save [N, F, 3, H, W] videos in [0, 1] as one animated GIF of grids (one grid per frame)."""
+    from torchvision.utils import make_grid
+
+    if videos.ndim != 5 or videos.shape[2] != 3:
+        raise ValueError(f"videos have shape {tuple(videos.shape)}; expected [N, F, 3, H, W].")
+    nrow = nrow or math.ceil(math.sqrt(videos.shape[0]))
+    frames = []
+    for f in range(videos.shape[1]):
+        img = to_pil(make_grid(videos[:, f].detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0))
+        if scale > 1:
+            img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        frames.append(img)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    return str(path)

@@ -180,3 +180,35 @@ def save_tiny_flux(path: str | os.PathLike, guidance_embeds: bool = True, seed: 
     with open(os.path.join(str(path), "flowalign.json"), "w") as f:
         json.dump({"height": 32, "width": 32, "num_steps": 4, "guidance": 3.5, "max_sequence_length": 16}, f)
     return str(path)
+
+
+def tiny_wan_pipeline(seed: int = 0):
+    """A randomly initialised WanPipeline (diffusers' test sizes): a two-layer WanTransformer3DModel,
+    a tiny T5 encoder with the offline word-level tokenizer, a tiny AutoencoderKLWan (x8 spatial,
+    x4 temporal), Euler flow-matching scheduler with shift 7."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    tok = t5_tokenizer()
+    te = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=0))
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32)
+    return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+
+
+def save_tiny_wan(path: str | os.PathLike, seed: int = 0) -> str:
+    """Build a tiny Wan pipeline, save it with save_pretrained, plus flowalign.json defaults (16x16
+    pixels, 9 frames, 3 steps, guidance 3, 16 text tokens)."""
+    pipe = tiny_wan_pipeline(seed=seed)
+    pipe.save_pretrained(str(path))
+    with open(os.path.join(str(path), "flowalign.json"), "w") as f:
+        json.dump({"height": 16, "width": 16, "num_frames": 9, "num_steps": 3, "guidance": 3.0,
+                   "max_sequence_length": 16}, f)
+    return str(path)

@@ -23,7 +23,7 @@ from reward_models import build_reward
 from .algorithms import build_algorithm
 from .data import iteration_prompts, load_prompt_rows
 from .ema import EMA
-from .images import save_grid
+from .images import save_grid, save_video_grid
 from .policies import load_policy
 
 
@@ -83,6 +83,10 @@ class Trainer:
         m = cfg.model
         self.policy = load_policy(m.path, dtype=m.dtype, device=self.acc.device, attention_backend=m.attention_backend,
                                   max_sequence_length=m.max_sequence_length)
+        if m.num_frames is not None:
+            if not hasattr(self.policy, "num_frames"):
+                raise ValueError(f"model.num_frames={m.num_frames} is set but {m.path!r} is an image model; remove it.")
+            self.policy.num_frames = m.num_frames
         self.height = m.height or self.policy.defaults.get("height")
         self.width = m.width or self.policy.defaults.get("width")
         tr = self.policy.transformer
@@ -203,7 +207,11 @@ class Trainer:
             imgs = self.policy.generate(prompts * 4, num_steps=steps, guidance=self.cfg.sampler.guidance,
                                         height=self.height, width=self.width, seed=self.cfg.run.seed + 12345)
         if self.acc.is_main_process:
-            save_grid(imgs, os.path.join(self.out, "samples", f"iter_{self.iteration:06d}.png"), nrow=len(prompts), scale=2)
+            name = os.path.join(self.out, "samples", f"iter_{self.iteration:06d}")
+            if imgs.ndim == 5:  # videos [N, F, 3, H, W]: an animated grid and the middle frame
+                save_video_grid(imgs, name + ".gif", nrow=len(prompts), scale=2)
+                imgs = imgs[:, imgs.shape[1] // 2]
+            save_grid(imgs, name + ".png", nrow=len(prompts), scale=2)
 
     # -- the loop ------------------------------------------------------------------------------
     def iterate(self) -> dict:

@@ -8,8 +8,9 @@ import os
 from .base import FlowPolicy
 from .flux import FluxCond, FluxPolicy
 from .sd3 import SD3Cond, SD3Policy
+from .wan import WanCond, WanPolicy
 
-ADAPTERS = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy}
+ADAPTERS = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy, "WanPipeline": WanPolicy}
 
 
 def load_policy(path: str, **kwargs) -> FlowPolicy:
@@ -24,4 +25,5 @@ def load_policy(path: str, **kwargs) -> FlowPolicy:
     return ADAPTERS[cls].from_pretrained(str(path), **kwargs)
 
 
-__all__ = ["ADAPTERS", "FlowPolicy", "FluxCond", "FluxPolicy", "SD3Cond", "SD3Policy", "load_policy"]
+__all__ = ["ADAPTERS", "FlowPolicy", "FluxCond", "FluxPolicy", "SD3Cond", "SD3Policy", "WanCond", "WanPolicy",
+           "load_policy"]

@@ -64,7 +64,8 @@ def read_defaults(path: str) -> dict:
         return {}
     with open(f) as fh:
         info = json.load(fh)
-    return {k: info[k] for k in ("num_steps", "guidance", "height", "width", "max_sequence_length") if k in info}
+    keys = ("num_steps", "guidance", "height", "width", "max_sequence_length", "num_frames")
+    return {k: info[k] for k in keys if k in info}
 
 
 @dataclass

@@ -5,7 +5,8 @@ import pytest
 from flowalign.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-YAMLS = sorted((ROOT / "configs").rglob("*.yaml"))
+YAMLS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "reno")  # training configs
+RENO_YAMLS = sorted((ROOT / "configs" / "reno").glob("*.yaml"))
 
 
 def test_there_are_shipped_configs():
@@ -17,6 +18,24 @@ def test_there_are_shipped_configs():
 def test_every_shipped_yaml_loads_and_validates(path):
     cfg = load_config(str(path))
     assert cfg.run.max_iterations >= 1 and cfg.algorithm.name
+
+
+@pytest.mark.parametrize("path", RENO_YAMLS, ids=lambda p: p.name)
+def test_reno_configs_use_known_keys(path):
+    from omegaconf import OmegaConf
+
+    from flowalign.cli import RENO_KEYS
+
+    conf = OmegaConf.to_container(OmegaConf.load(path))
+    assert set(conf) <= set(RENO_KEYS) and conf["model"] and conf["reward"]
+
+
+def test_new_algorithm_configs_are_shipped():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in YAMLS}
+    for n in ("shapes/dense_grpo.yaml", "shapes/branch_grpo.yaml", "shapes/branch_grpo_mix.yaml",
+              "flux/flux.1-dev_branch_grpo.yaml", "wan/wan2.1-t2v-1.3b_flow_grpo.yaml"):
+        assert n in names
+    assert load_config(str(ROOT / "configs/shapes/branch_grpo_mix.yaml")).algorithm.mix
 
 
 def test_sd35_configs_carry_the_anchor_defaults():
