@@ -129,6 +129,8 @@ class Trainer:
             torch.save(self.scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
             if self.ema is not None:
                 torch.save(self.ema.state_dict(), os.path.join(tmp, "ema.pt"))
+            if hasattr(self.reward, "state_dict"):  # a learned reward's head and optimiser
+                torch.save(self.reward.state_dict(), os.path.join(tmp, "reward.pt"))
             with open(os.path.join(tmp, "state.json"), "w") as f:
                 json.dump({"iteration": self.iteration, "data_position": self.iteration, "seed": self.cfg.run.seed,
                            "world_size": self.world}, f)
@@ -168,6 +170,8 @@ class Trainer:
         self.scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=False))
         if self.ema is not None:
             self.ema.load_state_dict(torch.load(os.path.join(path, "ema.pt"), weights_only=False))
+        if hasattr(self.reward, "load_state_dict") and os.path.isfile(os.path.join(path, "reward.pt")):
+            self.reward.load_state_dict(torch.load(os.path.join(path, "reward.pt"), weights_only=False))
         rng_file = os.path.join(path, f"rng_{self.rank}.pt")
         if os.path.isfile(rng_file):
             rng = torch.load(rng_file, weights_only=False)
@@ -227,6 +231,11 @@ class Trainer:
         with torch.no_grad():
             rewards = self.algo.score(self.policy, ro, self.reward).to(self.acc.device)
         nfe2 = self.policy.nfe
+        reward_stats = {}
+        if hasattr(self.reward, "update"):  # a learned reward (Adv-GRPO's discriminator) trains on this batch
+            with torch.no_grad():
+                images = self.policy.decode(self.algo.final_latents(ro))
+            reward_stats = self.reward.update(images, self.algo.final_prompts(ro))
         all_rewards, adv = self.algo.advantages(ro, rewards, self.acc)
         adv_all = self.acc.gather(adv.contiguous())
         stats = self.algo.policy_step(self.policy, ro, adv, self.updater, gen)
@@ -236,7 +245,7 @@ class Trainer:
             "iteration": self.iteration, "reward_mean": final_rewards.mean().item(),
             "reward_std": final_rewards.std().item(),
             "advantage_mean": adv_all.mean().item(), "advantage_abs_mean": adv_all.abs().mean().item(),
-            "advantage_std": adv_all.std().item(), **stats,
+            "advantage_std": adv_all.std().item(), **stats, **reward_stats,
             "nfe_rollout": (nfe1 - nfe0) * self.world, "nfe_reward": (nfe2 - nfe1) * self.world,
             "nfe_train": (self.policy.nfe - nfe2) * self.world, "iteration_time": time.time() - t0,
         }

@@ -17,6 +17,7 @@ REWARDS: dict[str, str] = {
     "pickscore": "reward_models.pickscore:PickScoreReward",
     "clip": "reward_models.clip_score:CLIPScoreReward",
     "weighted": "reward_models.weighted:WeightedReward",
+    "adversarial_dino": "reward_models.adversarial:AdversarialDinoReward",
 }
 
 

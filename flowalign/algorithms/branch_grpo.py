@@ -191,6 +191,12 @@ class BranchGRPO:
         return decode_rewards(policy, reward, t.latents[t.leaves], [ro.prompts[r] for r in roots],
                               [ro.metadata[r] for r in roots])
 
+    def final_latents(self, ro: TreeRollout) -> Tensor:
+        return ro.tree.latents[ro.tree.leaves]
+
+    def final_prompts(self, ro: TreeRollout) -> list[str]:
+        return [ro.prompts[r] for r in ro.tree.root[ro.tree.leaves].tolist()]
+
     def node_advantages(self, tree: TreeTrajectory, leaf_rewards: Tensor) -> Tensor:
         fused = fuse_rewards(tree, leaf_rewards, self.cfg.reward_beta)
         return depthwise_advantages(tree, fused, clip=self.cfg.adv_clip_max)

@@ -66,6 +66,12 @@ class FlowGRPO:
         """Reward of each final image, [n]."""
         return decode_rewards(policy, reward, ro.traj.final, ro.prompts, ro.metadata)
 
+    def final_latents(self, ro: Rollout) -> Tensor:
+        return ro.traj.final
+
+    def final_prompts(self, ro: Rollout) -> list[str]:
+        return list(ro.prompts)
+
     def group_advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
         """Global rewards [N] and prompt ids [N] (gathered over processes) -> advantages [N]."""
         return group_advantages(rewards, group_ids, std_scope=self.cfg.std_scope, clip=self.cfg.adv_clip_max)
