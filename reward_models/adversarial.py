@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -64,7 +65,7 @@ def load_reference_images(folder: str, size: int | None = None) -> Tensor:
         img = Image.open(os.path.join(folder, f)).convert("RGB")
         if size:
             img = img.resize((size, size), Image.BICUBIC)
-        out.append(torch.from_numpy(__import__("numpy").asarray(img)).permute(2, 0, 1).float() / 255)
+        out.append(torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255)
     return torch.stack(out)
 
 

@@ -45,7 +45,7 @@ class CLIPPreprocess:
 
     def __init__(self, image_processor):
         crop = image_processor.crop_size
-        self.size = crop["height"] if isinstance(crop, dict) else int(crop)
+        self.size = int(crop) if isinstance(crop, (int, float)) else int(crop["height"])  # dict or SizeDict
         self.mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1)
 

@@ -121,8 +121,8 @@ class FluxPolicy(SD3Policy):
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         f = self.pipe.vae_scale_factor
-        height = height or self.pipe.default_sample_size * f
-        width = width or self.pipe.default_sample_size * f
+        height = height or self.defaults.get("height") or self.pipe.default_sample_size * f
+        width = width or self.defaults.get("width") or self.pipe.default_sample_size * f
         if height % (2 * f) or width % (2 * f):
             raise ValueError(f"image size {height}x{width} must be a multiple of {2 * f} for FLUX (2x2 packing).")
         return self.transformer.config.in_channels // 4, height // f, width // f

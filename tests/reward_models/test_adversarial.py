@@ -1,5 +1,7 @@
 """Adv-GRPO's DINO discriminator reward with a tiny random Dinov2Model saved and reloaded."""
 
+import io
+
 import pytest
 import torch
 
@@ -57,8 +59,11 @@ def test_reward_shape_gradients_update_and_checkpoint_round_trip(dino_dir, ref_d
     assert images.grad.abs().sum() > 0
     stats = r.update(images.detach(), ["a", "b", "c"])
     assert r.updates == 3 and "disc_loss" in stats
-    state = r.state_dict()
-    r2 = build_reward("adversarial_dino", backbone=dino_dir, reference_dir=ref_dir, device="cpu", num_patches=4)
+    buf = io.BytesIO()
+    torch.save(r.state_dict(), buf)  # as the trainer's checkpoint does
+    buf.seek(0)
+    state = torch.load(buf, weights_only=False)
+    r2 = build_reward("adversarial_dino", backbone=dino_dir, reference_dir=ref_dir, k=3, device="cpu", num_patches=4)
     r2.load_state_dict(state)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     assert torch.equal(r(x, ["a", "b"]), r2(x, ["a", "b"]))

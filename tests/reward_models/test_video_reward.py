@@ -31,11 +31,11 @@ def test_segmental_reward_combines_frame_scores():
     r = build_reward("video_segmental", image_reward="jpeg_compressibility", segments=2, lam=1.0)
     g = torch.Generator().manual_seed(0)
     videos = torch.rand(2, 4, 3, 16, 16, generator=g)
-    videos[:, 1] = 0.5  # frame 1 (segment 0's middle) is flat
+    videos[:, 0] = 0.5  # frame 0 (the middle of segment [0, 2)) is flat
     out = r(videos, ["a", "b"])
     inner = build_reward("jpeg_compressibility")
-    f1, f2 = inner(videos[:, 1], ["a", "b"]), inner(videos[:, 2], ["a", "b"])
-    w1, w2 = math.exp(-1.0), 1.0  # frames 1 and 2 of 4 frames; F // 2 = 2
+    f1, f2 = inner(videos[:, 0], ["a", "b"]), inner(videos[:, 2], ["a", "b"])
+    w1, w2 = math.exp(-2.0), 1.0  # frames 0 and 2 of 4 frames; F // 2 = 2
     assert torch.allclose(out, (w1 * f1 + w2 * f2) / (w1 + w2), atol=1e-6)
     mean = build_reward("video_segmental", image_reward="jpeg_compressibility", frame_mean=True)
     assert torch.allclose(mean(videos, ["a", "b"]), torch.stack([inner(videos[:, f], ["a", "b"]) for f in range(4)]).mean(0))
