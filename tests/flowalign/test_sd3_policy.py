@@ -140,9 +140,11 @@ def test_attention_backends(tiny_sd3_dir, sd3_policy):
 def test_loading_errors(tmp_path, tiny_sd3_dir):
     with pytest.raises(FileNotFoundError, match="has no model_index.json"):
         load_policy(str(tmp_path))
-    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
-    with pytest.raises(ValueError, match="is a FluxPipeline"):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "KandinskyPipeline"}')
+    with pytest.raises(ValueError, match="is a KandinskyPipeline; flowalign supports"):
         load_policy(str(tmp_path))
+    with pytest.raises(ValueError, match="holds a KandinskyPipeline, not a StableDiffusion3Pipeline"):
+        SD3Policy.from_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match="dtype 'half'"):
         load_policy(tiny_sd3_dir, dtype="half")
     assert isinstance(load_policy(tiny_sd3_dir), SD3Policy)
