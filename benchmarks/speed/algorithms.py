@@ -1,0 +1,59 @@
+"""Seconds per training iteration of each algorithm on the shapes model at equal group size
+(8 images per prompt, 4 prompts, 10 steps): the four shapes configs, interleaved round by round so
+machine noise hits all of them alike; medians and ratios to Flow-GRPO.
+
+    python -m benchmarks.speed.algorithms [--rounds 8] [--out benchmarks/results/algorithm_speed.json]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+from flowalign.config import load_config
+from flowalign.trainer import Trainer
+
+CONFIGS = {
+    "flow_grpo": "configs/shapes/flow_grpo.yaml",
+    "dense_grpo": "configs/shapes/dense_grpo.yaml",
+    "branch_grpo": "configs/shapes/branch_grpo.yaml",
+    "branch_grpo_mix": "configs/shapes/branch_grpo_mix.yaml",
+}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--algo", default=",".join(CONFIGS))
+    ap.add_argument("--out", default="benchmarks/results/algorithm_speed.json")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    algos = args.algo.split(",")
+    trainers = {a: Trainer(load_config(CONFIGS[a], [f"run.output_dir=runs/speed_{a}", "run.progress=false",
+                                                    *args.overrides])) for a in algos}
+    for t in trainers.values():  # warm-up
+        t.iterate()
+    times: dict[str, list[float]] = {a: [] for a in algos}
+    nfe: dict[str, int] = {}
+    for r in range(args.rounds):
+        for a, t in trainers.items():
+            m = t.iterate()
+            times[a].append(m["iteration_time"])
+            nfe[a] = m["nfe"]
+        print(f"round {r + 1}: " + ", ".join(f"{a} {times[a][-1]:.2f} s" for a in algos), flush=True)
+    med = {a: statistics.median(v) for a, v in times.items()}
+    base = med.get("flow_grpo")
+    res = {"rounds": args.rounds, "median_seconds": med, "nfe_per_iteration": nfe, "times": times,
+           "ratio_to_flow_grpo": {a: med[a] / base for a in algos} if base else None}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=2)
+    for a in algos:
+        rel = f", {med[a] / base:.2f} x flow_grpo" if base else ""
+        print(f"{a}: {med[a]:.2f} s per iteration (median of {args.rounds}), {nfe[a]} NFE{rel}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
