@@ -186,7 +186,12 @@ def tiny_wan_pipeline(seed: int = 0):
     """A randomly initialised WanPipeline (diffusers' test sizes): a two-layer WanTransformer3DModel,
     a tiny T5 encoder with the offline word-level tokenizer, a tiny AutoencoderKLWan (x8 spatial,
     x4 temporal), Euler flow-matching scheduler with shift 7."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)

@@ -11,22 +11,15 @@ import json
 import os
 import statistics
 
+from benchmarks.shapes.learn import CONFIGS
 from flowalign.config import load_config
 from flowalign.trainer import Trainer
-
-CONFIGS = {
-    "flow_grpo": "configs/shapes/flow_grpo.yaml",
-    "dense_grpo": "configs/shapes/dense_grpo.yaml",
-    "branch_grpo": "configs/shapes/branch_grpo.yaml",
-    "branch_grpo_mix": "configs/shapes/branch_grpo_mix.yaml",
-    "branch_grpo_pruned": "configs/shapes/branch_grpo_pruned.yaml",
-}
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--algo", default=",".join(CONFIGS))
+    ap.add_argument("--algo", default="flow_grpo,dense_grpo,branch_grpo,branch_grpo_mix")
     ap.add_argument("--out", default="benchmarks/results/algorithm_speed.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)

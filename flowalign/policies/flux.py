@@ -79,11 +79,7 @@ class FluxPolicy(SD3Policy):
             self._cache[p] = (embeds[0], pooled[0], text_ids)
 
     def encode(self, prompts) -> FluxCond:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        todo = list(dict.fromkeys(p for p in [*prompts, self.negative_prompt] if p not in self._cache))
-        if todo:
-            self._encode_uncached(todo)
+        prompts = self._cached(prompts)
         e = torch.stack([self._cache[p][0] for p in prompts])
         q = torch.stack([self._cache[p][1] for p in prompts])
         ne, nq, _ = self._cache[self.negative_prompt]
@@ -113,11 +109,6 @@ class FluxPolicy(SD3Policy):
             neg = self._forward(packed, t, c.neg_embeds, c.neg_pooled, c.text_ids, ids, guidance)
             out = neg + self.true_cfg * (out - neg)
         return unpack(out.float(), h, w)
-
-    def decode(self, latents: Tensor) -> Tensor:
-        vae = self.pipe.vae
-        z = latents.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        return (vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         f = self.pipe.vae_scale_factor

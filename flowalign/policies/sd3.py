@@ -184,13 +184,18 @@ class SD3Policy:
         finally:
             dlog.set_verbosity(level)
 
-    def encode(self, prompts: Sequence[str]) -> SD3Cond:
-        """Embeddings of `prompts` and of the negative prompt; each distinct text is encoded once."""
+    def _cached(self, prompts: Sequence[str] | str) -> list[str]:
+        """Encode what is not cached yet (the prompts and the negative prompt); returns the prompt list."""
         if isinstance(prompts, str):
             prompts = [prompts]
         todo = list(dict.fromkeys(p for p in [*prompts, self.negative_prompt] if p not in self._cache))
         if todo:
             self._encode_uncached(todo)
+        return list(prompts)
+
+    def encode(self, prompts: Sequence[str]) -> SD3Cond:
+        """Embeddings of `prompts` and of the negative prompt; each distinct text is encoded once."""
+        prompts = self._cached(prompts)
         e = torch.stack([self._cache[p][0] for p in prompts])
         q = torch.stack([self._cache[p][1] for p in prompts])
         ne, nq = self._cache[self.negative_prompt]

@@ -52,11 +52,7 @@ class WanPolicy(SD3Policy):
             self._cache[p] = (embeds[0], None)
 
     def encode(self, prompts) -> WanCond:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        todo = list(dict.fromkeys(p for p in [*prompts, self.negative_prompt] if p not in self._cache))
-        if todo:
-            self._encode_uncached(todo)
+        prompts = self._cached(prompts)
         e = torch.stack([self._cache[p][0] for p in prompts])
         return WanCond(e, self._cache[self.negative_prompt][0].expand_as(e))
 
