@@ -217,3 +217,61 @@ def save_tiny_wan(path: str | os.PathLike, seed: int = 0) -> str:
         json.dump({"height": 16, "width": 16, "num_frames": 9, "num_steps": 3, "guidance": 3.0,
                    "max_sequence_length": 16}, f)
     return str(path)
+
+
+def qwen2_tokenizer():
+    """An offline byte-level Qwen2 tokenizer: the 256 byte symbols (no merges) plus Qwen's chat
+    special tokens, enough for QwenImagePipeline's prompt template."""
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import Qwen2Tokenizer
+
+    vocab = {"<|endoftext|>": 0}
+    for ch in bytes_to_unicode().values():
+        vocab[ch] = len(vocab)
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    return Qwen2Tokenizer(vocab=vocab, merges=[], additional_special_tokens=specials)
+
+
+def tiny_qwen_image_pipeline(seed: int = 0):
+    """A randomly initialised QwenImagePipeline (diffusers' test sizes): a two-layer
+    QwenImageTransformer2DModel, a tiny Qwen2.5-VL text encoder with the offline byte-level tokenizer,
+    a tiny AutoencoderKLQwenImage (x4 spatial)."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    tok = qwen2_tokenizer()
+    cfg = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2],
+                                                                "rope_type": "default"},
+                     "rope_theta": 1000000.0, "vocab_size": len(tok), "max_position_embeddings": 1024,
+                     "bos_token_id": 0, "eos_token_id": 0},
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        vocab_size=len(tok), hidden_size=16, bos_token_id=0, eos_token_id=0,
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"))
+    te = Qwen2_5_VLForConditionalGeneration(cfg)
+    return QwenImagePipeline(transformer=transformer, vae=vae, text_encoder=te, tokenizer=tok,
+                             scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
+
+
+def save_tiny_qwen_image(path: str | os.PathLike, seed: int = 0) -> str:
+    """Build a tiny Qwen-Image pipeline, save it, plus flowalign.json defaults (32x32, 3 steps,
+    true-CFG 4, 64 text tokens)."""
+    pipe = tiny_qwen_image_pipeline(seed=seed)
+    pipe.save_pretrained(str(path))
+    with open(os.path.join(str(path), "flowalign.json"), "w") as f:
+        json.dump({"height": 32, "width": 32, "num_steps": 3, "guidance": 4.0, "max_sequence_length": 64}, f)
+    return str(path)

@@ -7,10 +7,12 @@ import os
 
 from .base import FlowPolicy
 from .flux import FluxCond, FluxPolicy
+from .qwen_image import QwenImageCond, QwenImagePolicy
 from .sd3 import SD3Cond, SD3Policy
 from .wan import WanCond, WanPolicy
 
-ADAPTERS = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy, "WanPipeline": WanPolicy}
+ADAPTERS = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy, "WanPipeline": WanPolicy,
+            "QwenImagePipeline": QwenImagePolicy}
 
 
 def load_policy(path: str, **kwargs) -> FlowPolicy:
@@ -25,5 +27,5 @@ def load_policy(path: str, **kwargs) -> FlowPolicy:
     return ADAPTERS[cls].from_pretrained(str(path), **kwargs)
 
 
-__all__ = ["ADAPTERS", "FlowPolicy", "FluxCond", "FluxPolicy", "SD3Cond", "SD3Policy", "WanCond", "WanPolicy",
+__all__ = ["ADAPTERS", "FlowPolicy", "FluxCond", "FluxPolicy", "QwenImageCond", "QwenImagePolicy", "SD3Cond", "SD3Policy", "WanCond", "WanPolicy",
            "load_policy"]
