@@ -1,17 +1,14 @@
 """The FLUX.1 adapter on tiny offline FluxPipelines (dev-like with guidance embedding, schnell-like
 without): it reproduces the stock pipeline, trains with Flow-GRPO and BranchGRPO, and runs ReNO."""
 
-import json
-import os
 
 import pytest
 import torch
 
-from flowalign.config import load_config
 from flowalign.policies import FluxPolicy, load_policy
 from flowalign.policies.flux import pack, unpack
 from flowalign.tiny import save_tiny_flux
-from tests.flowalign.test_train import overrides
+from tests.flowalign.test_train import assert_one_iteration_trains
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["dev", "schnell"])
@@ -44,19 +41,8 @@ def test_adapter_ode_rollout_reproduces_the_stock_pipeline(flux_dir):
 
 @pytest.mark.parametrize("algo", ["flow_grpo", "branch_grpo"])
 def test_one_training_iteration_changes_the_lora(flux_dir, tmp_path, prompts_file, algo):
-    from flowalign.trainer import Trainer
-
-    extra = {"run.max_iterations": 1, "run.sample_every": 0, "sampler.guidance": 3.5, "model.max_sequence_length": 16}
-    if algo == "branch_grpo":
-        extra.update({"algorithm.name": "branch_grpo", "algorithm.split_steps": "[1,2]", "algorithm.group_size": 4})
-    cfg = load_config(None, overrides(flux_dir, str(tmp_path / "run"), prompts_file, **extra))
-    t = Trainer(cfg)
-    before = [p.detach().clone() for p in t.params]
-    final = t.train()
-    assert any(not torch.equal(a, b) for a, b in zip(before, t.params))
-    m = json.loads(open(os.path.join(cfg.run.output_dir, "metrics.jsonl")).readline())
-    assert abs(m["first_ratio"] - 1) < 1e-5
-    assert os.path.isfile(os.path.join(final, "pytorch_lora_weights.safetensors"))
+    assert_one_iteration_trains(flux_dir, str(tmp_path / "run"), prompts_file, algo,
+                                **{"sampler.guidance": 3.5, "model.max_sequence_length": 16})
 
 
 def test_reno_step_runs_on_flux(flux_dir):

@@ -2,17 +2,14 @@
 offline byte-level tokenizer): reproduces the stock pipeline with true CFG, trains with Flow-GRPO
 and BranchGRPO."""
 
-import json
-import os
 
 import pytest
 import torch
 
-from flowalign.config import load_config
 from flowalign.policies import QwenImagePolicy, load_policy
 from flowalign.policies.flux import pack
 from flowalign.tiny import save_tiny_qwen_image
-from tests.flowalign.test_train import overrides
+from tests.flowalign.test_train import assert_one_iteration_trains
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +36,6 @@ def test_adapter_reproduces_the_stock_pipeline_with_true_cfg(qwen_dir):
 
 @pytest.mark.parametrize("algo", ["flow_grpo", "branch_grpo"])
 def test_one_training_iteration_changes_the_lora(qwen_dir, tmp_path, prompts_file, algo):
-    from flowalign.trainer import Trainer
-
-    extra = {"run.max_iterations": 1, "run.sample_every": 0, "sampler.guidance": 4.0, "model.max_sequence_length": 64,
-             "lora.target_modules": "[to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out]"}
-    if algo == "branch_grpo":
-        extra.update({"algorithm.name": "branch_grpo", "algorithm.split_steps": "[1,2]", "algorithm.group_size": 4})
-    cfg = load_config(None, overrides(qwen_dir, str(tmp_path / "run"), prompts_file, **extra))
-    t = Trainer(cfg)
-    before = [p.detach().clone() for p in t.params]
-    final = t.train()
-    assert any(not torch.equal(a, b) for a, b in zip(before, t.params))
-    m = json.loads(open(os.path.join(cfg.run.output_dir, "metrics.jsonl")).readline())
-    assert abs(m["first_ratio"] - 1) < 1e-5
-    assert os.path.isfile(os.path.join(final, "pytorch_lora_weights.safetensors"))
+    assert_one_iteration_trains(qwen_dir, str(tmp_path / "run"), prompts_file, algo, **{
+        "sampler.guidance": 4.0, "model.max_sequence_length": 64,
+        "lora.target_modules": "[to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out]"})

@@ -131,3 +131,20 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_sd3_
     assert "training stopped: non-finite loss or reward at iteration" in log
     assert "iter_000001" in log and (out / "checkpoints" / "iter_000001" / "state.json").exists()
     assert not (out / "lora").exists()
+
+
+def assert_one_iteration_trains(model_dir, out, prompts_file, algo, **extra):
+    """One iteration of `algo` (flow_grpo, or branch_grpo with splits [1, 2]) on a tiny pipeline: the
+    LoRA weights change, the first ratio is 1 and a diffusers LoRA file is written. Returns metrics."""
+    extra = {"run.max_iterations": 1, "run.sample_every": 0, **extra}
+    if algo == "branch_grpo":
+        extra.update({"algorithm.name": "branch_grpo", "algorithm.split_steps": "[1,2]", "algorithm.group_size": 4})
+    cfg = load_config(None, overrides(model_dir, out, prompts_file, **extra))
+    t = Trainer(cfg)
+    before = [p.detach().clone() for p in t.params]
+    final = t.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.params))
+    m = json.loads(open(os.path.join(cfg.run.output_dir, "metrics.jsonl")).readline())
+    assert abs(m["first_ratio"] - 1) < 1e-5
+    assert os.path.isfile(os.path.join(final, "pytorch_lora_weights.safetensors"))
+    return m
