@@ -79,3 +79,30 @@ def test_errors(tmp_path, dino_dir):
         build_reward("adversarial_dino", backbone=dino_dir, reference_dir=str(tmp_path / "none"), device="cpu")
     with pytest.raises(ValueError, match="schedule 'often'"):
         build_reward("adversarial_dino", backbone=dino_dir, schedule="often", device="cpu")
+
+
+def test_engine_trains_the_discriminator_and_checkpoints_it(dino_dir, ref_dir, tiny_sd3_dir, tmp_path, prompts_file):
+    import json
+    import os
+
+    from flowalign.config import load_config
+    from flowalign.trainer import Trainer
+    from tests.flowalign.test_train import overrides
+
+    cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **{
+        "reward.name": "adversarial_dino", "run.max_iterations": 2, "run.sample_every": 0,
+        "reward.args": f"{{backbone: {dino_dir}, reference_dir: {ref_dir}, k: 2, device: cpu, num_patches: 4}}"}))
+    t = Trainer(cfg)
+    t.train()
+    assert t.reward.updates == 4  # k = 2 head updates per generator iteration
+    m = [json.loads(x) for x in open(os.path.join(cfg.run.output_dir, "metrics.jsonl"))]
+    assert all("disc_loss" in x for x in m)
+    ckpt = os.path.join(cfg.run.output_dir, "checkpoints", "iter_000002", "reward.pt")
+    assert os.path.isfile(ckpt)
+    t2 = Trainer(load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **{
+        "reward.name": "adversarial_dino", "run.max_iterations": 2, "run.resume": True,
+        "reward.args": f"{{backbone: {dino_dir}, reference_dir: {ref_dir}, k: 2, device: cpu, num_patches: 4}}"})))
+    t2.resume()
+    assert t2.reward.updates == 4
+    for a, b in zip(t.reward.head.parameters(), t2.reward.head.parameters()):
+        assert torch.equal(a, b)
