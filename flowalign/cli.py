@@ -61,6 +61,35 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_densealign(args: argparse.Namespace) -> int:
+    import json
+
+    from benchmarks.densealign.shapes import compare, dense_captions
+    from benchmarks.shapes.evaluate import DEFAULT_MODEL, load_prompts
+
+    from .policies import load_policy
+
+    if args.judge != "shapes":
+        raise ValueError(f"--judge {args.judge!r}: only the procedural 'shapes' judge exists so far (a VLM judge "
+                         "is not implemented); use --judge shapes.")
+    metas = dense_captions(args.num_prompts, args.seed) if args.prompts == "shapes" else load_prompts(args.prompts)
+
+    def load(path, lora):
+        pol = load_policy(path or DEFAULT_MODEL, dtype=args.dtype, device=_device(args.device),
+                          max_sequence_length=args.max_sequence_length)
+        if lora:
+            pol.pipe.load_lora_weights(lora)
+        return pol
+
+    summary = compare(load(args.model, args.lora), load(args.baseline, args.baseline_lora), metas,
+                      images_per_prompt=args.images_per_prompt, seed=args.seed, num_steps=args.steps,
+                      guidance=args.guidance, out=args.out)
+    print(json.dumps(summary, indent=2))
+    print(f"net win rate {summary['net_win_rate']:+.3f} (95% CI {summary['ci'][0]:+.3f} .. {summary['ci'][1]:+.3f}); "
+          f"wrote {args.out}/summary.json and results.jsonl")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .trainer import TrainingError, train
@@ -193,6 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_eval_shapes)
+
+    p = bench.add_parser("densealign", help="DenseAlignBench-style net win rate of --model over --baseline")
+    p.add_argument("--model", default=None, help="pipeline directory (default: the shapes model)")
+    p.add_argument("--lora", default=None, help="a LoRA folder (pytorch_lora_weights.safetensors) for --model")
+    p.add_argument("--baseline", default=None, help="pipeline directory (default: the shapes model)")
+    p.add_argument("--baseline-lora", default=None)
+    p.add_argument("--prompts", default="shapes", help="'shapes' (generated dense captions) or a GenEval JSONL")
+    p.add_argument("--num-prompts", type=int, default=48)
+    p.add_argument("--judge", default="shapes", help="shapes (procedural clause judge)")
+    p.add_argument("--images-per-prompt", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-sequence-length", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_eval_densealign)
 
     p = sub.add_parser("train", help="fine-tune with an RL algorithm: flowalign train CONFIG [key=value ...]")
     p.add_argument("config", help="YAML config (see configs/), or - for the defaults")

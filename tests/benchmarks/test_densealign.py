@@ -30,3 +30,27 @@ def test_clause_judge():
     assert clause_judge(0.75, 0.5) == "first"
     assert clause_judge(0.5, 0.75) == "second"
     assert clause_judge(0.5, 0.5) == "tie"
+
+
+def test_dense_captions_are_satisfiable_and_parse():
+    from benchmarks.densealign.shapes import dense_captions
+    from benchmarks.shapes.render import render_prompt
+
+    rows = dense_captions(6, seed=1)
+    assert len({r["prompt"] for r in rows}) == 6
+    for i, r in enumerate(rows):
+        _, scene = render_prompt(r, seed=i)  # raises if the caption cannot be drawn correctly
+        assert len(scene) == 2
+
+
+def test_densealign_cli_same_model_ties_everywhere(tiny_sd3_dir, tmp_path):
+    import json
+
+    from flowalign.cli import main
+
+    out = tmp_path / "d"
+    assert main(["eval", "densealign", "--model", tiny_sd3_dir, "--baseline", tiny_sd3_dir, "--num-prompts", "3",
+                 "--images-per-prompt", "2", "--steps", "2", "--max-sequence-length", "8", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["pairs"] == 6 and s["ties"] == 6 and s["net_win_rate"] == 0.0
+    assert main(["eval", "densealign", "--judge", "qwen-vl", "--out", str(out)]) == 2
