@@ -91,4 +91,9 @@ def evaluate_policy(policy, metas: Sequence[dict], *, images_per_prompt: int = 4
         allimg = torch.cat(images)
         # one row per prompt (at most 24 prompts shown)
         save_grid(allimg[: 24 * images_per_prompt], os.path.join(out, "grid.png"), nrow=images_per_prompt * 4, scale=2)
+        from benchmarks.report import write_report
+
+        write_report(out, "GenEval-shapes evaluation", summary, allimg,
+                     [{"caption": r["prompt"], "correct": r["correct"], "details": "; ".join(r["reasons"])}
+                      for r in results])
     return summary
