@@ -16,6 +16,18 @@ td,th{border:1px solid #bbb;padding:4px 8px;text-align:left}.grid{display:flex;f
 .card img{width:152px;image-rendering:pixelated}"""
 
 
+def write_results(out: str, summary: dict, rows: Sequence[dict]) -> None:
+    """OUT/summary.json and OUT/results.jsonl (one JSON line per row)."""
+    import json
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out, "results.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
 def _rows(summary: dict) -> list[tuple[str, str]]:
     out = []
     for k, v in summary.items():

@@ -5,8 +5,6 @@ caption's clauses GenEval-shapes finds satisfied) compares them in both orders."
 
 from __future__ import annotations
 
-import json
-import os
 import random
 
 import torch
@@ -59,10 +57,7 @@ def compare(model, baseline, metas: list[dict], *, images_per_prompt: int = 2, s
                "model_mean_score": sum(r["model_score"] for r in rows) / len(rows),
                "baseline_mean_score": sum(r["baseline_score"] for r in rows) / len(rows)}
     if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        with open(os.path.join(out, "results.jsonl"), "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        from benchmarks.report import write_results
+
+        write_results(out, summary, rows)
     return summary

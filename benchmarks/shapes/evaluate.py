@@ -7,7 +7,6 @@ per image: prompt, tag, correct, partial score, reasons) and OUT/grid.png."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -80,19 +79,14 @@ def evaluate_policy(policy, metas: Sequence[dict], *, images_per_prompt: int = 4
     summary = {**summarize(results), "mean_partial": float(np.mean([r["partial"] for r in results])),
                "images_per_prompt": images_per_prompt, "n_prompts": len(metas)}
     if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        with open(os.path.join(out, "results.jsonl"), "w") as f:
-            for r in results:
-                f.write(json.dumps(r) + "\n")
+        from benchmarks.report import write_report, write_results
+
+        write_results(out, summary, results)
         from flowalign.images import save_grid
 
         allimg = torch.cat(images)
         # one row per prompt (at most 24 prompts shown)
         save_grid(allimg[: 24 * images_per_prompt], os.path.join(out, "grid.png"), nrow=images_per_prompt * 4, scale=2)
-        from benchmarks.report import write_report
-
         write_report(out, "GenEval-shapes evaluation", summary, allimg,
                      [{"caption": r["prompt"], "correct": r["correct"], "details": "; ".join(r["reasons"])}
                       for r in results])
