@@ -60,11 +60,10 @@ class FluxPolicy(SD3Policy):
     family = "flux"
     pipeline_class = "FluxPipeline"
 
+    base_defaults = {"num_steps": 28, "guidance": 3.5, "max_sequence_length": 512}
+
     def __init__(self, pipe, *, true_cfg: float = 1.0, **kwargs):
         super().__init__(pipe, **kwargs)
-        self.defaults = {"num_steps": 28, "guidance": 3.5, "max_sequence_length": 512, **kwargs.get("defaults", {})}
-        if kwargs.get("max_sequence_length") is None:
-            self.max_sequence_length = self.defaults["max_sequence_length"]
         self.true_cfg = true_cfg
 
     @property
@@ -130,7 +129,3 @@ class FluxPolicy(SD3Policy):
         sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu, device="cpu")
         return sched.sigmas.to(torch.float32)
-
-    def initial_noise(self, n: int, height: int | None = None, width: int | None = None,
-                      generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn((n, *self.latent_shape(height, width)), generator=generator, dtype=torch.float32).to(self.device)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..attention import attention_context
 from .flux import FluxPolicy, pack, unpack
+from .wan import decode_normalised
 
 
 @dataclass
@@ -45,11 +46,10 @@ class QwenImagePolicy(FluxPolicy):
     family = "qwen_image"
     pipeline_class = "QwenImagePipeline"
 
+    base_defaults = {"num_steps": 50, "guidance": 4.0, "max_sequence_length": 512}
+
     def __init__(self, pipe, *, negative_prompt: str = " ", **kwargs):
         super().__init__(pipe, negative_prompt=negative_prompt, **kwargs)
-        self.defaults = {"num_steps": 50, "guidance": 4.0, "max_sequence_length": 512, **kwargs.get("defaults", {})}
-        if kwargs.get("max_sequence_length") is None:
-            self.max_sequence_length = self.defaults["max_sequence_length"]
 
     @property
     def guidance_embeds(self) -> bool:
@@ -92,9 +92,5 @@ class QwenImagePolicy(FluxPolicy):
         return unpack(out.float(), h, w)
 
     def decode(self, latents: Tensor) -> Tensor:
-        vae = self.pipe.vae
-        z = latents.to(self.device, vae.dtype).unsqueeze(2)  # [B, C, 1, h, w]
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(z)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(z)
-        img = vae.decode(z * std + mean, return_dict=False)[0][:, :, 0].float()
+        img = decode_normalised(self.pipe.vae, latents.to(self.device).unsqueeze(2))[:, :, 0]  # one frame
         return (img / 2 + 0.5).clamp(0, 1)

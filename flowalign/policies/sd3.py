@@ -92,13 +92,15 @@ class SD3Policy:
     family = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+    # sampling defaults of the family; a checkpoint's flowalign.json overrides them
+    base_defaults = {"num_steps": 28, "guidance": 7.0, "max_sequence_length": 256}
 
     def __init__(self, pipe, *, device: str | torch.device = "cpu", attention_backend: str = "sdpa",
                  max_sequence_length: int | None = None, negative_prompt: str = "",
                  defaults: dict | None = None):
         self.pipe = pipe
         # sampling defaults of this checkpoint (from its flowalign.json, if any)
-        self.defaults = {"num_steps": 28, "guidance": 7.0, "max_sequence_length": 256, **(defaults or {})}
+        self.defaults = {**self.base_defaults, **(defaults or {})}
         max_sequence_length = max_sequence_length or self.defaults["max_sequence_length"]
         self.device = torch.device(device)
         self.attention_backend = attention_backend
@@ -206,18 +208,24 @@ class SD3Policy:
                  rows: Tensor | None = None) -> Tensor:
         """v at x [B, C, h, w] and sigma [B]; classifier-free guidance when guidance > 1. fp32 out."""
         c = cond if rows is None else cond.select(rows)
+        return self._guided_forward(x, sigma, guidance, {"encoder_hidden_states": c.embeds, "pooled_projections": c.pooled},
+                                    {"encoder_hidden_states": c.neg_embeds, "pooled_projections": c.neg_pooled})
+
+    def _guided_forward(self, x: Tensor, sigma: Tensor, guidance: float, cond: dict[str, Tensor],
+                        neg: dict[str, Tensor]) -> Tensor:
+        """One transformer call on x at timestep sigma x num_train_timesteps with the conditioning
+        tensors `cond`; with guidance > 1 the batch is doubled with `neg` and the outputs combined
+        as classifier-free guidance. fp32 out."""
         x_in = x.to(self.device, self.dtype)
         t = sigma.to(self.device, torch.float32) * self.pipe.scheduler.config.num_train_timesteps
         cfg = guidance > 1.0
         if cfg:
             x_in, t = torch.cat([x_in, x_in]), torch.cat([t, t])
-            enc, pooled = torch.cat([c.neg_embeds, c.embeds]), torch.cat([c.neg_pooled, c.pooled])
-        else:
-            enc, pooled = c.embeds, c.pooled
+            cond = {k: torch.cat([neg[k], v]) for k, v in cond.items()}
         self.nfe += x_in.shape[0]
         with attention_context(self.attention_backend):
-            out = (self.forward_module or self.transformer)(hidden_states=x_in, timestep=t, encoder_hidden_states=enc.to(self.dtype),
-                                   pooled_projections=pooled.to(self.dtype), return_dict=False)[0]
+            out = (self.forward_module or self.transformer)(
+                hidden_states=x_in, timestep=t, return_dict=False, **{k: v.to(self.dtype) for k, v in cond.items()})[0]
         if cfg:
             uncond, text = out.chunk(2)
             out = uncond + guidance * (text - uncond)

@@ -14,7 +14,6 @@ from torch import Tensor
 
 import samplers
 
-from ..attention import attention_context
 from .sd3 import SD3Policy
 
 
@@ -31,17 +30,24 @@ class WanCond:
         return self.embeds.shape[0]
 
 
+def decode_normalised(vae, latents: Tensor) -> Tensor:
+    """Decode [B, C, F, h, w] latents of a VAE with per-channel latents_mean / latents_std (Wan,
+    Qwen-Image): z * std + mean, then vae.decode -> [B, 3, frames, H, W] fp32 in [-1, 1]."""
+    z = latents.to(vae.dtype)
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(z)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(z)
+    return vae.decode(z * std + mean, return_dict=False)[0].float()
+
+
 class WanPolicy(SD3Policy):
     family = "wan"
     pipeline_class = "WanPipeline"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
 
+    base_defaults = {"num_steps": 50, "guidance": 5.0, "max_sequence_length": 226, "num_frames": 81}
+
     def __init__(self, pipe, **kwargs):
         super().__init__(pipe, **kwargs)
-        self.defaults = {"num_steps": 50, "guidance": 5.0, "max_sequence_length": 226, "num_frames": 81,
-                         **kwargs.get("defaults", {})}
-        if kwargs.get("max_sequence_length") is None:
-            self.max_sequence_length = self.defaults["max_sequence_length"]
         self.num_frames = self.defaults["num_frames"]
 
     @torch.no_grad()
@@ -60,29 +66,12 @@ class WanPolicy(SD3Policy):
                  rows: Tensor | None = None) -> Tensor:
         """v at x [B, C, F, h, w] and sigma [B]; CFG when guidance > 1. fp32 out."""
         c = cond if rows is None else cond.select(rows)
-        x_in = x.to(self.device, self.dtype)
-        t = sigma.to(self.device, torch.float32) * self.pipe.scheduler.config.num_train_timesteps
-        cfg = guidance > 1.0
-        if cfg:
-            x_in, t, enc = torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([c.neg_embeds, c.embeds])
-        else:
-            enc = c.embeds
-        self.nfe += x_in.shape[0]
-        with attention_context(self.attention_backend):
-            out = (self.forward_module or self.transformer)(hidden_states=x_in, timestep=t,
-                                                            encoder_hidden_states=enc.to(self.dtype), return_dict=False)[0]
-        if cfg:
-            uncond, text = out.chunk(2)
-            out = uncond + guidance * (text - uncond)
-        return out.float()
+        return self._guided_forward(x, sigma, guidance, {"encoder_hidden_states": c.embeds},
+                                    {"encoder_hidden_states": c.neg_embeds})
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents [B, C, F, h, w] -> videos [B, frames, 3, H, W] in [0, 1], fp32."""
-        vae = self.pipe.vae
-        z = latents.to(self.device, vae.dtype)
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(z)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(z)
-        video = vae.decode(z * std + mean, return_dict=False)[0].float()  # [B, 3, frames, H, W]
+        video = decode_normalised(self.pipe.vae, latents.to(self.device))  # [B, 3, frames, H, W]
         return (video / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
 
     def latent_shape(self, height: int | None = None, width: int | None = None,
