@@ -15,7 +15,6 @@ number of transformer evaluations."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -192,13 +191,6 @@ def best_of_n(policy, prompt: str, rewards: dict, settings: RenoSettings, n: int
             best = {"reward": float(r[i]), "image": images[i:i + 1].clone()}
     return {"prompt": prompt, "best_image": best["image"], "best_reward": best["reward"], "rewards": values,
             "nfe": policy.nfe - nfe0}
-
-
-def reno_prompts(policy, items: Sequence[dict], rewards: dict, settings: RenoSettings, *, seed: int = 0,
-                 progress: bool = True) -> list[dict]:
-    """ReNO over several prompts (rows with 'prompt' and optional GenEval metadata)."""
-    return [optimize_noise(policy, m["prompt"], rewards, settings, seed=seed + i, metadata=m, progress=progress)
-            for i, m in enumerate(items)]
 
 
 def write_result(res: dict, out_dir: str, scale: int = 4) -> None:

@@ -9,6 +9,11 @@ from torch import Tensor
 from .gaussian import SigmaLike, StepOutput, as_column, compute_dtype, finish_step
 
 
+def _std_scale(s: Tensor, s_next: Tensor) -> Tensor:
+    """sqrt(sigma / (1 - sigma)), with sigma = 1 replaced by sigma_next in the denominator."""
+    return torch.sqrt(s / (1 - torch.where(s == 1, s_next, s)))
+
+
 def flow_sde_step(
     x: Tensor,
     v: Tensor,
@@ -26,8 +31,7 @@ def flow_sde_step(
     x, v = x.to(dtype), v.to(dtype)
     s, s_next = as_column(sigma, x), as_column(sigma_next, x)
     dt = s_next - s
-    denom_sigma = torch.where(s == 1, s_next, s)
-    std_t = noise_level * torch.sqrt(s / (1 - denom_sigma))
+    std_t = noise_level * _std_scale(s, s_next)
     mean = x * (1 + std_t**2 / (2 * s) * dt) + v * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
     std = std_t * torch.sqrt(-dt)
     return finish_step(x, mean, std, noise=noise, generator=generator, prev_sample=prev_sample)
@@ -37,9 +41,7 @@ def flow_sde_std_scale(sigmas: Tensor) -> Tensor:
     """sqrt(sigma / (1 - sigma)) of each step k of a grid [K+1] (sigma = 1 uses the next grid value in
     the denominator): Flow-GRPO's std_t = a * scale_k. Returns [K] float64."""
     s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
-    cur, nxt = s[:-1], s[1:]
-    denom = torch.where(cur == 1, nxt, cur)
-    return torch.sqrt(cur / (1 - denom))
+    return _std_scale(s[:-1], s[1:])
 
 
 def psi_to_noise_levels(psi, sigmas: Tensor) -> Tensor:

@@ -57,14 +57,13 @@ class DenseGRPO(FlowGRPO):
         self.states = sorted({k for t in self.train_steps for k in (t, t + 1)} | {K})
 
     @torch.no_grad()
-    def latent_rewards(self, policy, ro: Rollout, reward, steps=None) -> Tensor:
+    def latent_rewards(self, policy, ro: Rollout, reward) -> Tensor:
         """R [n, K+1]: rewards of the ODE completions of the states the trained steps need (NaN for
         the others); the final state is the image itself. All completions of all samples are batched:
         one model call per grid step (n = all remaining steps) or per completion step."""
         traj = ro.traj
         n, K = traj.latents.shape[0], traj.num_steps
-        states = self.states if steps is None else steps
-        inner = [k for k in states if k < K]
+        inner = [k for k in self.states if k < K]
         vel = policy.velocity_fn(ro.cond, guidance=self.sampler.guidance)
         T = len(inner)
         per = max(1, self.cfg.completion_batch_size // max(1, T))  # samples per batched completion
