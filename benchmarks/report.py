@@ -40,22 +40,29 @@ def _rows(summary: dict) -> list[tuple[str, str]]:
     return out
 
 
-def write_report(out: str, title: str, summary: dict, images: torch.Tensor, items: Sequence[dict]) -> str:
-    """images [N, 3, H, W] in [0, 1]; items: one dict per image with 'caption', 'correct' (bool) and
-    optional 'details' (str). Writes out/report.html and out/images/*.png; returns the page's path."""
+def write_report(out: str, title: str, summary: dict, images: torch.Tensor | None, items: Sequence[dict]) -> str:
+    """images [N, 3, H, W] in [0, 1], written to out/images/; or None when every item has 'src', the
+    path of its image relative to `out`. items: one dict per image with 'caption', 'correct' (bool) and
+    optional 'details' (str). Writes out/report.html; returns the page's path."""
     from flowalign.images import to_pil
 
-    if len(items) != images.shape[0]:
+    if images is None and not all("src" in it for it in items):
+        raise ValueError("write_report needs images, or a 'src' path in every item.")
+    if images is not None and len(items) != images.shape[0]:
         raise ValueError(f"{len(items)} items for {images.shape[0]} images; give one item per image.")
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    if images is not None:
+        os.makedirs(os.path.join(out, "images"), exist_ok=True)
     order = sorted(range(len(items)), key=lambda i: (bool(items[i]["correct"]), i))  # failures first
     cards = []
     for i in order:
-        name = f"images/{i:05d}.png"
-        to_pil(images[i]).save(os.path.join(out, name))
         it = items[i]
+        if images is None:
+            name = it["src"]
+        else:
+            name = f"images/{i:05d}.png"
+            to_pil(images[i]).save(os.path.join(out, name))
         cls = "pass" if it["correct"] else "fail"
-        cards.append(f'<div class="card {cls}"><img src="{name}" alt="{html.escape(it["caption"])}">'
+        cards.append(f'<div class="card {cls}"><img src="{html.escape(name)}" alt="{html.escape(it["caption"])}">'
                      f'<div><b>{"correct" if it["correct"] else "wrong"}</b> {html.escape(it["caption"])}</div>'
                      f'<div>{html.escape(str(it.get("details", "")))}</div></div>')
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in _rows(summary))

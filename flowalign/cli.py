@@ -61,6 +61,44 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_geneval(args: argparse.Namespace) -> int:
+    import json
+
+    from benchmarks.geneval.evaluate import METADATA_FILE, ShapesEvaluator, generate_layout, read_metadata, score_layout
+
+    if args.detector != "shapes" and not args.clip:
+        raise ValueError("--clip is missing: GenEval's colour classifier needs an open_clip model (a local folder, "
+                         "or an architecture name with --clip-pretrained FILE); or use --detector shapes.")
+    out = args.score_only or args.out
+    if not out:
+        raise ValueError("pass --out DIR (generate and score) or --score-only DIR (score existing images).")
+    if not args.score_only:
+        if not args.model:
+            raise ValueError("--model is missing: pass a diffusers pipeline directory, or --score-only DIR.")
+        from .policies import load_policy
+
+        metas = read_metadata(args.metadata or METADATA_FILE)[: args.limit]
+        policy = load_policy(args.model, dtype=args.dtype, device=_device(args.device),
+                             attention_backend=args.attention_backend, max_sequence_length=args.max_sequence_length)
+        if args.lora:
+            policy.pipe.load_lora_weights(args.lora)
+        n = generate_layout(policy, metas, out, images_per_prompt=args.images_per_prompt, num_steps=args.steps,
+                            guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, height=args.height,
+                            width=args.width)
+        print(f"generated {n} prompt(s) ({len(metas) - n} already done) into {out}")
+        del policy
+    if args.detector == "shapes":
+        evaluator = ShapesEvaluator()
+    else:
+        from reward_models.geneval import GenEvalEvaluator
+
+        evaluator = GenEvalEvaluator(args.detector, args.clip, args.clip_pretrained, device=_device(args.device))
+    summary = score_layout(out, evaluator)
+    print(json.dumps(summary, indent=2))
+    print(f"GenEval overall {summary['overall']:.4f}; wrote {out}/results.jsonl, summary.json and report.html")
+    return 0
+
+
 def cmd_eval_densealign(args: argparse.Namespace) -> int:
     import json
 
@@ -222,6 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_eval_shapes)
+
+    p = bench.add_parser("geneval", help="GenEval: generate in GenEval's layout, score with Mask2Former + CLIP colours")
+    _add_model_args(p, required=False)
+    p.add_argument("--lora", default=None, help="a LoRA folder (pytorch_lora_weights.safetensors) for --model")
+    p.add_argument("--metadata", default=None, help="GenEval's evaluation_metadata.jsonl (default: the packaged copy)")
+    p.add_argument("--out", default=None, help="output folder: NNNNN/metadata.jsonl + samples/, then the scores")
+    p.add_argument("--score-only", default=None, metavar="DIR", help="score the images already in DIR; no generation")
+    p.add_argument("--detector", default=None, required=True,
+                   help="a local Mask2Former COCO-instance checkpoint folder, or 'shapes' (the testbed's detector)")
+    p.add_argument("--clip", default=None, help="open_clip model for colours: a folder with open_clip_config.json, "
+                                               "hf-hub:ID, or an architecture name with --clip-pretrained")
+    p.add_argument("--clip-pretrained", default=None, help="checkpoint file or tag for --clip (e.g. ViT-L-14 weights)")
+    p.add_argument("--images-per-prompt", type=int, default=4)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--guidance", type=float, default=4.5)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="images per generation batch")
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts of the metadata file")
+    p.set_defaults(func=cmd_eval_geneval)
 
     p = bench.add_parser("densealign", help="DenseAlignBench-style net win rate of --model over --baseline")
     p.add_argument("--model", default=None, help="pipeline directory (default: the shapes model)")

@@ -275,3 +275,38 @@ def save_tiny_qwen_image(path: str | os.PathLike, seed: int = 0) -> str:
     with open(os.path.join(str(path), "flowalign.json"), "w") as f:
         json.dump({"height": 32, "width": 32, "num_steps": 3, "guidance": 4.0, "max_sequence_length": 64}, f)
     return str(path)
+
+
+def save_tiny_mask2former(path: str | os.PathLike, num_labels: int = 80, image_size: int = 64, seed: int = 0) -> str:
+    """A random Mask2Former (tiny Swin backbone) with its image processor, in the layout of a hub
+    COCO-instance checkpoint."""
+    from transformers import (Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor,
+                              SwinConfig)
+
+    torch.manual_seed(seed)
+    backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
+                          num_heads=[1, 1, 2, 2], window_size=4,
+                          out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = Mask2FormerConfig(backbone_config=backbone, num_labels=num_labels, hidden_dim=32, mask_feature_size=32,
+                            feature_size=32, num_queries=20, encoder_layers=1, decoder_layers=2,
+                            encoder_feedforward_dim=64, dim_feedforward=64, num_attention_heads=2,
+                            use_pretrained_backbone=False)
+    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(path)
+    Mask2FormerImageProcessor(size={"shortest_edge": image_size, "longest_edge": 2 * image_size}).save_pretrained(path)
+    return str(path)
+
+
+TINY_OPEN_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
+                                                  "head_width": 16},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+
+
+def save_tiny_open_clip(path: str | os.PathLike, seed: int = 0, model_cfg: dict | None = None) -> str:
+    """A random open_clip CLIP (CLIP's BPE tokenizer, shipped by open_clip) in open_clip's hub layout."""
+    import open_clip
+
+    from reward_models.open_clip_common import save_open_clip
+
+    torch.manual_seed(seed)
+    cfg = model_cfg or TINY_OPEN_CLIP
+    return save_open_clip(open_clip.CLIP(**cfg), cfg, str(path))

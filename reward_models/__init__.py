@@ -18,6 +18,7 @@ REWARDS: dict[str, str] = {
     "clip": "reward_models.clip_score:CLIPScoreReward",
     "weighted": "reward_models.weighted:WeightedReward",
     "adversarial_dino": "reward_models.adversarial:AdversarialDinoReward",
+    "geneval": "reward_models.geneval:GenEvalReward",
 }
 
 

@@ -43,11 +43,17 @@ class CLIPPreprocess:
     """Resize the shortest side to the crop size (bicubic, antialiased), centre-crop, normalise:
     CLIPImageProcessor's steps in torch, differentiable. images [B, 3, H, W] in [0, 1]."""
 
-    def __init__(self, image_processor):
+    def __init__(self, size: int, mean, std):
+        self.size = int(size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_processor(cls, image_processor) -> CLIPPreprocess:
+        """From a transformers CLIPImageProcessor."""
         crop = image_processor.crop_size
-        self.size = int(crop) if isinstance(crop, (int, float)) else int(crop["height"])  # dict or SizeDict
-        self.mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1)
+        size = int(crop) if isinstance(crop, (int, float)) else int(crop["height"])  # dict or SizeDict
+        return cls(size, image_processor.image_mean, image_processor.image_std)
 
     def __call__(self, images: Tensor) -> Tensor:
         _, _, h, w = images.shape
@@ -67,7 +73,7 @@ class CLIPSimilarity:
     def __init__(self, model: str, processor: str | None = None, *, device: str | None = None,
                  dtype: str = "float32", batch_size: int = 32, scale: float | None = None):
         self.model, self.processor, self.device = load_clip(model, processor, device, dtype)
-        self.preprocess = CLIPPreprocess(self.processor.image_processor)
+        self.preprocess = CLIPPreprocess.from_processor(self.processor.image_processor)
         self.batch_size = batch_size
         self.scale = scale
 
