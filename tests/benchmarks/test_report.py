@@ -1,9 +1,11 @@
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 import torch
 
 from benchmarks.report import write_report
+from benchmarks.screenshot import find_browser
 
 
 class _Collect(HTMLParser):
@@ -46,3 +48,27 @@ def test_eval_shapes_writes_the_report(tiny_sd3_dir, tmp_path):
                  "--steps", "2", "--max-sequence-length", "8", "--out", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert page.count("<img") == 6 and "GenEval-shapes evaluation" in page
+
+
+@pytest.mark.skipif(find_browser() is None,
+                    reason="Chromium is not installed (apt-get install chromium)")
+def test_report_screenshot_in_headless_chromium(tmp_path):
+    """The page opens in a real browser: the screenshot shows the table (dark text on white) and the
+    red-bordered failure cards with their images."""
+    from PIL import Image
+
+    from benchmarks.report import write_report
+    from benchmarks.screenshot import screenshot
+
+    imgs = torch.zeros(3, 3, 16, 16)
+    imgs[:, 2, 4:12, 4:12] = 1.0  # a blue square on black
+    write_report(str(tmp_path), "shot", {"overall": 0.333}, imgs,
+                 [{"caption": f"image {i}", "correct": i == 0} for i in range(3)])
+    png = screenshot(str(tmp_path / "report.html"), str(tmp_path / "shot.png"), width=800, height=600)
+    arr = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert arr.shape == (600, 800, 3)
+    white = (arr.min(-1) > 240).mean()
+    blue = ((arr[..., 2] > 200) & (arr[..., 0] < 60) & (arr[..., 1] < 60)).sum()
+    red = ((arr[..., 0] > 150) & (arr[..., 1] < 90) & (arr[..., 2] < 90)).sum()
+    dark = (arr.max(-1) < 60).mean()
+    assert white > 0.5 and blue > 3 * 100 and red > 100 and dark > 0.01
