@@ -226,6 +226,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.config = os.path.join(REPO, "configs", "shapes", "flow_grpo.yaml")
     args.overrides = ["run.output_dir=runs/demo", f"model.path={os.path.join(REPO, 'benchmarks', 'shapes', 'model')}",
                       f"data.train_prompts={os.path.join(REPO, 'benchmarks', 'shapes', 'prompts', 'train.jsonl')}",
+                      f"eval.prompts={os.path.join(REPO, 'benchmarks', 'shapes', 'prompts', 'heldout.jsonl')}",
                       *args.overrides]
     return cmd_train(args)
 

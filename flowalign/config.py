@@ -130,6 +130,20 @@ class RunConfig:
     progress: bool = True
 
 
+@dataclass
+class EvalConfig:
+    """Held-out evaluation during training, with the same sampling and scoring code as `flowalign eval`."""
+
+    every: int = 0  # iterations between evaluations (0: never); iteration 0 is evaluated when a run starts
+    prompts: str = "benchmarks/shapes/prompts/heldout.jsonl"  # GenEval-format JSONL (tags give per-task scores)
+    images_per_prompt: int = 2
+    reward: str = "shapes_geneval"  # a name of reward_models.REWARDS; a 0/1 correctness gives GenEval's accuracies
+    reward_args: dict[str, Any] = field(default_factory=dict)  # shapes_geneval / geneval: mode defaults to strict
+    num_steps: int | None = None  # ODE steps (default: sampler.eval_num_steps, else sampler.num_steps)
+    seed: int = 4321  # the evaluation's noise: the same at every evaluation
+    batch_size: int = 32  # images per generation batch, per process
+
+
 ALGORITHMS: dict[str, type] = {"flow_grpo": FlowGRPOConfig, "dense_grpo": DenseGRPOConfig,
                                "branch_grpo": BranchGRPOConfig}
 
@@ -144,6 +158,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _schema(algorithm: str):
@@ -213,6 +228,8 @@ def validate(cfg) -> None:
         raise ValueError("run.max_iterations and run.checkpoint_every must be at least 1.")
     if cfg.lora.enabled and cfg.lora.rank < 1:
         raise ValueError(f"lora.rank={cfg.lora.rank} must be at least 1 (or set lora.enabled=false).")
+    if cfg.eval.every < 0 or cfg.eval.images_per_prompt < 1 or cfg.eval.batch_size < 1:
+        raise ValueError("eval.every must be >= 0 (0 = off), eval.images_per_prompt and eval.batch_size >= 1.")
     if not isinstance(r.resume, (bool, str)):
         raise ValueError(f"run.resume={r.resume!r} must be true, false or a checkpoint path.")
 

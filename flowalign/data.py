@@ -7,16 +7,17 @@ import os
 import random
 
 
-def load_prompt_rows(path: str) -> list[dict]:
-    """A GenEval-format JSONL file (rows with 'prompt') or a text file with one prompt a line."""
+def load_prompt_rows(path: str, key: str = "data.train_prompts") -> list[dict]:
+    """A GenEval-format JSONL file (rows with 'prompt') or a text file with one prompt a line. `key`
+    names the config key in error messages."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data.train_prompts={path!r} does not exist; give a .jsonl or .txt prompt file.")
+        raise FileNotFoundError(f"{key}={path!r} does not exist; give a .jsonl or .txt prompt file.")
     with open(path) as f:
         lines = [line.strip() for line in f if line.strip()]
     if path.endswith(".jsonl"):
         rows = [json.loads(line) for line in lines]
         if not all("prompt" in r for r in rows):
-            raise ValueError(f"data.train_prompts={path!r} has rows without a 'prompt' field.")
+            raise ValueError(f"{key}={path!r} has rows without a 'prompt' field.")
         return rows
     return [{"prompt": line} for line in lines]
 

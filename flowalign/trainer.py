@@ -22,6 +22,7 @@ from reward_models import build_reward
 
 from .algorithms import build_algorithm
 from .data import iteration_prompts, load_prompt_rows
+from .evaluation import evaluate_prompts
 from .ema import EMA
 from .images import save_grid, save_video_grid
 from .policies import load_policy
@@ -113,6 +114,13 @@ class Trainer:
         self.reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
         self.iteration = 0
         self.writer = None
+        self.eval_rows = self.eval_reward = None
+        if cfg.eval.every:
+            self.eval_rows = load_prompt_rows(cfg.eval.prompts, key="eval.prompts")
+            args = OmegaConf.to_container(cfg.eval.reward_args)
+            if cfg.eval.reward in ("shapes_geneval", "geneval"):
+                args.setdefault("mode", "strict")  # GenEval's accuracy: 0/1 correctness per image
+            self.eval_reward = build_reward(cfg.eval.reward, **args)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> str:
@@ -217,6 +225,20 @@ class Trainer:
                 imgs = imgs[:, imgs.shape[1] // 2]
             save_grid(imgs, name + ".png", nrow=len(prompts), scale=2)
 
+    def evaluate(self) -> dict:
+        """The held-out evaluation (eval.*), with EMA weights when EMA is on; logged to metrics."""
+        e = self.cfg.eval
+        steps = e.num_steps or self.cfg.sampler.eval_num_steps or self.cfg.sampler.num_steps
+        ctx = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+        with ctx:
+            m = evaluate_prompts(self.policy, self.eval_rows, self.eval_reward, images_per_prompt=e.images_per_prompt,
+                                 num_steps=steps, guidance=self.cfg.sampler.guidance, seed=e.seed,
+                                 batch_size=e.batch_size, height=self.height, width=self.width, rank=self.rank,
+                                 world=self.world, gather=self.acc.gather if self.world > 1 else None)
+        metrics = {"iteration": self.iteration, **m}
+        self.log(metrics)
+        return metrics
+
     # -- the loop ------------------------------------------------------------------------------
     def iterate(self) -> dict:
         a, seed = self.cfg.algorithm, self.cfg.run.seed
@@ -269,6 +291,8 @@ class Trainer:
         self.resume()
         if cfg.run.sample_every and self.iteration == 0:
             self.sample_grid()
+        if cfg.eval.every and self.iteration == 0:
+            self.evaluate()
         bar = tqdm(total=cfg.run.max_iterations, initial=self.iteration, desc="flowalign train",
                    disable=not (cfg.run.progress and self.acc.is_main_process))
         while self.iteration < cfg.run.max_iterations:
@@ -280,6 +304,10 @@ class Trainer:
                 self.save_checkpoint()
             if cfg.run.sample_every and self.iteration % cfg.run.sample_every == 0:
                 self.sample_grid()
+            if cfg.eval.every and self.iteration % cfg.eval.every == 0:
+                ev = self.evaluate()
+                bar.write(f"iteration {self.iteration}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in ev.items()
+                                                                     if k.startswith("eval/")))
         bar.close()
         final = self.save_final()
         if self.writer is not None:

@@ -144,8 +144,9 @@ def summarize_geneval(rows: Sequence[dict]) -> dict:
     """GenEval's summary: task accuracies, overall, % correct images and % correct prompts."""
     s = summarize(rows)
     by_prompt: dict[str, bool] = {}
-    for r in rows:
-        by_prompt[r["metadata"]] = by_prompt.get(r["metadata"], False) or bool(r["correct"])
+    for r in rows:  # a prompt is its folder (GenEval groups by metadata: the same for unique prompts)
+        key = os.path.dirname(os.path.dirname(r["filename"])) if "filename" in r else r["metadata"]
+        by_prompt[key] = by_prompt.get(key, False) or bool(r["correct"])
     return {"overall": s["overall"], "tasks": s["tasks"], "correct_images": float(np.mean([r["correct"] for r in rows])),
             "correct_prompts": float(np.mean(list(by_prompt.values()))), "n_images": len(rows),
             "n_prompts": len(by_prompt)}

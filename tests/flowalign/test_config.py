@@ -65,3 +65,24 @@ def test_overrides_apply():
 def test_bad_configs_fail_with_one_sentence(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(str(ROOT / "configs/shapes/flow_grpo.yaml"), override)
+
+
+def test_shipped_reward_args_match_the_reward_signatures():
+    import importlib
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from reward_models import REWARDS
+
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+        for section, name_key, args_key in (("reward", "name", "args"), ("eval", "reward", "reward_args")):
+            sec = raw.get(section) or {}
+            if name_key not in sec:
+                continue
+            module, cls = REWARDS[sec[name_key]].split(":")
+            params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters
+            if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                continue
+            assert set(sec.get(args_key) or {}) <= set(params), f"{path}: {section}"

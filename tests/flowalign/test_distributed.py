@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from flowalign.advantages import group_advantages
@@ -37,11 +38,29 @@ def test_two_process_training_run(tiny_sd3_dir, tmp_path):
     prompts.write_text("a red circle\na blue square\nthree triangles\n")
     out = tmp_path / "run"
     # 3 prompts x 4 images = 12 samples, 6 per process: one group spans both processes
-    args = overrides(tiny_sd3_dir, str(out), str(prompts), **{"algorithm.prompts_per_iteration": 3,
-                                                               "run.max_iterations": 2, "run.sample_every": 0})
+    heldout = tmp_path / "heldout.jsonl"  # 3 prompts x 1 image: shards of 2 + 2 with one padded item
+    heldout.write_text("".join(json.dumps({"prompt": p, "tag": t}) + "\n" for p, t in
+                               [("a red circle", "a"), ("two squares", "b"), ("a blue triangle", "b")]))
+    args = overrides(tiny_sd3_dir, str(out), str(prompts), **{
+        "algorithm.prompts_per_iteration": 3, "run.max_iterations": 2, "run.sample_every": 0, "eval.every": 2,
+        "eval.prompts": str(heldout), "eval.images_per_prompt": 1, "eval.reward": "jpeg_compressibility"})
     _torchrun("-m", "flowalign.cli", "train", "-", *args)
-    lines = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    all_lines = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    lines = [m for m in all_lines if "reward_mean" in m]
     assert [m["iteration"] for m in lines] == [1, 2]
+    evals = [m for m in all_lines if "eval/reward_mean" in m]
+    assert [m["iteration"] for m in evals] == [0, 2]
+    # the evaluation gathered over 2 processes equals the single-process one (iteration 0: base weights)
+    from flowalign.evaluation import evaluate_prompts
+    from flowalign.policies import SD3Policy
+    from reward_models import build_reward
+
+    pol = SD3Policy.from_pretrained(tiny_sd3_dir, max_sequence_length=8)
+    rows = [json.loads(x) for x in open(heldout)]
+    single = evaluate_prompts(pol, rows, build_reward("jpeg_compressibility"), images_per_prompt=1, num_steps=3,
+                              guidance=2.0, seed=4321, batch_size=32, height=32, width=32)
+    assert evals[0]["eval/reward_mean"] == pytest.approx(single["eval/reward_mean"], abs=1e-5)
+    assert evals[0]["eval/overall"] == pytest.approx(single["eval/overall"], abs=1e-5)
     assert abs(lines[0]["first_ratio"] - 1) < 1e-5
     assert lines[0]["nfe_rollout"] == 12 * 3 * 2  # counted over both processes
     assert (out / "lora" / "pytorch_lora_weights.safetensors").exists()
