@@ -310,3 +310,61 @@ def save_tiny_open_clip(path: str | os.PathLike, seed: int = 0, model_cfg: dict 
     torch.manual_seed(seed)
     cfg = model_cfg or TINY_OPEN_CLIP
     return save_open_clip(open_clip.CLIP(**cfg), cfg, str(path))
+
+
+VLM_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+VLM_CHAT_WORDS = ["USER", "ASSISTANT", ":", ".", "?", ",", "describe", "the", "image", "which", "matches", "caption",
+                  "better", "answer", "first", "second", "or"]
+# USER: <image> ... text ... ASSISTANT: answer   (one user turn; images where the content says)
+VLM_CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+                     "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}"
+                     "{% else %}ASSISTANT: {{ m['content'][0]['text'] }} {% endif %}{% endfor %}"
+                     "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def word_tokenizer(words: list[str]):
+    """An offline word-level tokenizer (whitespace and punctuation split) over `words` plus the VLM
+    special tokens, as a transformers PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for w in [*VLM_SPECIALS, *VLM_CHAT_WORDS, *words]:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+
+
+def tiny_llava(words: list[str], image_size: int = 32, patch_size: int = 8, vision_width: int = 32,
+               text_width: int = 64, layers: int = 2, seed: int = 0):
+    """A tiny LLaVA (CLIP vision tower + Llama language model, transformers' real classes) and its
+    processor with a chat template: an image-text-to-text model built offline."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    tok = word_tokenizer(words)
+    torch.manual_seed(seed)
+    vc = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=vision_width,
+                          intermediate_size=2 * vision_width, num_hidden_layers=layers, num_attention_heads=2)
+    tc = LlamaConfig(vocab_size=len(tok), hidden_size=text_width, intermediate_size=2 * text_width,
+                     num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                     max_position_embeddings=256, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                     eos_token_id=tok.eos_token_id)
+    cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                      vision_feature_select_strategy="default", vision_feature_layer=-1)
+    model = LlavaForConditionalGeneration(cfg)
+    ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size, image_token="<image>",
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=VLM_CHAT_TEMPLATE)
+    return model, proc
+
+
+def save_tiny_llava(path: str | os.PathLike, words: list[str] | None = None, seed: int = 0) -> str:
+    words = words or "a an photo of red blue green circle square triangle two three left right".split()
+    model, proc = tiny_llava(words, seed=seed)
+    model.save_pretrained(str(path))
+    proc.save_pretrained(str(path))
+    return str(path)

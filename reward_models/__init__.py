@@ -19,6 +19,7 @@ REWARDS: dict[str, str] = {
     "weighted": "reward_models.weighted:WeightedReward",
     "adversarial_dino": "reward_models.adversarial:AdversarialDinoReward",
     "geneval": "reward_models.geneval:GenEvalReward",
+    "prompt_echo": "reward_models.prompt_echo:PromptEchoReward",
 }
 
 

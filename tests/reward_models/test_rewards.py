@@ -12,7 +12,7 @@ def _img(a: np.ndarray) -> torch.Tensor:
 
 def test_registry_builds_every_reward_and_rejects_unknown():
     for name in REWARDS:
-        if name in ("pickscore", "clip", "weighted", "adversarial_dino", "geneval"):  # need checkpoints: tested elsewhere
+        if name in ("pickscore", "clip", "weighted", "adversarial_dino", "geneval", "prompt_echo"):  # need checkpoints: tested elsewhere
             continue
         assert isinstance(build_reward(name), Reward)
     with pytest.raises(ValueError, match="reward 'nope' is unknown"):

@@ -1,0 +1,80 @@
+"""PromptEcho: how well a frozen vision-language model "echoes" the prompt from the image.
+
+Any transformers image-text-to-text model (Qwen2.5-VL, LLaVA-style, ...) gets the image and a guiding
+query through its chat template; the prompt is teacher-forced as the assistant's answer (followed by
+the end-of-sequence token), and
+
+    reward = - (1/|P|) sum_{t in P} CE(logits_{t-1}, token_t)      (reduction="mean", the default)
+    reward = - sum_{t in P} CE(logits_{t-1}, token_t)               (reduction="sum")
+
+over the answer's tokens P. One batched forward per batch (right padding, so the answer tokens of
+every row sit at the same positions as in an unpadded forward); the model is frozen, in eval mode."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import to_uint8_hwc
+from .clip_common import check_local
+
+DEFAULT_QUERY = "Describe the image."
+
+
+class PromptEchoReward:
+    differentiable = False
+
+    def __init__(self, model: str, query: str = DEFAULT_QUERY, reduction: str = "mean", append_eos: bool = True,
+                 device: str | None = None, dtype: str = "float32", batch_size: int = 16):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"prompt_echo reduction {reduction!r} is unknown; use 'mean' or 'sum'.")
+        check_local(model, "PromptEcho VLM")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
+            self.processor = AutoProcessor.from_pretrained(model)
+        except OSError as e:
+            raise FileNotFoundError(f"could not load the PromptEcho VLM {model!r}: {str(e).splitlines()[0]}; pass a "
+                                    "local folder saved with save_pretrained or a hub id.") from None
+        self.model = self.model.to(self.device).eval().requires_grad_(False)
+        self.processor.tokenizer.padding_side = "right"
+        self.query, self.reduction, self.append_eos, self.batch_size = query, reduction, append_eos, batch_size
+        self.name = "prompt_echo"
+        self.prefix = self.processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}],
+            add_generation_prompt=True, tokenize=False)
+
+    def _inputs(self, images, texts):
+        inp = self.processor(images=list(images), text=list(texts), return_tensors="pt", padding=True)
+        return {k: v.to(self.device) for k, v in inp.items()}
+
+    @torch.no_grad()
+    def token_losses(self, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """-> (per-token cross-entropy [B, T-1], answer mask [B, T-1]) for one batch."""
+        arr = to_uint8_hwc(images)
+        # the query part's length (images of one batch share a size, so their token counts agree)
+        n_prefix = int(self._inputs(arr[:1], [self.prefix])["attention_mask"].sum())
+        eos = self.processor.tokenizer.eos_token if self.append_eos else ""
+        inp = self._inputs(arr, [f"{self.prefix} {p}{eos}" for p in prompts])
+        logits = self.model(**inp).logits.float()
+        ids, att = inp["input_ids"], inp["attention_mask"]
+        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        pos = torch.arange(1, ids.shape[1], device=ids.device)[None]
+        mask = (pos >= n_prefix) & att[:, 1:].bool()
+        return ce, mask
+
+    def __call__(self, images: Tensor, prompts: Sequence[str], **context) -> Tensor:
+        if images.ndim != 4:
+            raise ValueError(f"prompt_echo scores images [B, 3, H, W]; got shape {tuple(images.shape)} (wrap it in "
+                             "video_segmental for videos).")
+        out = []
+        for s in range(0, images.shape[0], self.batch_size):
+            ce, mask = self.token_losses(images[s:s + self.batch_size], prompts[s:s + self.batch_size])
+            total = (ce * mask).sum(1)
+            out.append(-(total / mask.sum(1).clamp(min=1)) if self.reduction == "mean" else -total)
+        return torch.cat(out).float().cpu()
