@@ -63,6 +63,8 @@ class FlowGRPOConfig:
     std_scope: Literal["group", "batch"] = "group"  # normalise rewards by the group's or the batch's std
     kl_beta: float = 0.04  # weight of the KL to the reference model (0: no reference pass)
     timestep_fraction: float = 1.0  # fraction of the SDE steps trained per sample (random subset)
+    reward_aggregation: Literal["sum", "advantage"] = "sum"  # weighted rewards: advantage of the sum, or sum of
+    # the per-reward group advantages (flow_grpo / adv_grpo with reward.name=weighted)
 
 
 @dataclass
@@ -144,8 +146,16 @@ class EvalConfig:
     batch_size: int = 32  # images per generation batch, per process
 
 
+@dataclass
+class AdvGRPOConfig(FlowGRPOConfig):
+    """Adv-GRPO: Flow-GRPO whose reward is (or contains) the adversarial DINO discriminator, trained
+    by the engine after every batch."""
+
+    name: str = "adv_grpo"
+
+
 ALGORITHMS: dict[str, type] = {"flow_grpo": FlowGRPOConfig, "dense_grpo": DenseGRPOConfig,
-                               "branch_grpo": BranchGRPOConfig}
+                               "branch_grpo": BranchGRPOConfig, "adv_grpo": AdvGRPOConfig}
 
 
 @dataclass
@@ -222,6 +232,18 @@ def validate(cfg) -> None:
             raise ValueError("algorithm.calib_rounds must be >= 1, calib_trajectories >= 2 and calib_eps2 > 0.")
     if a.name == "branch_grpo":
         _validate_branch(cfg)
+    if a.name in ("dense_grpo", "branch_grpo") and a.reward_aggregation != "sum":
+        raise ValueError(f"algorithm.reward_aggregation={a.reward_aggregation!r} is for flow_grpo and adv_grpo; "
+                         f"{a.name} needs reward_aggregation=sum.")
+    if a.reward_aggregation == "advantage" and cfg.reward.name != "weighted":
+        raise ValueError("algorithm.reward_aggregation=advantage needs reward.name=weighted (several rewards); "
+                         "set reward_aggregation=sum for a single reward.")
+    if a.name == "adv_grpo":
+        names = [cfg.reward.name] + (list((cfg.reward.args.get("weights") or {}).keys())
+                                     if cfg.reward.name == "weighted" else [])
+        if "adversarial_dino" not in names:
+            raise ValueError(f"algorithm.name=adv_grpo needs the adversarial_dino reward (reward.name={cfg.reward.name!r}); "
+                             "set reward.name=adversarial_dino or add it to reward.args.weights.")
     if o.ema_decay is not None and not 0 < o.ema_decay < 1:
         raise ValueError(f"optim.ema_decay={o.ema_decay} must be in (0, 1), or null to turn EMA off.")
     if r.max_iterations < 1 or r.checkpoint_every < 1:

@@ -20,6 +20,8 @@ REWARDS: dict[str, str] = {
     "adversarial_dino": "reward_models.adversarial:AdversarialDinoReward",
     "geneval": "reward_models.geneval:GenEvalReward",
     "prompt_echo": "reward_models.prompt_echo:PromptEchoReward",
+    "hps": "reward_models.hps:HPSv2Reward",
+    "aesthetic": "reward_models.aesthetic:AestheticReward",
 }
 
 

@@ -85,7 +85,11 @@ class AdversarialDinoReward:
         if schedule not in ("k_steps", "while_lower"):
             raise ValueError(f"schedule {schedule!r} is unknown; use k_steps or while_lower.")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.backbone = Dinov2Model.from_pretrained(backbone).to(self.device).eval().requires_grad_(False)
+        try:
+            self.backbone = Dinov2Model.from_pretrained(backbone).to(self.device).eval().requires_grad_(False)
+        except OSError as e:
+            raise FileNotFoundError(f"could not load the DINOv2 checkpoint {backbone!r}: {str(e).splitlines()[0]}; "
+                                    "pass a local Dinov2Model folder or a reachable hub id.") from None
         cfg = self.backbone.config
         self.size = cfg.image_size
         self.head = DiscriminatorHead(cfg.hidden_size, hidden).to(self.device)

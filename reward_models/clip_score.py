@@ -1,5 +1,6 @@
-"""CLIPScore (Hessel et al. 2021) with a transformers CLIP checkpoint: w * max(cos(image, prompt), 0)
-with w = 2.5 as in the paper (`scale` overrides w; `clip: false` keeps negative cosines).
+"""CLIPScore (Hessel et al. 2021): w * max(cos(image, prompt), 0) with w = 2.5 as in the paper
+(`scale` overrides w; `clip: false` keeps negative cosines). backend="open_clip" (model: an open_clip
+folder, hub id or architecture with `pretrained`) or backend="transformers" (a CLIPModel checkpoint).
 Differentiable."""
 
 from __future__ import annotations
@@ -8,14 +9,24 @@ import torch
 from torch import Tensor
 
 from .clip_common import CLIPSimilarity
+from .open_clip_common import OpenCLIPSimilarity
 
 
-class CLIPScoreReward(CLIPSimilarity):
+class CLIPScoreReward:
+    differentiable = True
+
     def __init__(self, model: str = "openai/clip-vit-large-patch14", processor: str | None = None,
-                 scale: float = 2.5, clip: bool = True, **kwargs):
-        super().__init__(model, processor, scale=scale, **kwargs)
-        self.name, self.clip = "clip", clip
+                 scale: float = 2.5, clip: bool = True, backend: str = "transformers", pretrained: str | None = None,
+                 **kwargs):
+        if backend == "transformers":
+            self.sim = CLIPSimilarity(model, processor, scale=1.0, **kwargs)
+        elif backend == "open_clip":
+            self.sim = OpenCLIPSimilarity(model, pretrained, **kwargs)
+        else:
+            raise ValueError(f"clip backend {backend!r} is unknown; use 'open_clip' or 'transformers'.")
+        self.name, self.scale, self.clip, self.backend = "clip", scale, clip, backend
 
     def __call__(self, images: Tensor, prompts, **context) -> Tensor:
-        s = super().__call__(images, prompts, **context)
+        cos = self.sim(images, prompts) if self.backend == "transformers" else self.sim.cosine(images, list(prompts))
+        s = self.scale * cos
         return torch.clamp(s, min=0.0) if self.clip else s

@@ -81,3 +81,24 @@ def encode_texts(model, tokenizer, texts, device) -> torch.Tensor:
     """-> unit-norm text embeddings (float32)."""
     e = model.encode_text(tokenizer(list(texts)).to(device)).float()
     return e / e.norm(dim=-1, keepdim=True)
+
+
+class OpenCLIPSimilarity:
+    """cos(image, text) with an open_clip model, batched; differentiable in the image."""
+
+    differentiable = True
+
+    def __init__(self, model: str, pretrained: str | None = None, *, device: str | None = None,
+                 dtype: str = "float32", batch_size: int = 32):
+        self.model, self.tokenizer, self.preprocess, self.device = load_open_clip(model, pretrained, device=device,
+                                                                                  dtype=dtype)
+        self.batch_size = batch_size
+
+    def cosine(self, images: torch.Tensor, prompts) -> torch.Tensor:
+        out = []
+        for i in range(0, images.shape[0], self.batch_size):
+            ie = encode_images(self.model, self.preprocess, images[i:i + self.batch_size])
+            with torch.no_grad():
+                te = encode_texts(self.model, self.tokenizer, prompts[i:i + self.batch_size], self.device)
+            out.append((ie * te).sum(-1))
+        return torch.cat(out).float()

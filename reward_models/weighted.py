@@ -23,6 +23,22 @@ class WeightedReward:
         self.differentiable = all(getattr(p, "differentiable", False) for p in self.parts.values())
         self.name = "weighted(" + ",".join(f"{k}={w:g}" for k, w in self.weights.items()) + ")"
         self.last_parts: dict[str, Tensor] = {}
+        self.learned = [k for k, p in self.parts.items() if hasattr(p, "update")]
+        if self.learned:  # the engine trains and checkpoints learned parts (Adv-GRPO's discriminator)
+            self.update, self.state_dict, self.load_state_dict = self._update, self._state_dict, self._load_state_dict
+
+    def _update(self, images: Tensor, prompts: Sequence[str] | None = None, **context) -> dict:
+        stats = {}
+        for k in self.learned:
+            stats.update({f"{k}/{s}": v for s, v in self.parts[k].update(images, prompts, **context).items()})
+        return stats
+
+    def _state_dict(self) -> dict:
+        return {k: self.parts[k].state_dict() for k in self.learned}
+
+    def _load_state_dict(self, state: dict) -> None:
+        for k in self.learned:
+            self.parts[k].load_state_dict(state[k])
 
     def __call__(self, images: Tensor, prompts: Sequence[str], **context) -> Tensor:
         total = 0.0

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from .adv_grpo import AdvGRPO
 from .branch_grpo import BranchGRPO
 from .dense_grpo import DenseGRPO
 from .flow_grpo import FlowGRPO
 
-ALGORITHMS = {"flow_grpo": FlowGRPO, "dense_grpo": DenseGRPO, "branch_grpo": BranchGRPO}
+ALGORITHMS = {"flow_grpo": FlowGRPO, "dense_grpo": DenseGRPO, "branch_grpo": BranchGRPO, "adv_grpo": AdvGRPO}
 
 
 def build_algorithm(algo_cfg, sampler_cfg):
@@ -15,4 +16,4 @@ def build_algorithm(algo_cfg, sampler_cfg):
     return ALGORITHMS[algo_cfg.name](algo_cfg, sampler_cfg)
 
 
-__all__ = ["ALGORITHMS", "BranchGRPO", "DenseGRPO", "FlowGRPO", "build_algorithm"]
+__all__ = ["ALGORITHMS", "AdvGRPO", "BranchGRPO", "DenseGRPO", "FlowGRPO", "build_algorithm"]

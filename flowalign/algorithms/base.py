@@ -65,11 +65,16 @@ def sde_noise_levels(sampler_cfg, sigmas: Tensor) -> Tensor:
 
 
 def decode_rewards(policy, reward, latents: Tensor, prompts: Sequence[str], metadata: Sequence[dict],
-                   chunk: int = 64) -> Tensor:
-    """Decode latents [n, *S] and score them with `reward` in chunks -> [n] float32."""
+                   chunk: int = 64, parts: bool = False) -> Tensor:
+    """Decode latents [n, *S] and score them with `reward` in chunks -> [n] float32. With
+    `parts=True` (a WeightedReward) -> [n, P + 1]: each part's value, then the weighted total."""
     out = []
     with torch.no_grad():
         for i in range(0, latents.shape[0], chunk):
             images = policy.decode(latents[i:i + chunk])
-            out.append(reward(images, list(prompts[i:i + chunk]), metadata=list(metadata[i:i + chunk])).float())
+            total = reward(images, list(prompts[i:i + chunk]), metadata=list(metadata[i:i + chunk])).float()
+            if parts:
+                cols = [reward.last_parts[k].float().to(total.device) for k in reward.weights]
+                total = torch.stack([*cols, total], dim=1)
+            out.append(total)
     return torch.cat(out).to(latents.device)

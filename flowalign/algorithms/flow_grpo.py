@@ -16,7 +16,7 @@ from torch import Tensor
 import samplers
 from samplers import Trajectory
 
-from ..advantages import group_advantages
+from ..advantages import group_advantages, multi_reward_advantages
 from ..losses import grpo_clipped_loss
 from .base import decode_rewards, expand_groups, gathered, sde_noise_levels
 
@@ -63,8 +63,15 @@ class FlowGRPO:
         return Rollout(prompts, list(metadata), group_ids.to(noise.device), cond, traj)
 
     def score(self, policy, ro: Rollout, reward) -> Tensor:
-        """Reward of each final image, [n]."""
-        return decode_rewards(policy, reward, ro.traj.final, ro.prompts, ro.metadata)
+        """Reward of each final image, [n]; with algorithm.reward_aggregation=advantage, [n, P + 1]
+        (each part of the weighted reward, then the weighted total)."""
+        per_part = getattr(self.cfg, "reward_aggregation", "sum") == "advantage"
+        if per_part:
+            if not hasattr(reward, "last_parts"):
+                raise ValueError("algorithm.reward_aggregation=advantage needs reward.name=weighted (several "
+                                 "rewards); use reward_aggregation=sum for a single reward.")
+            self.part_weights = list(reward.weights.values())
+        return decode_rewards(policy, reward, ro.traj.final, ro.prompts, ro.metadata, parts=per_part)
 
     def final_latents(self, ro: Rollout) -> Tensor:
         return ro.traj.final
@@ -73,7 +80,11 @@ class FlowGRPO:
         return list(ro.prompts)
 
     def group_advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
-        """Global rewards [N] and prompt ids [N] (gathered over processes) -> advantages [N]."""
+        """Global rewards [N] (or [N, P + 1] per reward part and total) and prompt ids [N] (gathered
+        over processes) -> advantages [N]."""
+        if rewards.dim() == 2:  # per-reward aggregation: sum_i w_i A_i
+            return multi_reward_advantages(rewards[:, :-1], self.part_weights, group_ids, std_scope=self.cfg.std_scope,
+                                           clip=self.cfg.adv_clip_max)
         return group_advantages(rewards, group_ids, std_scope=self.cfg.std_scope, clip=self.cfg.adv_clip_max)
 
     def advantages(self, ro: Rollout, rewards: Tensor, comm) -> tuple[Tensor, Tensor]:

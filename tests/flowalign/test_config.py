@@ -78,7 +78,9 @@ def test_shipped_reward_args_match_the_reward_signatures():
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
         raw = OmegaConf.to_container(OmegaConf.load(path))
         for section, name_key, args_key in (("reward", "name", "args"), ("eval", "reward", "reward_args")):
-            sec = raw.get(section) or {}
+            sec = raw.get(section)
+            if not isinstance(sec, dict):
+                continue
             if name_key not in sec:
                 continue
             module, cls = REWARDS[sec[name_key]].split(":")

@@ -62,3 +62,30 @@ def test_group_advantages_batch_std_and_clip():
     assert unclipped[0].item() == pytest.approx(5 / (math.sqrt(75 / 4) + 1e-4), rel=1e-6)
     with pytest.raises(ValueError, match="std_scope 'prompt'"):
         group_advantages(r, g, std_scope="prompt")
+
+
+def test_per_reward_advantages_sum_the_weighted_group_advantages():
+    from flowalign.advantages import multi_reward_advantages
+
+    parts = torch.tensor([[1.0, 10.0], [3.0, 30.0], [0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    g = torch.tensor([0, 0, 1, 1])
+    # group 0: reward 1 -> (-1, +1), reward 2 -> (-1, +1); group 1: reward 1 -> (-1, +1), reward 2 constant -> 0
+    want = torch.tensor([-1 * 0.5 - 1 * 2.0, 0.5 + 2.0, -0.5, 0.5])
+    got = multi_reward_advantages(parts, [0.5, 2.0], g)
+    assert torch.allclose(got, want.float(), atol=1e-3)
+    # the scale of a reward does not matter, only its weight (unlike the advantage of the weighted sum)
+    assert torch.allclose(multi_reward_advantages(parts * torch.tensor([1.0, 1000.0]), [0.5, 2.0], g), got, atol=1e-3)
+    assert torch.allclose(multi_reward_advantages(parts, [1.0, 1.0], g, clip=1.5).abs().max(),
+                          torch.tensor(1.5))
+
+
+def test_reward_aggregation_config_errors():
+    import pytest
+
+    from flowalign.config import load_config
+
+    with pytest.raises(ValueError, match="reward_aggregation=advantage needs reward.name=weighted"):
+        load_config(None, ["algorithm.reward_aggregation=advantage"])
+    with pytest.raises(ValueError, match="is for flow_grpo and adv_grpo"):
+        load_config(None, ["algorithm.name=dense_grpo", "algorithm.reward_aggregation=advantage",
+                           "reward.name=weighted"])

@@ -106,3 +106,29 @@ def test_engine_trains_the_discriminator_and_checkpoints_it(dino_dir, ref_dir, t
     assert t2.reward.updates == 4
     for a, b in zip(t.reward.head.parameters(), t2.reward.head.parameters()):
         assert torch.equal(a, b)
+
+
+def test_adv_grpo_algorithm_with_a_weighted_reward_and_per_reward_advantages(dino_dir, ref_dir, tiny_sd3_dir,
+                                                                            tmp_path, prompts_file):
+    """algorithm.name=adv_grpo: the discriminator inside a weighted reward is trained and
+    checkpointed through the weighted reward; advantages are aggregated per reward."""
+    import json
+    import os
+
+    from flowalign.config import load_config
+    from flowalign.trainer import Trainer
+    from tests.flowalign.test_train import overrides
+
+    args = (f"{{weights: {{adversarial_dino: 1.0, jpeg_compressibility: 0.5}}, args: {{adversarial_dino: "
+            f"{{backbone: {dino_dir}, reference_dir: {ref_dir}, k: 1, device: cpu, num_patches: 4}}}}}}")
+    kw = {"algorithm.name": "adv_grpo", "reward.name": "weighted", "reward.args": args, "run.max_iterations": 1,
+          "run.sample_every": 0, "algorithm.reward_aggregation": "advantage"}
+    t = Trainer(load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **kw)))
+    t.train()
+    m = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")][0]
+    assert "adversarial_dino/disc_loss" in m and abs(m["first_ratio"] - 1) < 1e-5
+    assert t.reward.parts["adversarial_dino"].updates == 1
+    state = torch.load(os.path.join(tmp_path, "run", "checkpoints", "iter_000001", "reward.pt"), weights_only=False)
+    assert set(state) == {"adversarial_dino"}
+    with pytest.raises(ValueError, match="adv_grpo needs the adversarial_dino reward"):
+        load_config(None, ["algorithm.name=adv_grpo", "reward.name=shapes_geneval"])

@@ -1,0 +1,131 @@
+"""Train the shapes world's captioning VLM (PromptEcho's model on the testbed), on CPU.
+
+    python -m benchmarks.shapes.captioner --out benchmarks/shapes/captioner --minutes 10
+
+A tiny LLaVA (transformers' LlavaForConditionalGeneration: CLIP vision tower + Llama language model)
+with an offline word-level tokenizer over the world's vocabulary and a chat template. It learns to
+answer "Describe the image." with the prompt a scene was rendered from: teacher-forced cross-entropy
+on the answer tokens only, freshly rendered scenes of every prompt of the world (train and held-out
+prompt sets: the captioner plays a general VLM, not the T2I model's training data) each step.
+Saves the model (fp16 weights) and its processor with save_pretrained; prints the held-out
+caption-matching AUROC (the rendered prompt's reward against a mismatched prompt's) at the end."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .prompts import all_prompts
+from .render import render_prompt
+
+QUERY = "Describe the image."
+
+
+def world_rows() -> list[dict]:
+    return [r for split in ("train", "heldout") for rows in all_prompts(split).values() for r in rows]
+
+
+def vocabulary(rows) -> list[str]:
+    words = sorted({w for r in rows for w in r["prompt"].split()})
+    return words
+
+
+def batch(rows, rng: random.Random, n: int):
+    picks = [rows[rng.randrange(len(rows))] for _ in range(n)]
+    images = np.stack([render_prompt(r, rng.randrange(1 << 30))[0] for r in picks])
+    return images, [r["prompt"] for r in picks]
+
+
+def caption_loss(model, proc, prefix: str, n_prefix: int, images, captions) -> torch.Tensor:
+    inp = proc(images=list(images), text=[f"{prefix} {c}</s>" for c in captions], return_tensors="pt", padding=True)
+    logits = model(**inp).logits.float()
+    ids, att = inp["input_ids"], inp["attention_mask"]
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    pos = torch.arange(1, ids.shape[1])[None]
+    mask = ((pos >= n_prefix) & att[:, 1:].bool()).float()
+    return (ce * mask).sum() / mask.sum()
+
+
+def auroc(pos, neg) -> float:
+    """P(a positive scores above a negative), ties counted half."""
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    if not len(pos) or not len(neg):
+        return float("nan")
+    gt = (pos[:, None] > neg[None, :]).mean()
+    eq = (pos[:, None] == neg[None, :]).mean()
+    return float(gt + 0.5 * eq)
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "captioner"))
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--batch-size", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from flowalign.tiny import tiny_llava
+
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    rows = world_rows()
+    model, proc = tiny_llava(vocabulary(rows), image_size=32, patch_size=4, vision_width=64, text_width=96, layers=2,
+                             seed=args.seed)
+    proc.tokenizer.padding_side = "right"
+    prefix = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUERY}]}],
+                                      add_generation_prompt=True, tokenize=False)
+    n_prefix = proc(images=[np.zeros((32, 32, 3), np.uint8)], text=[prefix], return_tensors="pt")["input_ids"].shape[1]
+    print(f"captioner: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(rows)} prompts, "
+          f"{len(proc.tokenizer)} tokens")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    budget = args.minutes * 60
+    t0, step = time.time(), 0
+    bar = tqdm(desc="captioner", unit="step", mininterval=10)
+    model.train()
+    while time.time() - t0 < budget:
+        frac = (time.time() - t0) / budget
+        for g in opt.param_groups:  # short warm-up, then cosine to 5 %
+            g["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        images, caps = batch(rows, rng, args.batch_size)
+        loss = caption_loss(model, proc, prefix, n_prefix, images, caps)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    # held-out check: the rendered prompt should echo better than a random other prompt of the same task
+    from reward_models.prompt_echo import PromptEchoReward
+
+    os.makedirs(args.out, exist_ok=True)
+    model.to(torch.float16).save_pretrained(args.out)
+    proc.save_pretrained(args.out)
+    reward = PromptEchoReward(args.out, query=QUERY, device="cpu")
+    erng = random.Random(12345)
+    images, caps = batch(rows, erng, 256)
+    wrong = [rows[erng.randrange(len(rows))]["prompt"] for _ in caps]
+    keep = [i for i in range(len(caps)) if wrong[i] != caps[i]]
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    pos = reward(x[keep], [caps[i] for i in keep]).numpy()
+    neg = reward(x[keep], [wrong[i] for i in keep]).numpy()
+    print(f"trained {step} steps in {time.time() - t0:.0f} s; final loss {loss.item():.3f}; matched-vs-mismatched "
+          f"caption AUROC {auroc(pos, neg):.3f}; saved {args.out}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.exit(0)

@@ -1,0 +1,54 @@
+"""The shapes world's Adv-GRPO companions, written once and committed.
+
+    python -m benchmarks.shapes.companions
+
+- benchmarks/shapes/references/: 256 rendered scenes of training prompts (PNG), Adv-GRPO's reference
+  (real) images;
+- benchmarks/shapes/dino/: a Dinov2Model in transformers' format (image size 32, patch 4), seeded
+  random weights. No pretrained DINOv2 can be fetched here and none fits the 32x32 world, so the
+  backbone is a frozen random-feature extractor; the discriminator head learns on top of it."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import torch
+from PIL import Image
+
+from .prompts import prompt_set
+from .render import render_prompt
+
+HERE = os.path.dirname(__file__)
+REFERENCES = os.path.join(HERE, "references")
+DINO = os.path.join(HERE, "dino")
+
+
+def write_references(out: str = REFERENCES, n: int = 256, seed: int = 0) -> str:
+    rows = prompt_set("train", 200, seed=seed)
+    rng = random.Random(seed)
+    os.makedirs(out, exist_ok=True)
+    for i in range(n):
+        img, _ = render_prompt(rows[rng.randrange(len(rows))], seed=rng.randrange(1 << 30))
+        Image.fromarray(img).save(os.path.join(out, f"{i:04d}.png"), optimize=True)
+    return out
+
+
+def write_dino(out: str = DINO, seed: int = 0) -> str:
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    cfg = Dinov2Config(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                       intermediate_size=128, mlp_ratio=2)
+    Dinov2Model(cfg).save_pretrained(out)
+    return out
+
+
+def main(argv=None) -> int:
+    print(f"wrote {write_references()} and {write_dino()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
