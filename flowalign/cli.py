@@ -64,7 +64,13 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
 def cmd_eval_geneval(args: argparse.Namespace) -> int:
     import json
 
-    from benchmarks.geneval.evaluate import METADATA_FILE, ShapesEvaluator, generate_layout, read_metadata, score_layout
+    from benchmarks.geneval.evaluate import (
+        METADATA_FILE,
+        ShapesEvaluator,
+        generate_layout,
+        read_metadata,
+        score_layout,
+    )
 
     if args.detector != "shapes" and not args.clip:
         raise ValueError("--clip is missing: GenEval's colour classifier needs an open_clip model (a local folder, "
@@ -107,9 +113,11 @@ def cmd_eval_densealign(args: argparse.Namespace) -> int:
 
     from .policies import load_policy
 
+    judge = None
     if args.judge != "shapes":
-        raise ValueError(f"--judge {args.judge!r}: only the procedural 'shapes' judge exists so far (a VLM judge "
-                         "is not implemented); use --judge shapes.")
+        from benchmarks.densealign.vlm_judge import DEFAULT_QUESTION, VLMJudge
+
+        judge = VLMJudge(args.judge, question=args.judge_question or DEFAULT_QUESTION, device=_device(args.device))
     metas = dense_captions(args.num_prompts, args.seed) if args.prompts == "shapes" else load_prompts(args.prompts)
 
     def load(path, lora):
@@ -121,7 +129,7 @@ def cmd_eval_densealign(args: argparse.Namespace) -> int:
 
     summary = compare(load(args.model, args.lora), load(args.baseline, args.baseline_lora), metas,
                       images_per_prompt=args.images_per_prompt, seed=args.seed, num_steps=args.steps,
-                      guidance=args.guidance, out=args.out)
+                      guidance=args.guidance, out=args.out, judge=judge)
     print(json.dumps(summary, indent=2))
     print(f"net win rate {summary['net_win_rate']:+.3f} (95% CI {summary['ci'][0]:+.3f} .. {summary['ci'][1]:+.3f}); "
           f"wrote {args.out}/summary.json and results.jsonl")
@@ -290,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-lora", default=None)
     p.add_argument("--prompts", default="shapes", help="'shapes' (generated dense captions) or a GenEval JSONL")
     p.add_argument("--num-prompts", type=int, default=48)
-    p.add_argument("--judge", default="shapes", help="shapes (procedural clause judge)")
+    p.add_argument("--judge", default="shapes",
+                   help="shapes (the procedural clause judge) or a VLM folder/hub id (image-text-to-text model)")
+    p.add_argument("--judge-question", default=None,
+                   help="the judge's question with {caption} (default: which image matches the caption better)")
     p.add_argument("--images-per-prompt", type=int, default=2)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)

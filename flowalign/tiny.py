@@ -280,8 +280,12 @@ def save_tiny_qwen_image(path: str | os.PathLike, seed: int = 0) -> str:
 def save_tiny_mask2former(path: str | os.PathLike, num_labels: int = 80, image_size: int = 64, seed: int = 0) -> str:
     """A random Mask2Former (tiny Swin backbone) with its image processor, in the layout of a hub
     COCO-instance checkpoint."""
-    from transformers import (Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor,
-                              SwinConfig)
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
 
     torch.manual_seed(seed)
     backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
@@ -341,8 +345,14 @@ def tiny_llava(words: list[str], image_size: int = 32, patch_size: int = 8, visi
                text_width: int = 64, layers: int = 2, seed: int = 0):
     """A tiny LLaVA (CLIP vision tower + Llama language model, transformers' real classes) and its
     processor with a chat template: an image-text-to-text model built offline."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tok = word_tokenizer(words)
     torch.manual_seed(seed)

@@ -22,8 +22,8 @@ from reward_models import build_reward
 
 from .algorithms import build_algorithm
 from .data import iteration_prompts, load_prompt_rows
-from .evaluation import evaluate_prompts
 from .ema import EMA
+from .evaluation import evaluate_prompts
 from .images import save_grid, save_video_grid
 from .policies import load_policy
 

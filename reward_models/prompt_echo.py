@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import to_uint8_hwc
-from .clip_common import check_local
+from .vlm_common import load_vlm
 
 DEFAULT_QUERY = "Describe the image."
 
@@ -29,20 +29,9 @@ class PromptEchoReward:
 
     def __init__(self, model: str, query: str = DEFAULT_QUERY, reduction: str = "mean", append_eos: bool = True,
                  device: str | None = None, dtype: str = "float32", batch_size: int = 16):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         if reduction not in ("mean", "sum"):
             raise ValueError(f"prompt_echo reduction {reduction!r} is unknown; use 'mean' or 'sum'.")
-        check_local(model, "PromptEcho VLM")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        try:
-            self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
-            self.processor = AutoProcessor.from_pretrained(model)
-        except OSError as e:
-            raise FileNotFoundError(f"could not load the PromptEcho VLM {model!r}: {str(e).splitlines()[0]}; pass a "
-                                    "local folder saved with save_pretrained or a hub id.") from None
-        self.model = self.model.to(self.device).eval().requires_grad_(False)
-        self.processor.tokenizer.padding_side = "right"
+        self.model, self.processor, self.device = load_vlm(model, "PromptEcho VLM", device, dtype)
         self.query, self.reduction, self.append_eos, self.batch_size = query, reduction, append_eos, batch_size
         self.name = "prompt_echo"
         self.prefix = self.processor.apply_chat_template(

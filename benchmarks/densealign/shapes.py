@@ -39,8 +39,11 @@ def judge_scores(images: torch.Tensor, metas: list[dict]) -> list[float]:
 
 @torch.no_grad()
 def compare(model, baseline, metas: list[dict], *, images_per_prompt: int = 2, seed: int = 0,
-            num_steps: int | None = None, guidance: float | None = None, out: str | None = None) -> dict:
-    """Both policies generate from the same noises; the judge sees every pair in both orders."""
+            num_steps: int | None = None, guidance: float | None = None, out: str | None = None,
+            judge=None) -> dict:
+    """Both policies generate from the same noises; the judge sees every pair in both orders.
+    judge=None: the procedural clause judge; else a pairwise judge (VLMJudge: judge(first, second,
+    captions) -> verdicts)."""
     rows, outcomes = [], []
     gen = torch.Generator().manual_seed(seed)
     for m in metas:
@@ -49,10 +52,16 @@ def compare(model, baseline, metas: list[dict], *, images_per_prompt: int = 2, s
         a = model.generate(prompts, num_steps=num_steps, guidance=guidance, noise=noise)
         b = baseline.generate(prompts, num_steps=num_steps, guidance=guidance, noise=noise)
         sa, sb = judge_scores(a, [m] * images_per_prompt), judge_scores(b, [m] * images_per_prompt)
+        if judge is None:
+            a_first = [clause_judge(x, y) for x, y in zip(sa, sb)]
+            b_first = [clause_judge(y, x) for x, y in zip(sa, sb)]
+        else:
+            a_first, b_first = judge(a, b, prompts), judge(b, a, prompts)
         for j in range(images_per_prompt):
-            o = pair_outcome(clause_judge(sa[j], sb[j]), clause_judge(sb[j], sa[j]))
+            o = pair_outcome(a_first[j], b_first[j])
             outcomes.append(o)
-            rows.append({"prompt": m["prompt"], "image": j, "model_score": sa[j], "baseline_score": sb[j], "outcome": o})
+            rows.append({"prompt": m["prompt"], "image": j, "model_score": sa[j], "baseline_score": sb[j],
+                         "verdict_model_first": a_first[j], "verdict_baseline_first": b_first[j], "outcome": o})
     summary = {**net_win_rate(outcomes, seed=seed), "prompts": len(metas), "images_per_prompt": images_per_prompt,
                "model_mean_score": sum(r["model_score"] for r in rows) / len(rows),
                "baseline_mean_score": sum(r["baseline_score"] for r in rows) / len(rows)}

@@ -29,6 +29,8 @@ CONFIGS = {
     "branch_grpo": "configs/shapes/branch_grpo.yaml",
     "branch_grpo_mix": "configs/shapes/branch_grpo_mix.yaml",
     "branch_grpo_pruned": "configs/shapes/branch_grpo_pruned.yaml",
+    "prompt_echo_grpo": "configs/shapes/prompt_echo_grpo.yaml",
+    "adv_grpo": "configs/shapes/adv_grpo.yaml",
 }
 
 

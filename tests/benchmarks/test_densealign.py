@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from benchmarks.densealign.winrate import clause_judge, net_win_rate, pair_outcome
 
@@ -54,3 +55,58 @@ def test_densealign_cli_same_model_ties_everywhere(tiny_sd3_dir, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["pairs"] == 6 and s["ties"] == 6 and s["net_win_rate"] == 0.0
     assert main(["eval", "densealign", "--judge", "qwen-vl", "--out", str(out)]) == 2
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+    from flowalign.tiny import save_tiny_llava
+
+    return save_tiny_llava(tmp_path_factory.mktemp("judge") / "vlm")
+
+
+def test_vlm_judge_preference_is_the_answer_log_odds(judge_dir):
+    """d = log p('first') - log p('second') at the answer position, by hand on one unpadded row."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from benchmarks.densealign.vlm_judge import VLMJudge
+    from reward_models.base import to_uint8_hwc
+
+    judge = VLMJudge(judge_dir, device="cpu", batch_size=2)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 3, 32, 32, generator=g), torch.rand(3, 3, 32, 32, generator=g)
+    caps = ["a photo of a red circle", "two squares", "a blue triangle left of a green circle"]
+    d = judge.preferences(a, b, caps)
+    model, proc = AutoModelForImageTextToText.from_pretrained(judge_dir).eval(), AutoProcessor.from_pretrained(judge_dir)
+    tok = proc.tokenizer
+    for i in range(3):
+        inp = proc(images=[to_uint8_hwc(a[i:i + 1])[0], to_uint8_hwc(b[i:i + 1])[0]], text=[judge.text(caps[i])],
+                   return_tensors="pt")
+        assert (inp["input_ids"] == tok.convert_tokens_to_ids("<image>")).sum() == 2 * 16  # two images
+        with torch.no_grad():
+            logp = F.log_softmax(model(**inp).logits[0, -1].double(), -1)
+        want = logp[tok.convert_tokens_to_ids("first")] - logp[tok.convert_tokens_to_ids("second")]
+        assert abs(float(d[i]) - float(want)) < 1e-4
+    verdicts = judge(a, b, caps)
+    assert verdicts == ["first" if x > 0 else "second" if x < 0 else "tie" for x in d.tolist()]
+
+
+def test_vlm_judge_in_both_orders_cancels_its_position_bias(tiny_sd3_dir, judge_dir, tmp_path):
+    """A model against itself: identical images, so whatever the judge prefers is a position, and
+    the order swap turns every pair into a tie."""
+    import json
+
+    from flowalign.cli import main
+
+    out = tmp_path / "v"
+    assert main(["eval", "densealign", "--model", tiny_sd3_dir, "--baseline", tiny_sd3_dir, "--num-prompts", "2",
+                 "--images-per-prompt", "2", "--steps", "2", "--max-sequence-length", "8", "--judge", judge_dir,
+                 "--device", "cpu", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in open(out / "results.jsonl")]
+    assert s["pairs"] == 4 and s["net_win_rate"] == 0.0
+    assert all(r["verdict_model_first"] in ("first", "second", "tie") for r in rows)
+    with pytest.raises(ValueError, match="placeholder"):
+        from benchmarks.densealign.vlm_judge import VLMJudge
+
+        VLMJudge(judge_dir, question="which is better?")

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.geneval.evaluate import (METADATA_FILE, ShapesEvaluator, check_metadata, generate_layout,
-                                         read_layout, read_metadata, score_layout, summarize_geneval)
+from benchmarks.geneval.evaluate import (
+    METADATA_FILE,
+    ShapesEvaluator,
+    check_metadata,
+    generate_layout,
+    read_layout,
+    read_metadata,
+    score_layout,
+    summarize_geneval,
+)
 from benchmarks.geneval.scoring import Detection, evaluate
 
 SHARED = os.path.join("..", "shared", "data", "geneval", "evaluation_metadata.jsonl")

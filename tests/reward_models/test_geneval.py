@@ -10,8 +10,15 @@ import torch
 
 from benchmarks.geneval.scoring import Detection
 from reward_models import build_reward
-from reward_models.geneval import (BACKGROUND, COLORS, ColorClassifier, GenEvalEvaluator, instance_postprocess,
-                                   masks_to_boxes, object_names)
+from reward_models.geneval import (
+    BACKGROUND,
+    COLORS,
+    ColorClassifier,
+    GenEvalEvaluator,
+    instance_postprocess,
+    masks_to_boxes,
+    object_names,
+)
 
 
 @pytest.fixture(scope="module")
