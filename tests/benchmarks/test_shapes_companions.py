@@ -1,0 +1,76 @@
+"""The shapes world's reward companions: the committed captioner (PromptEcho's VLM), the Adv-GRPO
+references and DINO backbone, their scripts, and the shipped PromptEcho-GRPO / Adv-GRPO configs."""
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.shapes import captioner
+from benchmarks.shapes.companions import DINO, REFERENCES
+from benchmarks.shapes.render import render_prompt
+from reward_models import build_reward
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CAPTIONER = os.path.join(ROOT, "benchmarks", "shapes", "captioner")
+
+
+def test_augmented_batches_and_vocabulary():
+    rows = captioner.world_rows()
+    images, caps = captioner.batch(rows, random.Random(0), 64, augment=True)
+    assert images.shape == (64, 32, 32, 3) and images.dtype == np.uint8
+    assert 0 < caps.count(captioner.NOISE_CAPTION) < 64
+    clean, clean_caps = captioner.batch(rows, random.Random(0), 8)
+    assert captioner.NOISE_CAPTION not in clean_caps
+    vocab = set(captioner.vocabulary(rows))
+    assert all(w in vocab for r in rows for w in r["prompt"].split())
+
+
+def test_committed_captioner_echoes_the_rendered_prompt():
+    """Rendered scenes echo their own prompt better than another prompt of the world."""
+    r = build_reward("prompt_echo", model=CAPTIONER, device="cpu")
+    rows = captioner.world_rows()
+    rng = random.Random(7)
+    picks = rng.sample(rows, 12)
+    images = torch.stack([torch.from_numpy(render_prompt(p, seed=i)[0].copy()).permute(2, 0, 1).float() / 255
+                          for i, p in enumerate(picks)])
+    others = [rows[(rows.index(p) + 37) % len(rows)]["prompt"] for p in picks]
+    matched, mismatched = r(images, [p["prompt"] for p in picks]), r(images, others)
+    assert (matched > mismatched).float().mean() >= 0.9
+    with open(os.path.join(CAPTIONER, "config.json")) as f:
+        assert json.load(f)["architectures"] == ["LlavaForConditionalGeneration"]
+
+
+def test_captioner_script_trains_saves_and_reloads(tmp_path):
+    out = captioner.main(["--out", str(tmp_path / "cap"), "--minutes", "0.01", "--batch-size", "4"])
+    r = build_reward("prompt_echo", model=out, device="cpu")
+    assert r(torch.rand(2, 3, 32, 32), ["a photo of a circle", "a photo of noise"]).shape == (2,)
+
+
+def test_committed_adv_grpo_companions_load():
+    files = sorted(os.listdir(REFERENCES))
+    assert len(files) == 256 and all(f.endswith(".png") for f in files)
+    r = build_reward("adversarial_dino", backbone=DINO, reference_dir=REFERENCES, device="cpu", k=1)
+    assert r.reference.shape == (256, 3, 32, 32)
+    assert r(torch.rand(2, 3, 32, 32), ["a", "b"]).shape == (2,)
+
+
+@pytest.mark.parametrize("name", ["prompt_echo_grpo", "adv_grpo"])
+def test_shipped_reward_model_configs_train(name, tmp_path):
+    from flowalign.config import load_config
+    from flowalign.trainer import Trainer
+
+    cfg = load_config(os.path.join(ROOT, "configs", "shapes", f"{name}.yaml"), [
+        f"run.output_dir={tmp_path / name}", "run.max_iterations=1", "run.sample_every=0", "run.progress=false",
+        "eval.every=0", "algorithm.group_size=2", "algorithm.prompts_per_iteration=2", "sampler.num_steps=2",
+        f"model.path={os.path.join(ROOT, 'benchmarks', 'shapes', 'model')}",
+        f"data.train_prompts={os.path.join(ROOT, 'benchmarks', 'shapes', 'prompts', 'train.jsonl')}",
+        *([f"reward.args.model={CAPTIONER}"] if name == "prompt_echo_grpo" else
+          [f"reward.args.backbone={DINO}", f"reward.args.reference_dir={REFERENCES}"])])
+    Trainer(cfg).train()
+    m = [json.loads(x) for x in open(tmp_path / name / "metrics.jsonl")][0]
+    assert abs(m["first_ratio"] - 1) < 1e-5
+    assert ("disc_loss" in m) == (name == "adv_grpo")
