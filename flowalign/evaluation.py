@@ -10,12 +10,17 @@ from collections.abc import Sequence
 import torch
 
 
-def shard(n: int, rank: int, world: int) -> tuple[list[int], int]:
-    """Contiguous, equal-size shards of range(n) (the last padded with n - 1), so gathering the
-    ranks' results in rank order gives the items in order followed by padding. -> (my indices, per)."""
+def shard(n: int, rank: int, world: int) -> list[int]:
+    """This rank's contiguous, equal-size shard of range(n) (the last padded with n - 1), so gathering
+    the ranks' results in rank order gives the items in order followed by padding."""
     per = math.ceil(n / world)
-    mine = [min(i, n - 1) for i in range(rank * per, (rank + 1) * per)]
-    return mine, per
+    return [min(i, n - 1) for i in range(rank * per, (rank + 1) * per)]
+
+
+def prompt_noise(policy, index: int, n: int, seed: int, height: int | None = None, width: int | None = None):
+    """The n initial noises of prompt `index` of an evaluation: drawn from seed + index alone, so they
+    do not depend on batching, sharding or which prompts were already done."""
+    return policy.initial_noise(n, height, width, torch.Generator().manual_seed(seed + index))
 
 
 def summarize_scores(scores: Sequence[float], tags: Sequence[str | None]) -> dict:
@@ -39,12 +44,11 @@ def evaluate_prompts(policy, rows: Sequence[dict], reward, *, images_per_prompt:
     """Generate `images_per_prompt` images per row (noise from seed + row index) on this process's
     shard, score them, gather over processes (`gather`: a tensor all-gather, None on one process)."""
     jobs = [(i, j) for i in range(len(rows)) for j in range(images_per_prompt)]
-    mine, per = shard(len(jobs), rank, world)
+    mine = shard(len(jobs), rank, world)
     scores = []
     for s in range(0, len(mine), batch_size):
         chunk = [jobs[k] for k in mine[s:s + batch_size]]
-        noise = torch.cat([policy.initial_noise(images_per_prompt, height, width,
-                                                torch.Generator().manual_seed(seed + i))[j:j + 1] for i, j in chunk])
+        noise = torch.cat([prompt_noise(policy, i, images_per_prompt, seed, height, width)[j:j + 1] for i, j in chunk])
         images = policy.generate([rows[i]["prompt"] for i, _ in chunk], num_steps=num_steps, guidance=guidance,
                                  height=height, width=width, noise=noise)
         metas = [rows[i] for i, _ in chunk]

@@ -112,8 +112,6 @@ class Trainer:
         self.ema = EMA(self.params, o.ema_decay) if o.ema_decay else None
         self.updater = Updater(self.acc, self.model, self.params, self.optimizer, scheduler, self.ema, o.max_grad_norm)
         self.reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
-        if hasattr(self.algo, "check_reward"):
-            self.algo.check_reward(self.reward)
         self.iteration = 0
         self.writer = None
         self.eval_rows = self.eval_reward = None

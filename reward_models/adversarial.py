@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .clip_common import check_local
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -78,10 +80,7 @@ class AdversarialDinoReward:
                  batch_size: int = 16, device: str | None = None, seed: int = 0):
         from transformers import Dinov2Model
 
-        looks_local = os.path.isabs(backbone) or backbone.startswith(".") or backbone.count("/") > 1
-        if looks_local and not os.path.exists(backbone):
-            raise FileNotFoundError(f"DINOv2 checkpoint {backbone!r} does not exist; pass a Dinov2Model directory "
-                                    "or a hub id.")
+        check_local(backbone, "DINOv2", "pass a Dinov2Model directory or a hub id")
         if schedule not in ("k_steps", "while_lower"):
             raise ValueError(f"schedule {schedule!r} is unknown; use k_steps or while_lower.")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -10,13 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def check_local(path: str, what: str) -> None:
+def check_local(path: str, what: str, fix: str = "pass a local directory saved with save_pretrained or a hub id") -> None:
     """A path that looks local (absolute, ./ or ../, or more than one '/') must exist; hub ids
-    ("owner/name") are left to transformers."""
+    ("owner/name") are left to the loader. `fix` ends the error sentence."""
     looks_local = os.path.isabs(path) or path.startswith(".") or path.count("/") > 1
     if looks_local and not os.path.exists(path):
-        raise FileNotFoundError(f"{what} checkpoint {path!r} does not exist; pass a local directory saved with "
-                                "save_pretrained or a hub id.")
+        raise FileNotFoundError(f"{what} checkpoint {path!r} does not exist; {fix}.")
 
 
 def load_clip(model: str, processor: str | None, device: str | None, dtype: str):

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from .clip_common import CLIPPreprocess
+from .clip_common import CLIPPreprocess, check_local
 
 
 def _resolve(model: str, pretrained: str | None) -> tuple[str, str | None]:
@@ -27,10 +27,8 @@ def _resolve(model: str, pretrained: str | None) -> tuple[str, str | None]:
             raise FileNotFoundError(f"open_clip folder {model!r} has no open_clip_config.json; save it with "
                                     "reward_models.open_clip_common.save_open_clip or pass an architecture name.")
         return "local-dir:" + model, None
-    looks_local = os.path.isabs(model) or model.startswith(".") or model.count("/") > 1
-    if looks_local:
-        raise FileNotFoundError(f"open_clip checkpoint folder {model!r} does not exist; pass a local folder with "
-                                "open_clip_config.json, 'hf-hub:ORG/NAME' or an architecture name with pretrained=FILE.")
+    check_local(model, "open_clip", "pass a local folder with open_clip_config.json, 'hf-hub:ORG/NAME' or an "
+                "architecture name with pretrained=FILE")
     if pretrained and (os.path.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))) \
             and not os.path.isfile(pretrained):
         raise FileNotFoundError(f"open_clip weights file {pretrained!r} does not exist; download it (for HPSv2.1: "

@@ -24,6 +24,30 @@ from .vlm_common import load_vlm
 DEFAULT_QUERY = "Describe the image."
 
 
+def query_prefix(processor, query: str) -> str:
+    """The chat-template text of one user turn (an image, then `query`) up to the assistant's answer."""
+    return processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}],
+                                         add_generation_prompt=True, tokenize=False)
+
+
+def answer_token_losses(model, processor, images, prefix: str, answers: Sequence[str], eos: str = ""):
+    """Teacher-force `prefix answer eos` for each image (uint8 [B, H, W, 3]) in one forward ->
+    (per-token cross-entropy [B, T-1], mask of the answer's tokens [B, T-1]). The processor must pad
+    on the right, so each row's answer sits where an unpadded forward puts it. Differentiable in the
+    model's weights (PromptEcho calls it without gradients, the captioner's training with them)."""
+    dev = model.device
+    # the query part's length (images of one batch share a size, so their token counts agree)
+    n_prefix = int(processor(images=list(images[:1]), text=[prefix], return_tensors="pt")["attention_mask"].sum())
+    inp = processor(images=list(images), text=[f"{prefix} {a}{eos}" for a in answers], return_tensors="pt",
+                    padding=True)
+    inp = {k: v.to(dev) for k, v in inp.items()}
+    logits = model(**inp).logits.float()
+    ids, att = inp["input_ids"], inp["attention_mask"]
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    pos = torch.arange(1, ids.shape[1], device=ids.device)[None]
+    return ce, (pos >= n_prefix) & att[:, 1:].bool()
+
+
 class PromptEchoReward:
     differentiable = False
 
@@ -34,28 +58,13 @@ class PromptEchoReward:
         self.model, self.processor, self.device = load_vlm(model, "PromptEcho VLM", device, dtype)
         self.query, self.reduction, self.append_eos, self.batch_size = query, reduction, append_eos, batch_size
         self.name = "prompt_echo"
-        self.prefix = self.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}],
-            add_generation_prompt=True, tokenize=False)
-
-    def _inputs(self, images, texts):
-        inp = self.processor(images=list(images), text=list(texts), return_tensors="pt", padding=True)
-        return {k: v.to(self.device) for k, v in inp.items()}
+        self.prefix = query_prefix(self.processor, query)
 
     @torch.no_grad()
     def token_losses(self, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """-> (per-token cross-entropy [B, T-1], answer mask [B, T-1]) for one batch."""
-        arr = to_uint8_hwc(images)
-        # the query part's length (images of one batch share a size, so their token counts agree)
-        n_prefix = int(self._inputs(arr[:1], [self.prefix])["attention_mask"].sum())
         eos = self.processor.tokenizer.eos_token if self.append_eos else ""
-        inp = self._inputs(arr, [f"{self.prefix} {p}{eos}" for p in prompts])
-        logits = self.model(**inp).logits.float()
-        ids, att = inp["input_ids"], inp["attention_mask"]
-        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-        pos = torch.arange(1, ids.shape[1], device=ids.device)[None]
-        mask = (pos >= n_prefix) & att[:, 1:].bool()
-        return ce, mask
+        return answer_token_losses(self.model, self.processor, to_uint8_hwc(images), self.prefix, prompts, eos)
 
     def __call__(self, images: Tensor, prompts: Sequence[str], **context) -> Tensor:
         if images.ndim != 4:

@@ -81,6 +81,7 @@ def generate_layout(policy, metas: Sequence[dict], out: str, *, images_per_promp
                     guidance: float = 4.5, seed: int = 0, batch_size: int = 16, height: int | None = None,
                     width: int | None = None, progress: bool = True) -> int:
     """Generate the prompts not yet done; returns how many prompts were generated now."""
+    from flowalign.evaluation import prompt_noise
     from flowalign.images import to_pil
 
     todo = [i for i in range(len(metas)) if not is_done(prompt_folder(out, i), images_per_prompt)]
@@ -88,8 +89,7 @@ def generate_layout(policy, metas: Sequence[dict], out: str, *, images_per_promp
     bar = tqdm(total=len(todo), desc="geneval generate", unit="prompt", disable=not progress)
     for s in range(0, len(todo), per_batch):
         idx = todo[s:s + per_batch]
-        noise = torch.cat([policy.initial_noise(images_per_prompt, height, width,
-                                                torch.Generator().manual_seed(seed + i)) for i in idx])
+        noise = torch.cat([prompt_noise(policy, i, images_per_prompt, seed, height, width) for i in idx])
         prompts = [metas[i]["prompt"] for i in idx for _ in range(images_per_prompt)]
         images = policy.generate(prompts, num_steps=num_steps, guidance=guidance, height=height, width=width,
                                  noise=noise).cpu()

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from reward_models.prompt_echo import PromptEchoReward, answer_token_losses, query_prefix
+
 from .prompts import all_prompts
 from .render import render_prompt
 
@@ -82,13 +84,10 @@ def batch(rows, rng: random.Random, n: int, augment: bool = False):
     return np.stack(images), caps
 
 
-def caption_loss(model, proc, prefix: str, n_prefix: int, images, captions) -> torch.Tensor:
-    inp = proc(images=list(images), text=[f"{prefix} {c}</s>" for c in captions], return_tensors="pt", padding=True)
-    logits = model(**inp).logits.float()
-    ids, att = inp["input_ids"], inp["attention_mask"]
-    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-    pos = torch.arange(1, ids.shape[1])[None]
-    mask = ((pos >= n_prefix) & att[:, 1:].bool()).float()
+def caption_loss(model, proc, prefix: str, images, captions) -> torch.Tensor:
+    """Mean cross-entropy over every caption token (and </s>) of the batch: PromptEcho's masked
+    token losses, trained."""
+    ce, mask = answer_token_losses(model, proc, images, prefix, captions, eos=proc.tokenizer.eos_token)
     return (ce * mask).sum() / mask.sum()
 
 
@@ -120,9 +119,7 @@ def main(argv=None) -> str:
     model, proc = tiny_llava(vocabulary(rows), image_size=32, patch_size=4, vision_width=64, text_width=96, layers=2,
                              seed=args.seed)
     proc.tokenizer.padding_side = "right"
-    prefix = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUERY}]}],
-                                      add_generation_prompt=True, tokenize=False)
-    n_prefix = proc(images=[np.zeros((32, 32, 3), np.uint8)], text=[prefix], return_tensors="pt")["input_ids"].shape[1]
+    prefix = query_prefix(proc, QUERY)
     print(f"captioner: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(rows)} prompts, "
           f"{len(proc.tokenizer)} tokens")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -135,7 +132,7 @@ def main(argv=None) -> str:
         for g in opt.param_groups:  # short warm-up, then cosine to 5 %
             g["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         images, caps = batch(rows, rng, args.batch_size, augment=args.augment)
-        loss = caption_loss(model, proc, prefix, n_prefix, images, caps)
+        loss = caption_loss(model, proc, prefix, images, caps)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -146,7 +143,6 @@ def main(argv=None) -> str:
     bar.close()
     model.eval()
     # held-out check: the rendered prompt should echo better than a random other prompt of the same task
-    from reward_models.prompt_echo import PromptEchoReward
 
     os.makedirs(args.out, exist_ok=True)
     model.to(torch.float16).save_pretrained(args.out)

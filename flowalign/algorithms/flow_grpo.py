@@ -65,11 +65,8 @@ class FlowGRPO:
     def score(self, policy, ro: Rollout, reward) -> Tensor:
         """Reward of each final image, [n]; with algorithm.reward_aggregation=advantage, [n, P + 1]
         (each part of the weighted reward, then the weighted total)."""
-        per_part = getattr(self.cfg, "reward_aggregation", "sum") == "advantage"
+        per_part = self.cfg.reward_aggregation == "advantage"  # validated: the reward is a WeightedReward
         if per_part:
-            if not hasattr(reward, "last_parts"):
-                raise ValueError("algorithm.reward_aggregation=advantage needs reward.name=weighted (several "
-                                 "rewards); use reward_aggregation=sum for a single reward.")
             self.part_weights = list(reward.weights.values())
         return decode_rewards(policy, reward, ro.traj.final, ro.prompts, ro.metadata, parts=per_part)
 

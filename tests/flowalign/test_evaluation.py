@@ -20,9 +20,8 @@ ROWS = [{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "
 def test_shards_cover_every_item_in_order_with_padding():
     for n, world in [(7, 2), (6, 3), (1, 2), (5, 1)]:
         parts = [shard(n, r, world) for r in range(world)]
-        per = parts[0][1]
-        flat = [i for mine, p in parts for i in mine]
-        assert all(len(m) == per for m, _ in parts) and flat[:n] == list(range(n))
+        flat = [i for mine in parts for i in mine]
+        assert len({len(m) for m in parts}) == 1 and flat[:n] == list(range(n))
         assert all(i == n - 1 for i in flat[n:])
 
 
