@@ -63,6 +63,8 @@ class FlowGRPOConfig:
     std_scope: Literal["group", "batch"] = "group"  # normalise rewards by the group's or the batch's std
     kl_beta: float = 0.04  # weight of the KL to the reference model (0: no reference pass)
     timestep_fraction: float = 1.0  # fraction of the SDE steps trained per sample (random subset)
+    shared_noise: bool = False  # a prompt's G samples start from one initial noise (DanceGRPO), so the group's
+    # spread comes from the SDE steps only
     reward_aggregation: Literal["sum", "advantage"] = "sum"  # weighted rewards: advantage of the sum, or sum of
     # the per-reward group advantages (flow_grpo / adv_grpo with reward.name=weighted)
 
@@ -232,6 +234,9 @@ def validate(cfg) -> None:
             raise ValueError("algorithm.calib_rounds must be >= 1, calib_trajectories >= 2 and calib_eps2 > 0.")
     if a.name == "branch_grpo":
         _validate_branch(cfg)
+        if a.shared_noise:
+            raise ValueError("algorithm.shared_noise is for per-sample algorithms; a branch_grpo tree already starts "
+                             "its group from one noise, so remove algorithm.shared_noise.")
     if a.name in ("dense_grpo", "branch_grpo") and a.reward_aggregation != "sum":
         raise ValueError(f"algorithm.reward_aggregation={a.reward_aggregation!r} is for flow_grpo and adv_grpo; "
                          f"{a.name} needs reward_aggregation=sum.")

@@ -245,7 +245,7 @@ class Trainer:
         t0 = time.time()
         metas = iteration_prompts(self.rows, self.iteration, a.prompts_per_iteration, seed)
         mine, gids = self.algo.assign(metas, self.rank, self.world)
-        self.algo.iteration = self.iteration
+        self.algo.iteration, self.algo.seed = self.iteration, seed
         gen = torch.Generator().manual_seed((seed * 1_000_003 + self.iteration) * 131 + self.rank)
         nfe0 = self.policy.nfe
         ro = self.algo.rollout(self.policy, mine, gids.to(self.acc.device), gen, self.height, self.width)

@@ -30,8 +30,17 @@ class Rollout:
     traj: Trajectory
 
 
+def group_noise(policy, group_ids: Tensor, seed: int, iteration: int, height: int | None, width: int | None) -> Tensor:
+    """One initial noise per prompt group, the same on every process: sample i gets the noise drawn
+    from a generator seeded by (seed, iteration, group_ids[i]). Returns [n, *latent]."""
+    base = (seed * 1_000_003 + iteration) * 100_003
+    return torch.cat([policy.initial_noise(1, height, width, torch.Generator().manual_seed(base + int(g)))
+                      for g in group_ids.tolist()])
+
+
 class FlowGRPO:
     iteration = 0  # set by the trainer before each iteration
+    seed = 0  # run.seed, set by the trainer
 
     def __init__(self, algo_cfg, sampler_cfg):
         self.cfg = algo_cfg
@@ -55,7 +64,10 @@ class FlowGRPO:
         """SDE rollouts of the local samples; `noise_level` ([K]) overrides the sampler's levels."""
         prompts = [m["prompt"] for m in metadata]
         cond = policy.encode(prompts)
-        noise = policy.initial_noise(len(prompts), height, width, generator)
+        if getattr(self.cfg, "shared_noise", False):
+            noise = group_noise(policy, group_ids, self.seed, self.iteration, height, width)
+        else:
+            noise = policy.initial_noise(len(prompts), height, width, generator)
         sigmas = policy.sigmas(self.sampler.num_steps, height, width)
         traj = samplers.rollout(policy.velocity_fn(cond, guidance=self.sampler.guidance), noise, sigmas, self.kinds,
                                 noise_level=sde_noise_levels(self.sampler, sigmas) if noise_level is None else noise_level,

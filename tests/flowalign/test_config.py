@@ -60,6 +60,8 @@ def test_overrides_apply():
     (["algorithm.timestep_fraction=0"], "algorithm.timestep_fraction=0.0 must be in"),
     (["optim.ema_decay=1.5"], "optim.ema_decay=1.5 must be in"),
     (["algorithm.name=ppo"], "algorithm.name='ppo' is unknown"),
+    (["algorithm.name=branch_grpo", "algorithm.split_steps=[1,3,5]", "algorithm.shared_noise=true"],
+     "algorithm.shared_noise is for per-sample algorithms"),
     (["max_iterations"], "override 'max_iterations' is not key=value"),
 ])
 def test_bad_configs_fail_with_one_sentence(override, message):

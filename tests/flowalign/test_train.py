@@ -148,3 +148,26 @@ def assert_one_iteration_trains(model_dir, out, prompts_file, algo, **extra):
     assert abs(m["first_ratio"] - 1) < 1e-5
     assert os.path.isfile(os.path.join(final, "pytorch_lora_weights.safetensors"))
     return m
+
+
+def test_shared_noise_gives_each_group_one_start_on_every_process(tiny_sd3_dir, tmp_path, prompts_file):
+    """algorithm.shared_noise: a group's samples start from one noise, other groups from others, and a
+    group split over two processes draws the same noise on both; SDE steps then spread the group."""
+    from flowalign.algorithms.base import expand_groups
+
+    cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file,
+                                      **{"algorithm.shared_noise": True, "algorithm.group_size": 3}))
+    t = Trainer(cfg)
+    metas = [{"prompt": "a red circle"}, {"prompt": "a blue square"}]
+    t.algo.seed, t.algo.iteration = 0, 5
+    whole = t.algo.rollout(t.policy, *expand_groups(metas, 3, 0, 1), torch.Generator().manual_seed(0), 32, 32)
+    x0 = whole.traj.latents[:, 0]
+    assert torch.equal(x0[0], x0[1]) and torch.equal(x0[0], x0[2]) and torch.equal(x0[3], x0[5])
+    assert not torch.equal(x0[0], x0[3])
+    assert not torch.equal(whole.traj.final[0], whole.traj.final[1])  # the SDE steps differ per sample
+    halves = [t.algo.rollout(t.policy, *expand_groups(metas, 3, r, 2), torch.Generator().manual_seed(r), 32, 32)
+              for r in (0, 1)]
+    assert torch.equal(torch.cat([h.traj.latents[:, 0] for h in halves]), x0)  # group 1 spans both processes
+    t.algo.iteration = 6
+    later = t.algo.rollout(t.policy, *expand_groups(metas, 3, 0, 1), torch.Generator().manual_seed(0), 32, 32)
+    assert not torch.equal(later.traj.latents[0, 0], x0[0])  # fresh noise every iteration
