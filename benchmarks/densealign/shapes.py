@@ -33,6 +33,22 @@ def dense_captions(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def all_dense_captions() -> list[dict]:
+    """Every caption dense_captions can draw (ordered class pair x ordered distinct colours x relation)."""
+    out = []
+    for a in CLASSES:
+        for b in CLASSES:
+            for c1 in COLORS:
+                for c2 in COLORS:
+                    if a == b or c1 == c2:
+                        continue
+                    for rel in RELATIONS:
+                        out.append({"tag": "dense", "prompt": f"a photo of a {c1} {a} {rel} a {c2} {b}",
+                                    "include": [{"class": b, "count": 1, "color": c2},
+                                                {"class": a, "count": 1, "color": c1, "position": [rel, 0]}]})
+    return out
+
+
 def judge_scores(images: torch.Tensor, metas: list[dict]) -> list[float]:
     return [evaluate(detect(img), m).partial for img, m in zip(to_uint8_hwc(images), metas)]
 

@@ -44,6 +44,23 @@ def test_dense_captions_are_satisfiable_and_parse():
         assert len(scene) == 2
 
 
+def test_dense_training_captions_exclude_the_evaluation_captions():
+    import json
+    import pathlib
+
+    from benchmarks.densealign.shapes import all_dense_captions, dense_captions
+    from benchmarks.densealign.train_prompts import train_captions
+
+    every = {m["prompt"] for m in all_dense_captions()}
+    assert len(every) == 3 * 2 * 6 * 5 * 4
+    evals = {m["prompt"] for s in range(4) for m in dense_captions(48, s)}
+    train = train_captions(48, 4)
+    assert evals <= every and not evals & {m["prompt"] for m in train}
+    assert len(train) == len(every - evals)
+    shipped = pathlib.Path(__file__).resolve().parents[2] / "benchmarks/shapes/prompts/dense_train.jsonl"
+    assert [json.loads(x) for x in shipped.read_text().splitlines()] == train
+
+
 def test_densealign_cli_same_model_ties_everywhere(tiny_sd3_dir, tmp_path):
     import json
 
