@@ -190,6 +190,10 @@ def load_config(path: str | None = None, overrides: list[str] | None = None):
     user = OmegaConf.load(path) if path else OmegaConf.create()
     cli = OmegaConf.from_dotlist(overrides)
     name = OmegaConf.select(cli, "algorithm.name") or OmegaConf.select(user, "algorithm.name") or "flow_grpo"
+    new_reward = OmegaConf.select(cli, "reward.name")
+    if new_reward is not None and new_reward != OmegaConf.select(user, "reward.name") \
+            and OmegaConf.select(user, "reward.args") is not None:
+        user.reward.args = {}  # the file's arguments belong to the reward being replaced
     try:
         cfg = OmegaConf.merge(_schema(name), user, cli)
     except (ConfigKeyError, ConfigAttributeError) as e:

@@ -45,6 +45,15 @@ def test_sd35_configs_carry_the_anchor_defaults():
     assert cfg.algorithm.group_size == 24 and cfg.algorithm.kl_beta == 0.004
 
 
+def test_overriding_the_reward_drops_the_files_reward_args():
+    path = str(ROOT / "configs/shapes/flow_grpo.yaml")
+    assert load_config(path).reward.args == {"mode": "partial"}
+    cfg = load_config(path, ["reward.name=jpeg_compressibility", "reward.args.incompressible=true"])
+    assert cfg.reward.args == {"incompressible": True}
+    assert load_config(path, ["reward.name=shapes_geneval"]).reward.args == {"mode": "partial"}  # same reward: kept
+    assert load_config(path, ["reward.args.mode=strict"]).reward.args == {"mode": "strict"}
+
+
 def test_overrides_apply():
     cfg = load_config(str(ROOT / "configs/shapes/flow_grpo.yaml"), ["run.max_iterations=3", "algorithm.group_size=4"])
     assert cfg.run.max_iterations == 3 and cfg.algorithm.group_size == 4
