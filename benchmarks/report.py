@@ -16,6 +16,18 @@ td,th{border:1px solid #bbb;padding:4px 8px;text-align:left}.grid{display:flex;f
 .card img{width:152px;image-rendering:pixelated}"""
 
 
+def write_json(path: str, obj, announce: bool = True) -> str:
+    """A benchmark's results file: create its folder, write indented JSON, say where."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+    if announce:
+        print(f"wrote {path}")
+    return path
+
+
 def write_results(out: str, summary: dict, rows: Sequence[dict]) -> None:
     """OUT/summary.json and OUT/results.jsonl (one JSON line per row)."""
     import json

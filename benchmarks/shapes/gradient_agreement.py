@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
 
 import torch
 
+from benchmarks.report import write_json
 from flowalign.algorithms.base import LocalComm
 from flowalign.config import load_config
 from flowalign.data import iteration_prompts
@@ -108,10 +107,7 @@ def main(argv=None) -> dict:
         print(f"{name}: fresh prompts cos {r['fresh_prompts']['mean_cosine']:+.4f} +- {r['fresh_prompts']['stderr']:.4f}, "
               f"same prompts cos {r['same_prompts']['mean_cosine']:+.4f} +- {r['same_prompts']['stderr']:.4f} "
               f"({r['samples_per_batch']} samples per batch)", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
     return results
 
 

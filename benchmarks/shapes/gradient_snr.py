@@ -12,11 +12,10 @@ Writes benchmarks/results/gradient_snr.json."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import torch
 
+from benchmarks.report import write_json
 from flowalign.algorithms.base import LocalComm
 from flowalign.config import load_config
 from flowalign.data import iteration_prompts
@@ -67,9 +66,7 @@ def main(argv=None) -> dict:
         ratios = [x["ratio"] for x in rows if x["ratio"] is not None]
         results[algo] = {"samples": len(mine), "steps": rows, "mean_ratio": sum(ratios) / len(ratios)}
         print(f"{algo}: mean ratio {results[algo]['mean_ratio']:.3f} over {len(ratios)} steps, {len(mine)} samples")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(args.out, results)
     return results
 
 

@@ -14,12 +14,11 @@ Prints a table and writes JSON (default benchmarks/results/reno_shapes.json)."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
 import torch
 
+from benchmarks.report import write_json
 from flowalign.noise_opt import RenoSettings, best_of_n, build_rewards, optimize_noise
 
 from .evaluate import DEFAULT_MODEL, first_per_task, load_prompts, score_images
@@ -67,9 +66,7 @@ def main(argv=None) -> dict:
            "seconds_per_iteration": sum(r["seconds_per_iteration"] for r in rows) / len(rows),
            "mean_best_of_n": sum(r["n_best_of"] for r in rows) / len(rows), "wall_seconds": time.time() - t0,
            "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=2)
+    write_json(args.out, res)
     print("| images | shapes_soft reward | GenEval-shapes accuracy |\n|---|---|---|")
     for k in keys:
         print(f"| {k} | {summary[k]['reward']:.3f} | {summary[k]['geneval_shapes_accuracy']:.3f} |")

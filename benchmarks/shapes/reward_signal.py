@@ -17,7 +17,6 @@ benchmarks/results/reward_signal.json."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.report import write_json
 from reward_models import build_reward
 
 from .captioner import auroc
@@ -98,10 +98,7 @@ def main(argv=None) -> dict:
                                           "disc_loss_first": losses[0], "disc_loss_last": float(np.mean(losses[-20:])),
                                           "co_training_seconds": time.time() - t0, "disc_steps": args.disc_steps}
     out["settings"] = vars(args)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, out)
     return out
 
 
