@@ -64,7 +64,7 @@ class FlowGRPO:
         """SDE rollouts of the local samples; `noise_level` ([K]) overrides the sampler's levels."""
         prompts = [m["prompt"] for m in metadata]
         cond = policy.encode(prompts)
-        if getattr(self.cfg, "shared_noise", False):
+        if self.cfg.shared_noise:
             noise = group_noise(policy, group_ids, self.seed, self.iteration, height, width)
         else:
             noise = policy.initial_noise(len(prompts), height, width, generator)
