@@ -238,9 +238,6 @@ def validate(cfg) -> None:
             raise ValueError("algorithm.calib_rounds must be >= 1, calib_trajectories >= 2 and calib_eps2 > 0.")
     if a.name == "branch_grpo":
         _validate_branch(cfg)
-        if a.shared_noise:
-            raise ValueError("algorithm.shared_noise is for per-sample algorithms; a branch_grpo tree already starts "
-                             "its group from one noise, so remove algorithm.shared_noise.")
     if a.name in ("dense_grpo", "branch_grpo") and a.reward_aggregation != "sum":
         raise ValueError(f"algorithm.reward_aggregation={a.reward_aggregation!r} is for flow_grpo and adv_grpo; "
                          f"{a.name} needs reward_aggregation=sum.")
@@ -283,6 +280,9 @@ def _validate_branch(cfg) -> None:
         if outside:
             raise ValueError(f"algorithm.split_steps {outside} lie outside sampler.sde_window={list(s.sde_window)}; "
                              "splits need SDE steps (or set algorithm.mix=true).")
+    if a.shared_noise:
+        raise ValueError("algorithm.shared_noise is for per-sample algorithms; a branch_grpo tree already starts "
+                         "its group from one noise, so remove algorithm.shared_noise.")
     if a.width_keep < 1:
         raise ValueError(f"algorithm.width_keep={a.width_keep} must be at least 1.")
     if a.depth_pruning_interval < 1:

@@ -5,6 +5,7 @@ caption's clauses GenEval-shapes finds satisfied) compares them in both orders."
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import torch
@@ -19,6 +20,13 @@ from .winrate import clause_judge, net_win_rate, pair_outcome
 RELATIONS = ("left of", "right of", "above", "below")
 
 
+def dense_row(a: str, c1: str, rel: str, b: str, c2: str) -> dict:
+    """The GenEval-format row of 'a photo of a <c1> <a> <rel> a <c2> <b>'."""
+    return {"tag": "dense", "prompt": f"a photo of a {c1} {a} {rel} a {c2} {b}",
+            "include": [{"class": b, "count": 1, "color": c2},
+                        {"class": a, "count": 1, "color": c1, "position": [rel, 0]}]}
+
+
 def dense_captions(n: int, seed: int = 0) -> list[dict]:
     """n GenEval-format rows: '<c1> <cls1> <rel> <c2> <cls2>' with distinct colours."""
     rng = random.Random(seed)
@@ -26,27 +34,16 @@ def dense_captions(n: int, seed: int = 0) -> list[dict]:
     for _ in range(n):
         a, b = rng.sample(CLASSES, 2)
         c1, c2 = rng.sample(list(COLORS), 2)
-        rel = rng.choice(RELATIONS)
-        rows.append({"tag": "dense", "prompt": f"a photo of a {c1} {a} {rel} a {c2} {b}",
-                     "include": [{"class": b, "count": 1, "color": c2},
-                                 {"class": a, "count": 1, "color": c1, "position": [rel, 0]}]})
+        rows.append(dense_row(a, c1, rng.choice(RELATIONS), b, c2))
     return rows
 
 
 def all_dense_captions() -> list[dict]:
     """Every caption dense_captions can draw (ordered class pair x ordered distinct colours x relation)."""
-    out = []
-    for a in CLASSES:
-        for b in CLASSES:
-            for c1 in COLORS:
-                for c2 in COLORS:
-                    if a == b or c1 == c2:
-                        continue
-                    for rel in RELATIONS:
-                        out.append({"tag": "dense", "prompt": f"a photo of a {c1} {a} {rel} a {c2} {b}",
-                                    "include": [{"class": b, "count": 1, "color": c2},
-                                                {"class": a, "count": 1, "color": c1, "position": [rel, 0]}]})
-    return out
+    return [dense_row(a, c1, rel, b, c2)
+            for a, b in itertools.permutations(CLASSES, 2)
+            for c1, c2 in itertools.permutations(COLORS, 2)
+            for rel in RELATIONS]
 
 
 def judge_scores(images: torch.Tensor, metas: list[dict]) -> list[float]:

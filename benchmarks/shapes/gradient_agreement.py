@@ -20,40 +20,32 @@ import itertools
 import torch
 
 from benchmarks.report import write_json
-from flowalign.algorithms.base import LocalComm
 from flowalign.config import load_config
 from flowalign.data import iteration_prompts
 from flowalign.trainer import Trainer
 
+from .gradient_snr import gradient, scored_rollout
+from .learn import CONFIGS
+
+FLOW_GRPO, DENSE = CONFIGS["flow_grpo"], "configs/shapes/flow_grpo_dense.yaml"
 DEFAULT_VARIANTS = {
-    "independent_noise": ("configs/shapes/flow_grpo.yaml", ["algorithm.shared_noise=false"]),
-    "shared_noise": ("configs/shapes/flow_grpo.yaml", ["algorithm.shared_noise=true"]),
-    "independent_noise_level_1.2": ("configs/shapes/flow_grpo.yaml", ["algorithm.shared_noise=false",
-                                                                      "sampler.noise_level=1.2"]),
-    "shared_noise_level_1.2": ("configs/shapes/flow_grpo.yaml", ["algorithm.shared_noise=true",
-                                                                 "sampler.noise_level=1.2"]),
-    "dense_captions": ("configs/shapes/flow_grpo_dense.yaml", []),
-    "window_0_4": ("configs/shapes/flow_grpo.yaml", ["sampler.sde_window=[0,4]"]),
-    "window_0_4_shared": ("configs/shapes/flow_grpo.yaml", ["sampler.sde_window=[0,4]", "algorithm.shared_noise=true"]),
-    "window_0_2_shared": ("configs/shapes/flow_grpo.yaml", ["sampler.sde_window=[0,2]", "algorithm.shared_noise=true"]),
+    "independent_noise": (FLOW_GRPO, ["algorithm.shared_noise=false"]),
+    "shared_noise": (FLOW_GRPO, ["algorithm.shared_noise=true"]),
+    "independent_noise_level_1.2": (FLOW_GRPO, ["algorithm.shared_noise=false", "sampler.noise_level=1.2"]),
+    "shared_noise_level_1.2": (FLOW_GRPO, ["algorithm.shared_noise=true", "sampler.noise_level=1.2"]),
+    "dense_captions": (DENSE, []),
+    "window_0_4": (FLOW_GRPO, ["sampler.sde_window=[0,4]"]),
+    "window_0_4_shared": (FLOW_GRPO, ["sampler.sde_window=[0,4]", "algorithm.shared_noise=true"]),
+    "window_0_2_shared": (FLOW_GRPO, ["sampler.sde_window=[0,2]", "algorithm.shared_noise=true"]),
 }
 
 
 def batch_gradient(t: Trainer, metas: list[dict], iteration: int, seed: int) -> tuple[torch.Tensor, float]:
     """The policy gradient of one batch of rollouts of `metas` (x group size), summed over all SDE
     steps, flattened; and the share of samples with a non-zero advantage."""
-    mine, gids = t.algo.assign(metas, 0, 1)
     t.algo.iteration = iteration
-    ro = t.algo.rollout(t.policy, mine, gids, torch.Generator().manual_seed(seed), t.height, t.width)
-    with torch.no_grad():
-        r = t.algo.score(t.policy, ro, t.reward)
-    _, adv = t.algo.advantages(ro, r, LocalComm)
-    for p in t.params:
-        p.grad = None
-    for k in t.algo.train_steps:
-        loss, _ = t.algo.step_loss(t.policy, ro, torch.arange(len(ro.prompts)), k, adv)
-        loss.backward()
-    return torch.cat([p.grad.flatten() for p in t.params]).clone(), float((adv != 0).float().mean())
+    ro, adv = scored_rollout(t, metas, torch.Generator().manual_seed(seed))
+    return gradient(t, ro, adv, t.algo.train_steps), float((adv != 0).float().mean())
 
 
 def mean_cosine(grads: list[torch.Tensor]) -> tuple[float, float]:
@@ -99,7 +91,7 @@ def main(argv=None) -> dict:
             name, _, spec = v.partition("=")
             if not name or not spec:
                 ap.error(f"--variant {v!r} must be NAME=key=value[;key=value]")
-            variants[name] = ("configs/shapes/flow_grpo.yaml", spec.split(";"))
+            variants[name] = (FLOW_GRPO, spec.split(";"))
     results = {}
     for name, (config, overrides) in variants.items():
         results[name] = measure(config, overrides, args.batches)

@@ -24,11 +24,23 @@ from flowalign.trainer import Trainer
 from .learn import CONFIGS
 
 
-def gradient(trainer, ro, adv, k) -> torch.Tensor:
+def scored_rollout(trainer, metas: list[dict], generator: torch.Generator):
+    """One single-process batch of `metas` (x group size): rollouts, rewards and advantages -> (ro, adv)."""
+    mine, gids = trainer.algo.assign(metas, 0, 1)
+    ro = trainer.algo.rollout(trainer.policy, mine, gids, generator, trainer.height, trainer.width)
+    with torch.no_grad():
+        r = trainer.algo.score(trainer.policy, ro, trainer.reward)
+    _, adv = trainer.algo.advantages(ro, r, LocalComm)
+    return ro, adv
+
+
+def gradient(trainer, ro, adv, steps) -> torch.Tensor:
+    """The policy gradient of the batch's transitions at `steps` (summed), flattened over the trainable weights."""
     for p in trainer.params:
         p.grad = None
-    loss, _ = trainer.algo.step_loss(trainer.policy, ro, torch.arange(len(ro.prompts)), k, adv)
-    loss.backward()
+    for k in steps:
+        loss, _ = trainer.algo.step_loss(trainer.policy, ro, torch.arange(len(ro.prompts)), k, adv)
+        loss.backward()
     return torch.cat([p.grad.flatten() for p in trainer.params]).clone()
 
 
@@ -47,25 +59,20 @@ def main(argv=None) -> dict:
         cfg = load_config(CONFIGS[algo], ["run.output_dir=runs/gradient_snr", "run.progress=false",
                                          f"algorithm.prompts_per_iteration={args.prompts}", "algorithm.kl_beta=0"])
         t = Trainer(cfg)
-        metas = iteration_prompts(t.rows, 0, args.prompts, args.seed)
-        mine, gids = t.algo.assign(metas, 0, 1)
         gen = torch.Generator().manual_seed(args.seed)
-        ro = t.algo.rollout(t.policy, mine, gids, gen, t.height, t.width)
-        with torch.no_grad():
-            r = t.algo.score(t.policy, ro, t.reward)
-        _, adv = t.algo.advantages(ro, r, LocalComm)
+        ro, adv = scored_rollout(t, iteration_prompts(t.rows, 0, args.prompts, args.seed), gen)
         rows = []
         for k in t.algo.train_steps:
-            true = gradient(t, ro, adv, k).norm().item()
-            shuf = [gradient(t, ro, adv[torch.randperm(adv.shape[0], generator=gen)], k).norm().item()
+            true = gradient(t, ro, adv, [k]).norm().item()
+            shuf = [gradient(t, ro, adv[torch.randperm(adv.shape[0], generator=gen)], [k]).norm().item()
                     for _ in range(args.shuffles)]
             mean_shuf = sum(shuf) / len(shuf)
             rows.append({"step": k, "true_norm": true, "shuffled_norm": mean_shuf,
                          "ratio": true / mean_shuf if mean_shuf else None})
             print(f"{algo} step {k}: |g| {true:.4g}, shuffled {mean_shuf:.4g}, ratio {rows[-1]['ratio']}", flush=True)
         ratios = [x["ratio"] for x in rows if x["ratio"] is not None]
-        results[algo] = {"samples": len(mine), "steps": rows, "mean_ratio": sum(ratios) / len(ratios)}
-        print(f"{algo}: mean ratio {results[algo]['mean_ratio']:.3f} over {len(ratios)} steps, {len(mine)} samples")
+        results[algo] = {"samples": len(ro.prompts), "steps": rows, "mean_ratio": sum(ratios) / len(ratios)}
+        print(f"{algo}: mean ratio {results[algo]['mean_ratio']:.3f} over {len(ratios)} steps, {len(ro.prompts)} samples")
     write_json(args.out, results)
     return results
 
