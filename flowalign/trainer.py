@@ -74,6 +74,7 @@ class Trainer:
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         a = cfg.algorithm
         self.algo = build_algorithm(cfg.algorithm, cfg.sampler)
+        self.algo.seed = run.seed  # seeds shared group noise (algorithm.shared_noise)
         # which prompts (samples or trees) this process rolls out; raises if they do not divide evenly
         self.n_local = len(self.algo.assign([{"prompt": ""}] * a.prompts_per_iteration, self.rank, self.world)[0])
         self.out = run.output_dir
@@ -245,7 +246,7 @@ class Trainer:
         t0 = time.time()
         metas = iteration_prompts(self.rows, self.iteration, a.prompts_per_iteration, seed)
         mine, gids = self.algo.assign(metas, self.rank, self.world)
-        self.algo.iteration, self.algo.seed = self.iteration, seed
+        self.algo.iteration = self.iteration
         gen = torch.Generator().manual_seed((seed * 1_000_003 + self.iteration) * 131 + self.rank)
         nfe0 = self.policy.nfe
         ro = self.algo.rollout(self.policy, mine, gids.to(self.acc.device), gen, self.height, self.width)

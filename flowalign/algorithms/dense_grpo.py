@@ -139,6 +139,7 @@ def calibrate(cfg, progress: bool = True) -> str:
     height, width = m.height or policy.defaults.get("height"), m.width or policy.defaults.get("width")
     reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
     algo = DenseGRPO(a, cfg.sampler)
+    algo.seed = cfg.run.seed
     rows = load_prompt_rows(cfg.data.train_prompts)
     sigmas = policy.sigmas(cfg.sampler.num_steps, height, width).to(torch.float64)
     psi = initial_psi(a, cfg.sampler, sigmas)
@@ -148,6 +149,7 @@ def calibrate(cfg, progress: bool = True) -> str:
         metas = iteration_prompts(rows, r, a.calib_trajectories, cfg.run.seed + 7919)
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + r)
         gids = torch.arange(len(metas))
+        algo.iteration = r  # fresh shared noise every round (algorithm.shared_noise)
         ro = algo.rollout(policy, metas, gids, gen, height, width,
                           noise_level=samplers.psi_to_noise_levels(psi, sigmas))
         with torch.no_grad():

@@ -40,7 +40,7 @@ def group_noise(policy, group_ids: Tensor, seed: int, iteration: int, height: in
 
 class FlowGRPO:
     iteration = 0  # set by the trainer before each iteration
-    seed = 0  # run.seed, set by the trainer
+    seed = 0  # run.seed, set by whoever builds the algorithm (trainer, calibrate)
 
     def __init__(self, algo_cfg, sampler_cfg):
         self.cfg = algo_cfg
