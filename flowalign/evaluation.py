@@ -48,7 +48,8 @@ def evaluate_prompts(policy, rows: Sequence[dict], reward, *, images_per_prompt:
     scores = []
     for s in range(0, len(mine), batch_size):
         chunk = [jobs[k] for k in mine[s:s + batch_size]]
-        noise = torch.cat([prompt_noise(policy, i, images_per_prompt, seed, height, width)[j:j + 1] for i, j in chunk])
+        per_prompt = {i: prompt_noise(policy, i, images_per_prompt, seed, height, width) for i, _ in chunk}
+        noise = torch.cat([per_prompt[i][j:j + 1] for i, j in chunk])
         images = policy.generate([rows[i]["prompt"] for i, _ in chunk], num_steps=num_steps, guidance=guidance,
                                  height=height, width=width, noise=noise)
         metas = [rows[i] for i, _ in chunk]
