@@ -13,7 +13,7 @@ D / c2 images are needed for one update whose signal equals its noise. The repor
 within-state reward spread (0 when the outcome is already fixed by the initial noise).
 
     python -m benchmarks.shapes.noise_signal [--samples 512] [--prompts 8] [--steps 0,1,2,4,7]
-        [--noise-level 0.7] [--out benchmarks/results/noise_signal.json]"""
+        [--noise-level 0.7] [--reward partial|shapes_soft|...] [--out benchmarks/results/noise_signal.json]"""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import torch
 
 import samplers
 from benchmarks.report import write_json
+from reward_models import build_reward
 
 from .evaluate import DEFAULT_MODEL, load_prompts, score_images
 
@@ -41,8 +42,9 @@ def linear_share(rewards: torch.Tensor, noise: torch.Tensor) -> float:
 
 @torch.no_grad()
 def step_outcomes(policy, meta: dict, k: int, samples: int, noise_level: float, num_steps: int, guidance: float,
-                  generator: torch.Generator, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards [M] and step-k noises [M, *S] of M samples sharing one initial noise, ODE everywhere but step k."""
+                  generator: torch.Generator, reward=None, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards [M] and step-k noises [M, *S] of M samples sharing one initial noise, ODE everywhere but step k.
+    `reward`: a registry reward, or None for the partial shapes GenEval score."""
     sigmas = policy.sigmas(num_steps)
     x = policy.initial_noise(1, generator=generator)
     cond1 = policy.encode([meta["prompt"]])
@@ -59,8 +61,11 @@ def step_outcomes(policy, meta: dict, k: int, samples: int, noise_level: float, 
         step_noise[:, 0] = e
         traj = samplers.rollout(policy.velocity_fn(cond, guidance=guidance), x.expand(e.shape[0], *x.shape[1:]),
                                 rest, kinds, noise_level=noise_level, step_noise=step_noise)
-        verdicts = score_images(policy.decode(traj.final), [meta] * e.shape[0])
-        rewards.append(torch.tensor([v["partial"] for v in verdicts]))
+        images = policy.decode(traj.final)
+        if reward is None:
+            rewards.append(torch.tensor([v["partial"] for v in score_images(images, [meta] * e.shape[0])]))
+        else:
+            rewards.append(reward(images, [meta["prompt"]] * e.shape[0], metadata=[meta] * e.shape[0]).float())
     return torch.cat(rewards), eps
 
 
@@ -73,6 +78,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--noise-level", type=float, default=0.7)
     ap.add_argument("--num-steps", type=int, default=10)
     ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--reward", default="partial",
+                    help="'partial' (the shapes GenEval partial score) or a registry reward name, e.g. shapes_soft")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/noise_signal.json")
     args = ap.parse_args(argv)
@@ -84,18 +91,20 @@ def main(argv=None) -> dict:
     from flowalign.policies import load_policy
 
     policy = load_policy(args.model)
+    reward = None if args.reward == "partial" else build_reward(args.reward)
     rows = load_prompts("train")
     g = torch.Generator().manual_seed(args.seed)
     metas = [rows[i] for i in torch.randperm(len(rows), generator=g)[:args.prompts].tolist()]
     D = policy.initial_noise(1, generator=torch.Generator().manual_seed(0))[0].numel()
-    out = {"samples": args.samples, "noise_level": args.noise_level, "num_steps": args.num_steps,
+    out = {"reward": args.reward, "samples": args.samples, "noise_level": args.noise_level, "num_steps": args.num_steps,
            "latent_dims": D, "estimator_sd": (2 * D) ** 0.5 / args.samples, "steps": []}
     t0 = time.time()
     for k in steps:
         per = []
         for j, meta in enumerate(metas):
             gen = torch.Generator().manual_seed(args.seed * 1000 + j)  # the same initial noise at every step
-            r, eps = step_outcomes(policy, meta, k, args.samples, args.noise_level, args.num_steps, args.guidance, gen)
+            r, eps = step_outcomes(policy, meta, k, args.samples, args.noise_level, args.num_steps, args.guidance, gen,
+                                    reward)
             per.append({"tag": meta["tag"], "prompt": meta["prompt"], "reward_mean": r.mean().item(),
                         "reward_std": r.std().item(), "c2": linear_share(r, eps)})
         c2 = sum(p["c2"] for p in per) / len(per)
