@@ -27,5 +27,7 @@ def test_runs_on_the_committed_model(tmp_path):
     assert out.exists() and [r["step"] for r in res["steps"]] == [0, 8]
     for row in res["steps"]:
         assert 0 <= row["decided_share"] <= 1 and row["mean_reward_std"] >= 0
+    soft = main(["--samples", "4", "--prompts", "1", "--steps", "1", "--reward", "shapes_soft", "--out", str(out)])
+    assert soft["reward"] == "shapes_soft" and soft["steps"][0]["mean_reward_std"] > 0  # a smooth reward varies
     with pytest.raises(SystemExit, match="--steps"):
         main(["--steps", "10"])
