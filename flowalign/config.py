@@ -190,10 +190,11 @@ def load_config(path: str | None = None, overrides: list[str] | None = None):
     user = OmegaConf.load(path) if path else OmegaConf.create()
     cli = OmegaConf.from_dotlist(overrides)
     name = OmegaConf.select(cli, "algorithm.name") or OmegaConf.select(user, "algorithm.name") or "flow_grpo"
-    new_reward = OmegaConf.select(cli, "reward.name")
-    if new_reward is not None and new_reward != OmegaConf.select(user, "reward.name") \
-            and OmegaConf.select(user, "reward.args") is not None:
-        user.reward.args = {}  # the file's arguments belong to the reward being replaced
+    for name_key, args_key in (("reward.name", "reward.args"), ("eval.reward", "eval.reward_args")):
+        new_reward = OmegaConf.select(cli, name_key)
+        if new_reward is not None and new_reward != OmegaConf.select(user, name_key) \
+                and OmegaConf.select(user, args_key) is not None:
+            OmegaConf.update(user, args_key, {}, merge=False)  # the file's arguments belong to the replaced reward
     try:
         cfg = OmegaConf.merge(_schema(name), user, cli)
     except (ConfigKeyError, ConfigAttributeError) as e:

@@ -54,6 +54,15 @@ def test_overriding_the_reward_drops_the_files_reward_args():
     assert load_config(path, ["reward.args.mode=strict"]).reward.args == {"mode": "strict"}
 
 
+def test_overriding_the_eval_reward_drops_the_files_eval_reward_args(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("eval:\n  reward: shapes_geneval\n  reward_args: {mode: partial}\n")
+    assert load_config(str(path)).eval.reward_args == {"mode": "partial"}
+    cfg = load_config(str(path), ["eval.reward=jpeg_compressibility", "eval.reward_args.quality=80"])
+    assert cfg.eval.reward == "jpeg_compressibility" and cfg.eval.reward_args == {"quality": 80}
+    assert load_config(str(path), ["eval.reward=shapes_geneval"]).eval.reward_args == {"mode": "partial"}
+
+
 def test_overrides_apply():
     cfg = load_config(str(ROOT / "configs/shapes/flow_grpo.yaml"), ["run.max_iterations=3", "algorithm.group_size=4"])
     assert cfg.run.max_iterations == 3 and cfg.algorithm.group_size == 4
