@@ -113,3 +113,23 @@ def test_calibrate_writes_psi(tiny_sd3_dir, tmp_path, prompts_file):
     assert cfg.sampler.psi.endswith("psi.json")
     with pytest.raises(ValueError, match="sampler.kind"):
         load_config(None, args + ["sampler.psi=[0.1,0.1,0.1]", "sampler.kind=cps"])
+
+
+def test_calibrate_with_shared_noise_draws_fresh_noise_each_round_from_run_seed(tiny_sd3_dir, tmp_path, prompts_file,
+                                                                               monkeypatch):
+    from flowalign.algorithms import dense_grpo, flow_grpo
+
+    calls = []
+    real = flow_grpo.group_noise
+
+    def spy(policy, group_ids, seed, iteration, height, width):
+        calls.append((seed, iteration))
+        return real(policy, group_ids, seed, iteration, height, width)
+
+    monkeypatch.setattr(flow_grpo, "group_noise", spy)
+    cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "cal"), prompts_file,
+                                      **{"algorithm.name": "dense_grpo", "algorithm.calib_rounds": 3,
+                                         "algorithm.calib_trajectories": 2, "algorithm.shared_noise": True,
+                                         "run.seed": 5}))
+    dense_grpo.calibrate(cfg, progress=False)
+    assert calls == [(5, 0), (5, 1), (5, 2)]
