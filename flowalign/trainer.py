@@ -256,8 +256,8 @@ class Trainer:
         nfe2 = self.policy.nfe
         reward_stats = {}
         if hasattr(self.reward, "update"):  # a learned reward (Adv-GRPO's discriminator) trains on this batch
-            # decoded again rather than kept from score(), which decodes in chunks: holding every decoded
-            # image of the iteration (B x 3 x H x W, 12 GB for 1,000 SD3 images in fp32) costs more than a decode
+            # decoded here: score() keeps only rewards (and DenseGRPO's scores ODE completions of every state),
+            # so this is a second VAE decode of the finals, the price of an algorithm-independent score()
             with torch.no_grad():
                 images = self.policy.decode(self.algo.final_latents(ro))
             reward_stats = self.reward.update(images, self.algo.final_prompts(ro))
