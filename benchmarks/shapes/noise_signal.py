@@ -3,7 +3,7 @@ gradient on the shapes testbed, measured directly.
 
 For a training prompt and one fixed initial noise, the committed model runs its sampler as an ODE
 except at step k, where the Flow-GRPO SDE step draws M independent noises eps_i; each is finished
-by the ODE and scored with the partial shapes reward R_i. With A the standardised rewards, the
+by the ODE and scored with the reward R_i (--reward, default the shapes GenEval partial score). With A the standardised rewards, the
 policy gradient's signal at step k is carried by E[A eps] (a vector of the latent's D
 dimensions), and
     c2 = |E[A eps]|^2,  estimated without bias as |mean_i A_i eps_i|^2 - D / M,
@@ -13,20 +13,22 @@ D / c2 images are needed for one update whose signal equals its noise. The repor
 within-state reward spread (0 when the outcome is already fixed by the initial noise).
 
     python -m benchmarks.shapes.noise_signal [--samples 512] [--prompts 8] [--steps 0,1,2,4,7]
-        [--noise-level 0.7] [--reward partial|shapes_soft|...] [--out benchmarks/results/noise_signal.json]"""
+        [--noise-level 0.7] [--reward shapes_geneval|shapes_soft|...] [--out benchmarks/results/noise_signal.json]"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
 
 import samplers
 from benchmarks.report import write_json
+from flowalign.algorithms.base import decode_rewards
 from reward_models import build_reward
 
-from .evaluate import DEFAULT_MODEL, load_prompts, score_images
+from .evaluate import DEFAULT_MODEL, load_prompts
 
 
 def linear_share(rewards: torch.Tensor, noise: torch.Tensor) -> float:
@@ -42,9 +44,8 @@ def linear_share(rewards: torch.Tensor, noise: torch.Tensor) -> float:
 
 @torch.no_grad()
 def step_outcomes(policy, meta: dict, k: int, samples: int, noise_level: float, num_steps: int, guidance: float,
-                  generator: torch.Generator, reward=None, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards [M] and step-k noises [M, *S] of M samples sharing one initial noise, ODE everywhere but step k.
-    `reward`: a registry reward, or None for the partial shapes GenEval score."""
+                  generator: torch.Generator, reward, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards [M] and step-k noises [M, *S] of M samples sharing one initial noise, ODE everywhere but step k."""
     sigmas = policy.sigmas(num_steps)
     x = policy.initial_noise(1, generator=generator)
     cond1 = policy.encode([meta["prompt"]])
@@ -61,11 +62,7 @@ def step_outcomes(policy, meta: dict, k: int, samples: int, noise_level: float, 
         step_noise[:, 0] = e
         traj = samplers.rollout(policy.velocity_fn(cond, guidance=guidance), x.expand(e.shape[0], *x.shape[1:]),
                                 rest, kinds, noise_level=noise_level, step_noise=step_noise)
-        images = policy.decode(traj.final)
-        if reward is None:
-            rewards.append(torch.tensor([v["partial"] for v in score_images(images, [meta] * e.shape[0])]))
-        else:
-            rewards.append(reward(images, [meta["prompt"]] * e.shape[0], metadata=[meta] * e.shape[0]).float())
+        rewards.append(decode_rewards(policy, reward, traj.final, [meta["prompt"]] * e.shape[0], [meta] * e.shape[0]))
     return torch.cat(rewards), eps
 
 
@@ -78,8 +75,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--noise-level", type=float, default=0.7)
     ap.add_argument("--num-steps", type=int, default=10)
     ap.add_argument("--guidance", type=float, default=4.0)
-    ap.add_argument("--reward", default="partial",
-                    help="'partial' (the shapes GenEval partial score) or a registry reward name, e.g. shapes_soft")
+    ap.add_argument("--reward", default="shapes_geneval",
+                    help="a registry reward with its default arguments (shapes_geneval: the partial score), e.g. shapes_soft")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/noise_signal.json")
     args = ap.parse_args(argv)
@@ -91,11 +88,11 @@ def main(argv=None) -> dict:
     from flowalign.policies import load_policy
 
     policy = load_policy(args.model)
-    reward = None if args.reward == "partial" else build_reward(args.reward)
+    reward = build_reward(args.reward)
     rows = load_prompts("train")
     g = torch.Generator().manual_seed(args.seed)
     metas = [rows[i] for i in torch.randperm(len(rows), generator=g)[:args.prompts].tolist()]
-    D = policy.initial_noise(1, generator=torch.Generator().manual_seed(0))[0].numel()
+    D = math.prod(policy.latent_shape())
     out = {"reward": args.reward, "samples": args.samples, "noise_level": args.noise_level, "num_steps": args.num_steps,
            "latent_dims": D, "estimator_sd": (2 * D) ** 0.5 / args.samples, "steps": []}
     t0 = time.time()
