@@ -1,6 +1,6 @@
 """Pretrain the shapes testbed's tiny StableDiffusion3Pipeline on rendered data, on CPU.
 
-    python -m benchmarks.shapes.pretrain --out benchmarks/shapes/model --minutes 28
+    python -m benchmarks.shapes.pretrain --out benchmarks/shapes/model --minutes 34 --vae-fraction 0.2
 
 Stage 1 trains the VAE (MSE + a small KL) on rendered scenes; its latent statistics set the VAE's
 shift/scaling factors. Stage 2 trains the SD3 transformer with the rectified-flow loss
@@ -31,10 +31,10 @@ from flowalign.tiny import TinySD3Config, tiny_sd3_pipeline
 from .prompts import prompt_set
 from .render import render_prompt
 
-SAMPLING_DEFAULTS = {"height": 32, "width": 32, "num_steps": 12, "guidance": 4.0, "max_sequence_length": 8}
-MODEL_CONFIG = dict(sample_size=32, vae_channels=(32, 64), latent_channels=4, patch_size=2, num_layers=6,
+SAMPLING_DEFAULTS = {"height": 32, "width": 32, "num_steps": 12, "guidance": 4.0, "max_sequence_length": 12}
+MODEL_CONFIG = dict(sample_size=32, vae_channels=(32, 64, 64), latent_channels=4, patch_size=1, num_layers=6,
                     num_attention_heads=4, attention_head_dim=32, text_hidden=32, text_layers=2, text_projection=32,
-                    t5_dim=64, clip_merges=2000, clip_max_length=16, shift=1.0, seed=0)
+                    t5_dim=64, clip_merges=2000, clip_max_length=24, shift=1.0, seed=0)
 
 
 def batch_images(rows, rng: random.Random, n: int) -> torch.Tensor:
@@ -55,8 +55,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/shapes/model")
     ap.add_argument("--work", default=None, help="checkpoint folder (default: OUT.work)")
-    ap.add_argument("--minutes", type=float, default=28.0, help="total wall-clock budget")
-    ap.add_argument("--vae-fraction", type=float, default=0.15)
+    ap.add_argument("--minutes", type=float, default=34.0, help="total wall-clock budget")
+    ap.add_argument("--vae-fraction", type=float, default=0.2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--vae-lr", type=float, default=2e-3)
@@ -64,21 +64,40 @@ def main(argv=None):
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-channels", default=None, help="comma list, one down-sampling per extra entry "
+                    "(default 32,64,64: 8x8x4 latents; 32,64 gives 16x16)")
+    ap.add_argument("--latent-channels", type=int, default=None)
+    ap.add_argument("--patch-size", type=int, default=None)
+    ap.add_argument("--clip-max-length", type=int, default=None, help="CLIP tokens (default 24: every prompt fits)")
+    ap.add_argument("--t5-max-length", type=int, default=None, help="T5 tokens (default 12: every prompt fits)")
     args = ap.parse_args(argv)
+    model_config, sampling = dict(MODEL_CONFIG), dict(SAMPLING_DEFAULTS)
+    for key, value in (("latent_channels", args.latent_channels), ("patch_size", args.patch_size),
+                       ("clip_max_length", args.clip_max_length)):
+        if value is not None:
+            model_config[key] = value
+    if args.vae_channels:
+        model_config["vae_channels"] = tuple(int(c) for c in args.vae_channels.split(","))
+    if args.t5_max_length:
+        sampling["max_sequence_length"] = args.t5_max_length
     work = args.work or args.out.rstrip("/") + ".work"
     os.makedirs(work, exist_ok=True)
     ckpt_path = os.path.join(work, "pretrain.pt")
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     rows = prompt_set("train", 100, seed=0)
-    pipe = tiny_sd3_pipeline(TinySD3Config(**MODEL_CONFIG))
+    pipe = tiny_sd3_pipeline(TinySD3Config(**model_config))
     vae, tr = pipe.vae, pipe.transformer
     ema = copy.deepcopy(tr).requires_grad_(False)
     opt_vae = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     opt = torch.optim.AdamW(tr.parameters(), lr=args.lr, weight_decay=0.0)
-    state = {"stage": "vae", "vae_steps": 0, "steps": 0, "elapsed": 0.0, "losses": []}
+    state = {"stage": "vae", "vae_steps": 0, "steps": 0, "elapsed": 0.0, "losses": [], "model_config": model_config}
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=False)
+        saved = ck["state"].get("model_config")
+        if saved is not None and saved != model_config:
+            sys.exit(f"{ckpt_path} holds a run with model config {saved}, not {model_config}: rerun with the "
+                     f"same architecture flags to resume it, or delete {work} (or pass another --work) to start afresh.")
         vae.load_state_dict(ck["vae"]), tr.load_state_dict(ck["transformer"]), ema.load_state_dict(ck["ema"])
         opt_vae.load_state_dict(ck["opt_vae"]), opt.load_state_dict(ck["opt"])
         state = ck["state"]
@@ -140,7 +159,7 @@ def main(argv=None):
         todo = [p for p in dict.fromkeys(prompts) if p not in cache]
         if todo:
             e, _, q, _ = pipe.encode_prompt(prompt=todo, prompt_2=todo, prompt_3=todo, do_classifier_free_guidance=False,
-                                            max_sequence_length=SAMPLING_DEFAULTS["max_sequence_length"])
+                                            max_sequence_length=sampling["max_sequence_length"])
             cache.update({p: (e[i], q[i]) for i, p in enumerate(todo)})
         return torch.stack([cache[p][0] for p in prompts]), torch.stack([cache[p][1] for p in prompts])
 
@@ -180,12 +199,12 @@ def main(argv=None):
     pipe.transformer = ema
     pipe.register_modules(transformer=ema)
     pipe.to(torch.float16).save_pretrained(args.out)
-    info = {**SAMPLING_DEFAULTS, "pretrain": {"command": "python -m benchmarks.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
+    info = {**sampling, "pretrain": {"command": "python -m benchmarks.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
                                                "minutes": args.minutes, "vae_steps": state["vae_steps"],
                                                "transformer_steps": state["steps"], "vae_mse": state["vae_mse"],
                                                "final_loss": float(np.mean(state["losses"][-100:])),
                                                "model_config": {k: list(v) if isinstance(v, tuple) else v
-                                                                for k, v in MODEL_CONFIG.items()}}}
+                                                                for k, v in model_config.items()}}}
     with open(os.path.join(args.out, "flowalign.json"), "w") as f:
         json.dump(info, f, indent=2)
     print(f"saved {args.out}: {state['steps']} transformer steps, loss {info['pretrain']['final_loss']:.4f}")
