@@ -24,6 +24,12 @@ PROTOTYPES = {"square": (1.0, 0.5), "circle": (0.781, 0.5), "triangle": (0.585, 
 FEATURE_STD = (0.05, 0.04)
 MIN_AREA = 6.0  # pixels of coverage at 32 x 32
 MAX_COLOR_DIST = 110.0  # RGB distance beyond which a pixel matches no palette colour
+# an image with more than this share of pixels off the background and outside every detection is
+# not a scene but noise, and gets no detections. Measured share (`max` over 288 images each): clean
+# renders 0.000, the committed model 0.042, an untrained transformer 0.147 median, decoded noise 0.66,
+# uniform noise 0.98; without the rule coloured noise passed 56 % of single_object prompts
+MAX_CLUTTER = 0.10
+STRAY_DIST = 40.0  # RGB distance from the background that makes a pixel "off the background"
 
 
 def classify(fill: float, top: float) -> dict[str, float]:
@@ -84,4 +90,16 @@ def detect(image: np.ndarray) -> dict[str, list[Detection]]:
             aspect = min(w, h) / max(w, h)
             score = probs[cls] * min(1.0, aspect / 0.7)
             out.setdefault(cls, []).append(Detection((float(x1), float(y1), float(x2), float(y2)), float(score), name, region))
-    return out
+    return {} if clutter(img, out) > MAX_CLUTTER else out
+
+
+def clutter(img: np.ndarray, detections: dict[str, list[Detection]]) -> float:
+    """Share of pixels farther than STRAY_DIST from the background and not within one pixel of a
+    detected object."""
+    covered = np.zeros(img.shape[:2], dtype=bool)
+    for dets in detections.values():
+        for det in dets:
+            covered |= det.mask
+    covered = ndimage.binary_dilation(covered, structure=np.ones((3, 3)))
+    stray = np.linalg.norm(img - np.asarray(BACKGROUND, dtype=np.float64), axis=-1) > STRAY_DIST
+    return float((stray & ~covered).mean())
