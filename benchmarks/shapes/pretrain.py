@@ -64,22 +64,19 @@ def main(argv=None):
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-channels", default=None, help="comma list, one down-sampling per extra entry "
-                    "(default 32,64,64: 8x8x4 latents; 32,64 gives 16x16)")
-    ap.add_argument("--latent-channels", type=int, default=None)
-    ap.add_argument("--patch-size", type=int, default=None)
-    ap.add_argument("--clip-max-length", type=int, default=None, help="CLIP tokens (default 24: every prompt fits)")
-    ap.add_argument("--t5-max-length", type=int, default=None, help="T5 tokens (default 12: every prompt fits)")
+    ap.add_argument("--vae-channels", default=",".join(map(str, MODEL_CONFIG["vae_channels"])),
+                    help="comma list, one down-sampling per extra entry (32,64,64: 8x8x4 latents; 32,64: 16x16)")
+    ap.add_argument("--latent-channels", type=int, default=MODEL_CONFIG["latent_channels"])
+    ap.add_argument("--patch-size", type=int, default=MODEL_CONFIG["patch_size"])
+    ap.add_argument("--clip-max-length", type=int, default=MODEL_CONFIG["clip_max_length"],
+                    help="CLIP tokens (24: every prompt fits)")
+    ap.add_argument("--t5-max-length", type=int, default=SAMPLING_DEFAULTS["max_sequence_length"],
+                    help="T5 tokens (12: every prompt fits)")
     args = ap.parse_args(argv)
-    model_config, sampling = dict(MODEL_CONFIG), dict(SAMPLING_DEFAULTS)
-    for key, value in (("latent_channels", args.latent_channels), ("patch_size", args.patch_size),
-                       ("clip_max_length", args.clip_max_length)):
-        if value is not None:
-            model_config[key] = value
-    if args.vae_channels:
-        model_config["vae_channels"] = tuple(int(c) for c in args.vae_channels.split(","))
-    if args.t5_max_length:
-        sampling["max_sequence_length"] = args.t5_max_length
+    model_config = dict(MODEL_CONFIG, vae_channels=tuple(int(c) for c in args.vae_channels.split(",")),
+                        latent_channels=args.latent_channels, patch_size=args.patch_size,
+                        clip_max_length=args.clip_max_length)
+    sampling = dict(SAMPLING_DEFAULTS, max_sequence_length=args.t5_max_length)
     work = args.work or args.out.rstrip("/") + ".work"
     os.makedirs(work, exist_ok=True)
     ckpt_path = os.path.join(work, "pretrain.pt")
