@@ -216,7 +216,8 @@ class SD3Policy:
         """One transformer call on x at timestep sigma x num_train_timesteps with the conditioning
         tensors `cond`; with guidance > 1 the batch is doubled with `neg` and the outputs combined
         as classifier-free guidance. fp32 out."""
-        x_in = x.to(self.device, self.dtype)
+        dtype = self.dtype  # a module walk in diffusers: once per call
+        x_in = x.to(self.device, dtype)
         t = sigma.to(self.device, torch.float32) * self.pipe.scheduler.config.num_train_timesteps
         cfg = guidance > 1.0
         if cfg:
@@ -225,7 +226,7 @@ class SD3Policy:
         self.nfe += x_in.shape[0]
         with attention_context(self.attention_backend):
             out = (self.forward_module or self.transformer)(
-                hidden_states=x_in, timestep=t, return_dict=False, **{k: v.to(self.dtype) for k, v in cond.items()})[0]
+                hidden_states=x_in, timestep=t, return_dict=False, **{k: v.to(dtype) for k, v in cond.items()})[0]
         if cfg:
             uncond, text = out.chunk(2)
             out = uncond + guidance * (text - uncond)
