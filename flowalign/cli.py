@@ -27,15 +27,28 @@ def _device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _load_policy(args: argparse.Namespace, path: str, lora: str | None = None):
+    """The policy of pipeline `path` with the model arguments of `args`, plus a LoRA folder if given."""
+    from .policies import load_policy
+
+    policy = load_policy(path, dtype=args.dtype, device=_device(args.device),
+                         attention_backend=getattr(args, "attention_backend", "sdpa"),
+                         max_sequence_length=args.max_sequence_length)
+    if lora:
+        if not os.path.isfile(os.path.join(lora, "pytorch_lora_weights.safetensors")):
+            raise FileNotFoundError(f"--lora {lora!r} has no pytorch_lora_weights.safetensors; pass the lora/ folder "
+                                    "of a training run.")
+        policy.pipe.load_lora_weights(lora)
+    return policy
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .images import save_grid
-    from .policies import load_policy
 
     prompts = [p for p in args.prompt for _ in range(args.images_per_prompt)]
-    policy = load_policy(args.model, dtype=args.dtype, device=_device(args.device),
-                         attention_backend=args.attention_backend, max_sequence_length=args.max_sequence_length)
+    policy = _load_policy(args, args.model)
     with torch.no_grad():
         images = policy.generate(prompts, num_steps=args.steps, guidance=args.guidance, height=args.height,
                                  width=args.width, seed=args.seed)
@@ -49,11 +62,8 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
 
     from benchmarks.shapes.evaluate import DEFAULT_MODEL, evaluate_policy, first_per_task, load_prompts
 
-    from .policies import load_policy
-
     metas = first_per_task(load_prompts(args.prompts), args.per_task)
-    policy = load_policy(args.model or DEFAULT_MODEL, dtype=args.dtype, device=_device(args.device),
-                         attention_backend=args.attention_backend, max_sequence_length=args.max_sequence_length)
+    policy = _load_policy(args, args.model or DEFAULT_MODEL, args.lora)
     summary = evaluate_policy(policy, metas, images_per_prompt=args.images_per_prompt, num_steps=args.steps,
                               guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, out=args.out)
     print(json.dumps(summary, indent=2))
@@ -81,13 +91,8 @@ def cmd_eval_geneval(args: argparse.Namespace) -> int:
     if not args.score_only:
         if not args.model:
             raise ValueError("--model is missing: pass a diffusers pipeline directory, or --score-only DIR.")
-        from .policies import load_policy
-
         metas = read_metadata(args.metadata or METADATA_FILE)[: args.limit]
-        policy = load_policy(args.model, dtype=args.dtype, device=_device(args.device),
-                             attention_backend=args.attention_backend, max_sequence_length=args.max_sequence_length)
-        if args.lora:
-            policy.pipe.load_lora_weights(args.lora)
+        policy = _load_policy(args, args.model, args.lora)
         n = generate_layout(policy, metas, out, images_per_prompt=args.images_per_prompt, num_steps=args.steps,
                             guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, height=args.height,
                             width=args.width)
@@ -111,8 +116,6 @@ def cmd_eval_densealign(args: argparse.Namespace) -> int:
     from benchmarks.densealign.shapes import compare, dense_captions
     from benchmarks.shapes.evaluate import DEFAULT_MODEL, load_prompts
 
-    from .policies import load_policy
-
     judge = None
     if args.judge != "shapes":
         from benchmarks.densealign.vlm_judge import DEFAULT_QUESTION, VLMJudge
@@ -120,14 +123,8 @@ def cmd_eval_densealign(args: argparse.Namespace) -> int:
         judge = VLMJudge(args.judge, question=args.judge_question or DEFAULT_QUESTION, device=_device(args.device))
     metas = dense_captions(args.num_prompts, args.seed) if args.prompts == "shapes" else load_prompts(args.prompts)
 
-    def load(path, lora):
-        pol = load_policy(path or DEFAULT_MODEL, dtype=args.dtype, device=_device(args.device),
-                          max_sequence_length=args.max_sequence_length)
-        if lora:
-            pol.pipe.load_lora_weights(lora)
-        return pol
-
-    summary = compare(load(args.model, args.lora), load(args.baseline, args.baseline_lora), metas,
+    summary = compare(_load_policy(args, args.model or DEFAULT_MODEL, args.lora),
+                      _load_policy(args, args.baseline or DEFAULT_MODEL, args.baseline_lora), metas,
                       images_per_prompt=args.images_per_prompt, seed=args.seed, num_steps=args.steps,
                       guidance=args.guidance, out=args.out, judge=judge)
     print(json.dumps(summary, indent=2))
@@ -260,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = p.add_subparsers(dest="benchmark", required=True)
     p = bench.add_parser("shapes", help="GenEval rules on the shapes world with the procedural detector")
     _add_model_args(p, required=False)
+    p.add_argument("--lora", default=None, help="a LoRA folder (pytorch_lora_weights.safetensors) for --model")
     p.add_argument("--prompts", default="held-out", help="held-out | train | a GenEval-format JSONL file")
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--per-task", type=int, default=None, help="evaluate only the first N prompts of each task")

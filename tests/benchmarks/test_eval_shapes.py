@@ -90,3 +90,27 @@ def test_demo_config_trains_the_committed_model(tmp_path):
     lines = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
     assert len(lines) == 2 and 0 < lines[0]["reward_mean"] <= 1 and abs(lines[0]["first_ratio"] - 1) < 1e-5
     assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_eval_shapes_with_a_lora_changes_the_images(tiny_sd3_dir, tmp_path, capsys):
+    from peft.utils import get_peft_model_state_dict
+
+    from flowalign.policies import load_policy
+
+    policy = load_policy(tiny_sd3_dir)
+    policy.add_lora(rank=4, alpha=8)
+    with torch.no_grad():  # a LoRA that does something (peft initialises B to zero)
+        for name, p in policy.transformer.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    lora = tmp_path / "lora"
+    StableDiffusion3Pipeline.save_lora_weights(str(lora), transformer_lora_layers=get_peft_model_state_dict(policy.transformer))
+    args = ["eval", "shapes", "--model", tiny_sd3_dir, "--per-task", "1", "--images-per-prompt", "1", "--steps", "2",
+            "--max-sequence-length", "8", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "base")]) == 0
+    assert main([*args, "--lora", str(lora), "--out", str(tmp_path / "tuned")]) == 0
+    base = (tmp_path / "base" / "grid.png").read_bytes()
+    assert (tmp_path / "tuned" / "grid.png").read_bytes() != base
+    capsys.readouterr()
+    assert main([*args, "--lora", str(tmp_path), "--out", str(tmp_path / "bad")]) == 2
+    assert "has no pytorch_lora_weights.safetensors" in capsys.readouterr().err
