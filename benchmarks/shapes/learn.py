@@ -28,6 +28,7 @@ CONFIGS = {
     "dense_grpo": "configs/shapes/dense_grpo.yaml",
     "branch_grpo": "configs/shapes/branch_grpo.yaml",
     "branch_grpo_mix": "configs/shapes/branch_grpo_mix.yaml",
+    "branch_grpo_early": "configs/shapes/branch_grpo_early.yaml",
     "branch_grpo_pruned": "configs/shapes/branch_grpo_pruned.yaml",
     "prompt_echo_grpo": "configs/shapes/prompt_echo_grpo.yaml",
     "adv_grpo": "configs/shapes/adv_grpo.yaml",

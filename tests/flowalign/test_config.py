@@ -36,6 +36,8 @@ def test_new_algorithm_configs_are_shipped():
               "flux/flux.1-dev_branch_grpo.yaml", "wan/wan2.1-t2v-1.3b_flow_grpo.yaml"):
         assert n in names
     assert load_config(str(ROOT / "configs/shapes/branch_grpo_mix.yaml")).algorithm.mix
+    early = load_config(str(ROOT / "configs/shapes/branch_grpo_early.yaml"))
+    assert early.algorithm.mix and list(early.algorithm.split_steps) == [0, 1, 2] and early.optim.lr == 3e-4
 
 
 def test_sd35_configs_carry_the_anchor_defaults():
