@@ -52,10 +52,7 @@ def model_images(path: str, metas: list[dict], seed: int, fresh_transformer: boo
         with tempfile.TemporaryDirectory() as tmp:
             untrained(["--out", os.path.join(tmp, "m"), "--model", path])
             return model_images(os.path.join(tmp, "m"), metas, seed)
-    policy = load_policy(path)
-    gen = torch.Generator().manual_seed(seed)
-    noise = policy.initial_noise(len(metas), policy.defaults.get("height"), policy.defaults.get("width"), gen)
-    return list(to_uint8_hwc(policy.generate([m["prompt"] for m in metas], noise=noise)))
+    return list(to_uint8_hwc(load_policy(path).generate([m["prompt"] for m in metas], seed=seed)))
 
 
 @torch.no_grad()

@@ -55,9 +55,10 @@ def as_pixels(image: np.ndarray) -> np.ndarray:
 def detect(image: np.ndarray) -> dict[str, list[Detection]]:
     """image [H, W, 3] uint8 (or float in [0, 1]) -> class -> detections (box, score, colour); none
     for an image whose clutter (see `clutter`) exceeds MAX_CLUTTER."""
-    img = as_pixels(image)
-    out = find_objects(img)
-    return {} if clutter(img, out) > MAX_CLUTTER else out
+    # both take the caller's image: as_pixels is not idempotent (a float image darker than 1/255,
+    # once scaled, would read as [0, 1] again and be scaled twice)
+    out = find_objects(image)
+    return {} if clutter(image, out) > MAX_CLUTTER else out
 
 
 def find_objects(image: np.ndarray) -> dict[str, list[Detection]]:
