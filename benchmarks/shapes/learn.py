@@ -7,7 +7,12 @@ report the held-out GenEval-shapes score before and after.
 
 The budget counts training time only; held-out evaluations (every --eval-every minutes with
 --curve-images images per prompt; the first and last with --images-per-prompt) run between
-iterations. The base model is evaluated once (it is the same for every algorithm). Writes
+iterations. The base model is evaluated once (it is the same for every algorithm). The first and
+last evaluations use the same seeds, so the gain is also reported as a paired difference with its
+standard error over prompts (gain_paired, gain_stderr); a fresh seed is the check on a gain picked
+out of several runs (`benchmarks.shapes.paired`). The training prompts are scored before and after
+too (--train-images-per-prompt, paired): a gain there without one on held-out prompts is learning
+that does not transfer to unseen prompts. Writes
 OUT/learn.json, OUT/table.md, OUT/curve.png (score against training time and against NFE) and
 one run folder per algorithm (metrics, LoRA)."""
 
@@ -22,6 +27,7 @@ from flowalign.config import load_config
 from flowalign.trainer import Trainer
 
 from .evaluate import evaluate_policy, load_prompts
+from .paired import paired, read_results
 
 CONFIGS = {
     "flow_grpo": "configs/shapes/flow_grpo.yaml",
@@ -61,12 +67,15 @@ def plot(results: dict, path: str) -> None:
 def table(results: dict, base: str | None) -> str:
     ref = results.get(base) if base else None
     lines = ["| algorithm | iterations | s / iteration | relative to flow_grpo | NFE / iteration | before | after | "
-             "gain |", "|---|---|---|---|---|---|---|---|"]
+             "gain | paired gain +- s.e. | training prompts: paired gain +- s.e. |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for algo, r in results.items():
         rel = f"{r['seconds_per_iteration'] / ref['seconds_per_iteration']:.2f}" if ref else "-"
+        t = r.get("train_prompts")
+        train = f"{t['gain_paired']:+.3f} +- {t['gain_stderr']:.3f}" if t else "-"
         lines.append(f"| {algo} | {r['iterations']} | {r['seconds_per_iteration']:.2f} | {rel} | "
                      f"{r['nfe_per_iteration']:.0f} | {r['before']['overall']:.3f} | {r['after']['overall']:.3f} | "
-                     f"{r['gain_overall']:+.3f} |")
+                     f"{r['gain_overall']:+.3f} | {r['gain_paired']:+.3f} +- {r['gain_stderr']:.3f} | {train} |")
     return "\n".join(lines) + "\n"
 
 
@@ -81,20 +90,46 @@ def run_one(algo: str, args, metas, before_cache: dict) -> dict:
 
     def evaluate(n: int, minutes: float) -> dict:
         key = (n, minutes)
+        folder = os.path.join(out, f"eval_{minutes:05.1f}min") if n == args.images_per_prompt else None
         if minutes == 0 and key in before_cache:  # the untouched base model: evaluated once for all algorithms
-            s = before_cache[key]
+            s, images = before_cache[key]
         else:
-            s = evaluate_policy(trainer.policy, metas, images_per_prompt=n, seed=1234, progress=False,
-                                out=os.path.join(out, f"eval_{minutes:05.1f}min") if n == args.images_per_prompt else None)
+            s = evaluate_policy(trainer.policy, metas, images_per_prompt=n, seed=1234, progress=False, out=folder)
+            images = read_results(folder) if folder else None  # per image, for the paired gain
             if minutes == 0:
-                before_cache[key] = s
+                before_cache[key] = (s, images)
         row = {"train_minutes": minutes, "iteration": trainer.iteration, "nfe": state["nfe"], "overall": s["overall"],
                "mean_partial": s["mean_partial"], "tasks": s["tasks"], "images_per_prompt": n}
+        if images is not None:
+            state.setdefault("images", {})[minutes] = images
         print(f"[{algo} {minutes:5.1f} min, iteration {trainer.iteration}, {state['nfe']} NFE] held-out overall "
               f"{s['overall']:.3f} (partial {s['mean_partial']:.3f}) "
               f"tasks {json.dumps({k: round(v, 2) for k, v in s['tasks'].items()})}", flush=True)
         return row
 
+    def evaluate_train(minutes: float) -> dict | None:
+        """The training prompts (data.train_prompts, when GenEval-shapes metadata), paired before/after:
+        what the run learned on its own prompts, against which the held-out gain measures transfer."""
+        prompts = cfg.data.train_prompts
+        if not args.train_images_per_prompt or not prompts.endswith(".jsonl"):
+            return None
+        train_metas = load_prompts(prompts)
+        if not all("tag" in m and "include" in m for m in train_metas):
+            return None
+        key = ("train", os.path.abspath(prompts), minutes)
+        if minutes == 0 and key in before_cache:
+            return before_cache[key]
+        folder = os.path.join(out, f"eval_train_{minutes:05.1f}min")
+        s = evaluate_policy(trainer.policy, train_metas, images_per_prompt=args.train_images_per_prompt, seed=4321,
+                            progress=False, out=folder)
+        res = {"overall": s["overall"], "tasks": s["tasks"], "images_per_prompt": args.train_images_per_prompt,
+               "prompts": prompts, "images": read_results(folder)}
+        print(f"[{algo} {minutes:5.1f} min] training prompts overall {s['overall']:.3f}", flush=True)
+        if minutes == 0:
+            before_cache[key] = res
+        return res
+
+    train_before = evaluate_train(0.0)
     before = evaluate(args.images_per_prompt, 0.0)
     curve = [before] if args.curve_images == args.images_per_prompt else [evaluate(args.curve_images, 0.0)]
     trained, next_eval = 0.0, args.eval_every * 60
@@ -112,10 +147,21 @@ def run_one(algo: str, args, metas, before_cache: dict) -> dict:
     final_lora = trainer.save_final()
     after = evaluate(args.images_per_prompt, trained / 60)
     curve.append(after if args.curve_images == args.images_per_prompt else evaluate(args.curve_images, trained / 60))
+    # the same seeds before and after: the per-prompt paired difference gives the gain's standard error
+    pair = paired(state["images"][0.0], state["images"][trained / 60])
+    train_after = evaluate_train(trained / 60)
+    train = None
+    if train_before is not None:
+        tp = paired(train_before["images"], train_after["images"])
+        train = {"prompts": train_before["prompts"], "images_per_prompt": args.train_images_per_prompt,
+                 "before": train_before["overall"], "after": train_after["overall"],
+                 "before_tasks": train_before["tasks"], "after_tasks": train_after["tasks"],
+                 "gain_paired": tp["difference"], "gain_stderr": tp["stderr"]}
     return {"algo": algo, "config": CONFIGS[algo], "budget_minutes": args.minutes, "trained_minutes": trained / 60,
             "iterations": trainer.iteration, "seconds_per_iteration": trained / max(1, trainer.iteration),
             "nfe_total": state["nfe"], "nfe_per_iteration": state["nfe"] / max(1, trainer.iteration),
-            "before": before, "after": after, "gain_overall": after["overall"] - before["overall"], "curve": curve,
+            "before": before, "after": after, "gain_overall": after["overall"] - before["overall"],
+            "gain_paired": pair["difference"], "gain_stderr": pair["stderr"], "train_prompts": train, "curve": curve,
             "final_weights": final_lora}
 
 
@@ -126,6 +172,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-every", type=float, default=5.0, help="minutes of training between curve points")
     ap.add_argument("--images-per-prompt", type=int, default=4, help="for the first and last evaluation")
     ap.add_argument("--curve-images", type=int, default=2, help="images per prompt of intermediate points")
+    ap.add_argument("--train-images-per-prompt", type=int, default=2,
+                    help="images per training prompt, before and after (0: no training-prompt evaluation)")
     ap.add_argument("--out", default=None, help="default: runs/learn_<algos>")
     ap.add_argument("overrides", nargs="*", help="config overrides for every algorithm, key=value")
     args = ap.parse_args(argv)

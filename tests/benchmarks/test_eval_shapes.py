@@ -50,10 +50,17 @@ def test_learn_benchmark_smoke(tiny_sd3_dir, tmp_path):
     from benchmarks.shapes import learn
 
     res = learn.main(["--minutes", "0.01", "--eval-every", "0.005", "--images-per-prompt", "1", "--curve-images", "1",
-                      "--out", str(tmp_path / "learn"), f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8",
+                      "--train-images-per-prompt", "1", "--out", str(tmp_path / "learn"), f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8",
                       "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.prompts_per_iteration=2",
                       "algorithm.train_batch_size=4", "lora.rank=2"])
     assert res["iterations"] >= 1 and "overall" in res["before"] and "overall" in res["after"]
+    # held-out has as many prompts per task, so the paired mean over prompts is the gain of the task mean
+    assert res["gain_paired"] == pytest.approx(res["gain_overall"], abs=1e-9)
+    assert res["gain_stderr"] >= 0 and "+-" in (tmp_path / "learn" / "table.md").read_text()
+    train = res["train_prompts"]  # the config's 240 training prompts, scored before and after on the same seeds
+    assert train["prompts"].endswith("train.jsonl") and train["images_per_prompt"] == 1
+    assert train["gain_paired"] == pytest.approx(train["after"] - train["before"], abs=1e-9)
+    assert (tmp_path / "learn" / "flow_grpo" / "eval_train_000.0min" / "results.jsonl").exists()
     assert (tmp_path / "learn" / "curve.png").exists() and (tmp_path / "learn" / "learn.json").exists()
 
 
@@ -61,7 +68,7 @@ def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
     from benchmarks.shapes import learn
 
     common = ["--minutes", "0.005", "--eval-every", "1", "--images-per-prompt", "1", "--curve-images", "1",
-              f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8", "algorithm.prompts_per_iteration=2",
+              "--train-images-per-prompt", "0", f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8", "algorithm.prompts_per_iteration=2",
               "lora.rank=2"]
     res = learn.main(["--algo", "flow_grpo,dense_grpo", "--out", str(tmp_path / "a"), *common, "sampler.num_steps=2",
                       "algorithm.group_size=2", "algorithm.train_batch_size=4"])
@@ -69,6 +76,7 @@ def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
     assert set(r) == {"flow_grpo", "dense_grpo"}
     # the base model is evaluated once and shared; DenseGRPO's completions cost more NFE per iteration
     assert r["flow_grpo"]["before"] == r["dense_grpo"]["before"]
+    assert r["flow_grpo"]["train_prompts"] is None  # --train-images-per-prompt 0
     assert r["dense_grpo"]["nfe_per_iteration"] > r["flow_grpo"]["nfe_per_iteration"] > 0
     assert "| dense_grpo |" in (tmp_path / "a" / "table.md").read_text()
     res = learn.main(["--algo", "branch_grpo_mix", "--out", str(tmp_path / "b"), *common, "sampler.num_steps=3",
