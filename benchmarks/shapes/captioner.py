@@ -101,6 +101,21 @@ def auroc(pos, neg) -> float:
     return float(gt + 0.5 * eq)
 
 
+def grouped_auroc(scores, labels, groups) -> tuple[float, int]:
+    """AUROC over the (positive, negative) pairs that share a group (a prompt), and the number of such
+    pairs: the comparison a group-relative advantage makes (GRPO compares images of one prompt only).
+    NaN when no group holds both a positive and a negative."""
+    scores, labels, groups = np.asarray(scores, float), np.asarray(labels, bool), np.asarray(groups)
+    wins, pairs = 0.0, 0
+    for g in np.unique(groups):
+        m = groups == g
+        pos, neg = scores[m & labels], scores[m & ~labels]
+        if len(pos) and len(neg):
+            wins += auroc(pos, neg) * len(pos) * len(neg)
+            pairs += len(pos) * len(neg)
+    return (wins / pairs if pairs else float("nan")), pairs
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "captioner"))

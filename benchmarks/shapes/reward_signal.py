@@ -11,7 +11,9 @@ Rewards scored on the same images:
 - adversarial_dino: the DINO discriminator after co-training its head (`--disc-steps` hinge
   steps, references = benchmarks/shapes/references as positives, images generated for *training*
   prompts as negatives, as in Adv-GRPO's co-training).
-AUROC = P(reward of a correct image > reward of an incorrect one), ties counted half. Writes
+AUROC = P(reward of a correct image > reward of an incorrect one), ties counted half, over all
+pairs, and within prompts (only pairs of images of one prompt: what a group-relative advantage
+compares, since GRPO normalises rewards per prompt). Writes
 benchmarks/results/reward_signal.json."""
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from benchmarks.report import write_json
 from reward_models import build_reward
 
-from .captioner import auroc
+from .captioner import auroc, grouped_auroc
 from .companions import DINO, REFERENCES
 from .evaluate import DEFAULT_MODEL, load_prompts, score_images
 
@@ -68,11 +70,16 @@ def main(argv=None) -> dict:
     prompts = [r["prompt"] for r in rows]
     print(f"{len(rows)} held-out images, {labels.mean():.3f} correct ({time.time() - t0:.0f} s)")
 
+    groups = prompts  # a prompt string repeated in the held-out file is one group
+
     def report(name: str, scores) -> dict:
         s = np.asarray(scores, dtype=float)
         a = auroc(s[labels], s[~labels])
-        print(f"{name:>18}: AUROC {a:.3f} (mean on correct {s[labels].mean():.3f}, incorrect {s[~labels].mean():.3f})")
-        return {"auroc": a, "mean_correct": float(s[labels].mean()), "mean_incorrect": float(s[~labels].mean())}
+        w, pairs = grouped_auroc(s, labels, groups)
+        print(f"{name:>18}: AUROC {a:.3f}, within prompts {w:.3f} over {pairs} pairs "
+              f"(mean on correct {s[labels].mean():.3f}, incorrect {s[~labels].mean():.3f})")
+        return {"auroc": a, "auroc_within_prompt": w, "within_prompt_pairs": pairs,
+                "mean_correct": float(s[labels].mean()), "mean_incorrect": float(s[~labels].mean())}
 
     out = {"n_images": len(rows), "fraction_correct": float(labels.mean()), "rewards": {}}
     partial = build_reward("shapes_geneval", mode="partial")(images, prompts, metadata=rows)
