@@ -215,7 +215,7 @@ class Trainer:
         if not prompts:
             return
         steps = self.cfg.sampler.eval_num_steps or self.cfg.sampler.num_steps
-        ctx = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+        ctx = self.eval_weights()
         with ctx:
             imgs = self.policy.generate(prompts * 4, num_steps=steps, guidance=self.cfg.sampler.guidance,
                                         height=self.height, width=self.width, seed=self.cfg.run.seed + 12345)
@@ -226,11 +226,16 @@ class Trainer:
                 imgs = imgs[:, imgs.shape[1] // 2]
             save_grid(imgs, name + ".png", nrow=len(prompts), scale=2)
 
+    def eval_weights(self):
+        """A context in which the trainable parameters hold the weights to evaluate and save: the EMA
+        weights when EMA is on, else the current ones."""
+        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+
     def evaluate(self) -> dict:
         """The held-out evaluation (eval.*), with EMA weights when EMA is on; logged to metrics."""
         e = self.cfg.eval
         steps = e.num_steps or self.cfg.sampler.eval_num_steps or self.cfg.sampler.num_steps
-        ctx = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+        ctx = self.eval_weights()
         with ctx:
             m = evaluate_prompts(self.policy, self.eval_rows, self.eval_reward, images_per_prompt=e.images_per_prompt,
                                  num_steps=steps, guidance=self.cfg.sampler.guidance, seed=e.seed,
@@ -325,7 +330,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return ""
-        ctx = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+        ctx = self.eval_weights()
         with ctx:
             if self.cfg.lora.enabled:
                 from peft.utils import get_peft_model_state_dict

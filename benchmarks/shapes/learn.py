@@ -94,7 +94,8 @@ def run_one(algo: str, args, metas, before_cache: dict) -> dict:
         if minutes == 0 and key in before_cache:  # the untouched base model: evaluated once for all algorithms
             s, images = before_cache[key]
         else:
-            s = evaluate_policy(trainer.policy, metas, images_per_prompt=n, seed=1234, progress=False, out=folder)
+            with trainer.eval_weights():  # the EMA weights when EMA is on, as in the saved LoRA
+                s = evaluate_policy(trainer.policy, metas, images_per_prompt=n, seed=1234, progress=False, out=folder)
             images = read_results(folder) if folder else None  # per image, for the paired gain
             if minutes == 0:
                 before_cache[key] = (s, images)
@@ -120,8 +121,9 @@ def run_one(algo: str, args, metas, before_cache: dict) -> dict:
         if minutes == 0 and key in before_cache:
             return before_cache[key]
         folder = os.path.join(out, f"eval_train_{minutes:05.1f}min")
-        s = evaluate_policy(trainer.policy, train_metas, images_per_prompt=args.train_images_per_prompt, seed=4321,
-                            progress=False, out=folder)
+        with trainer.eval_weights():
+            s = evaluate_policy(trainer.policy, train_metas, images_per_prompt=args.train_images_per_prompt,
+                                seed=4321, progress=False, out=folder)
         res = {"overall": s["overall"], "tasks": s["tasks"], "images_per_prompt": args.train_images_per_prompt,
                "prompts": prompts, "images": read_results(folder)}
         print(f"[{algo} {minutes:5.1f} min] training prompts overall {s['overall']:.3f}", flush=True)

@@ -171,3 +171,22 @@ def test_shared_noise_gives_each_group_one_start_on_every_process(tiny_sd3_dir, 
     t.algo.iteration = 6
     later = t.algo.rollout(t.policy, *expand_groups(metas, 3, 0, 1), torch.Generator().manual_seed(0), 32, 32)
     assert not torch.equal(later.traj.latents[0, 0], x0[0])  # fresh noise every iteration
+
+
+def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_sd3_dir, tmp_path, prompts_file):
+    out = str(tmp_path / "run")
+    cfg = load_config(None, overrides(tiny_sd3_dir, out, prompts_file, **{"optim.ema_decay": 0.5,
+                                                                         "run.max_iterations": 1}))
+    trainer = Trainer(cfg)
+    trainer.train()
+    current = [p.detach().clone() for p in trainer.params]
+    assert any(not torch.equal(s, c) for s, c in zip(trainer.ema.shadow, current))  # EMA lags the weights
+    with trainer.eval_weights():
+        assert all(torch.equal(p, s) for p, s in zip(trainer.params, trainer.ema.shadow))
+    assert all(torch.equal(p, c) for p, c in zip(trainer.params, current))
+    saved = load_file(os.path.join(out, "lora", "pytorch_lora_weights.safetensors"))
+    with trainer.eval_weights():
+        named = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+        b = next(n for n in named if "lora_B" in n and named[n].abs().sum() > 0)
+        key = "transformer." + b.replace(".default", "")  # diffusers' LoRA key of that peft parameter
+        assert torch.equal(saved[key], named[b].detach().to(saved[key].dtype)), (b, key)
