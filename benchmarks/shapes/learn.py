@@ -88,17 +88,21 @@ def run_one(algo: str, args, metas, before_cache: dict) -> dict:
     os.makedirs(out, exist_ok=True)
     state = {"nfe": 0}
 
+    def score(rows: list[dict], n: int, seed: int, minutes: float, folder: str | None, key: tuple) -> tuple:
+        """(summary, per-image results or None) of `rows` at `n` images per prompt. The untouched base
+        model (minutes 0) is scored once for all algorithms."""
+        if minutes == 0 and key in before_cache:
+            return before_cache[key]
+        with trainer.eval_weights():  # the EMA weights when EMA is on, as in the saved LoRA
+            s = evaluate_policy(trainer.policy, rows, images_per_prompt=n, seed=seed, progress=False, out=folder)
+        res = (s, read_results(folder) if folder else None)  # per image, for the paired gains
+        if minutes == 0:
+            before_cache[key] = res
+        return res
+
     def evaluate(n: int, minutes: float) -> dict:
-        key = (n, minutes)
         folder = os.path.join(out, f"eval_{minutes:05.1f}min") if n == args.images_per_prompt else None
-        if minutes == 0 and key in before_cache:  # the untouched base model: evaluated once for all algorithms
-            s, images = before_cache[key]
-        else:
-            with trainer.eval_weights():  # the EMA weights when EMA is on, as in the saved LoRA
-                s = evaluate_policy(trainer.policy, metas, images_per_prompt=n, seed=1234, progress=False, out=folder)
-            images = read_results(folder) if folder else None  # per image, for the paired gain
-            if minutes == 0:
-                before_cache[key] = (s, images)
+        s, images = score(metas, n, 1234, minutes, folder, (n, minutes))
         row = {"train_minutes": minutes, "iteration": trainer.iteration, "nfe": state["nfe"], "overall": s["overall"],
                "mean_partial": s["mean_partial"], "tasks": s["tasks"], "images_per_prompt": n}
         if images is not None:
@@ -108,28 +112,21 @@ def run_one(algo: str, args, metas, before_cache: dict) -> dict:
               f"tasks {json.dumps({k: round(v, 2) for k, v in s['tasks'].items()})}", flush=True)
         return row
 
-    def evaluate_train(minutes: float) -> dict | None:
-        """The training prompts (data.train_prompts, when GenEval-shapes metadata), paired before/after:
-        what the run learned on its own prompts, against which the held-out gain measures transfer."""
-        prompts = cfg.data.train_prompts
-        if not args.train_images_per_prompt or not prompts.endswith(".jsonl"):
+    # the training prompts (data.train_prompts, when GenEval-shapes metadata), paired before/after: what the
+    # run learned on its own prompts, against which the held-out gain measures transfer
+    train_file = cfg.data.train_prompts
+    train_metas = load_prompts(train_file) if args.train_images_per_prompt and train_file.endswith(".jsonl") else []
+    if not all("tag" in m and "include" in m for m in train_metas):
+        train_metas = []
+
+    def evaluate_train(minutes: float) -> tuple | None:
+        if not train_metas:
             return None
-        train_metas = load_prompts(prompts)
-        if not all("tag" in m and "include" in m for m in train_metas):
-            return None
-        key = ("train", os.path.abspath(prompts), minutes)
-        if minutes == 0 and key in before_cache:
-            return before_cache[key]
-        folder = os.path.join(out, f"eval_train_{minutes:05.1f}min")
-        with trainer.eval_weights():
-            s = evaluate_policy(trainer.policy, train_metas, images_per_prompt=args.train_images_per_prompt,
-                                seed=4321, progress=False, out=folder)
-        res = {"overall": s["overall"], "tasks": s["tasks"], "images_per_prompt": args.train_images_per_prompt,
-               "prompts": prompts, "images": read_results(folder)}
+        s, images = score(train_metas, args.train_images_per_prompt, 4321, minutes,
+                          os.path.join(out, f"eval_train_{minutes:05.1f}min"),
+                          ("train", os.path.abspath(train_file), minutes))
         print(f"[{algo} {minutes:5.1f} min] training prompts overall {s['overall']:.3f}", flush=True)
-        if minutes == 0:
-            before_cache[key] = res
-        return res
+        return s, images
 
     train_before = evaluate_train(0.0)
     before = evaluate(args.images_per_prompt, 0.0)
@@ -154,11 +151,11 @@ def run_one(algo: str, args, metas, before_cache: dict) -> dict:
     train_after = evaluate_train(trained / 60)
     train = None
     if train_before is not None:
-        tp = paired(train_before["images"], train_after["images"])
-        train = {"prompts": train_before["prompts"], "images_per_prompt": args.train_images_per_prompt,
-                 "before": train_before["overall"], "after": train_after["overall"],
-                 "before_tasks": train_before["tasks"], "after_tasks": train_after["tasks"],
-                 "gain_paired": tp["difference"], "gain_stderr": tp["stderr"]}
+        (sb, ib), (sa, ia) = train_before, train_after
+        tp = paired(ib, ia)
+        train = {"prompts": train_file, "images_per_prompt": args.train_images_per_prompt,
+                 "before": sb["overall"], "after": sa["overall"], "before_tasks": sb["tasks"],
+                 "after_tasks": sa["tasks"], "gain_paired": tp["difference"], "gain_stderr": tp["stderr"]}
     return {"algo": algo, "config": CONFIGS[algo], "budget_minutes": args.minutes, "trained_minutes": trained / 60,
             "iterations": trainer.iteration, "seconds_per_iteration": trained / max(1, trainer.iteration),
             "nfe_total": state["nfe"], "nfe_per_iteration": state["nfe"] / max(1, trainer.iteration),

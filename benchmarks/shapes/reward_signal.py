@@ -70,12 +70,10 @@ def main(argv=None) -> dict:
     prompts = [r["prompt"] for r in rows]
     print(f"{len(rows)} held-out images, {labels.mean():.3f} correct ({time.time() - t0:.0f} s)")
 
-    groups = prompts  # a prompt string repeated in the held-out file is one group
-
     def report(name: str, scores) -> dict:
         s = np.asarray(scores, dtype=float)
         a = auroc(s[labels], s[~labels])
-        w, pairs = grouped_auroc(s, labels, groups)
+        w, pairs = grouped_auroc(s, labels, prompts)  # a prompt string repeated in the file is one group
         print(f"{name:>18}: AUROC {a:.3f}, within prompts {w:.3f} over {pairs} pairs "
               f"(mean on correct {s[labels].mean():.3f}, incorrect {s[~labels].mean():.3f})")
         return {"auroc": a, "auroc_within_prompt": w, "within_prompt_pairs": pairs,
