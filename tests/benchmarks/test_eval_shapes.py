@@ -50,7 +50,8 @@ def test_learn_benchmark_smoke(tiny_sd3_dir, tmp_path):
     from benchmarks.shapes import learn
 
     res = learn.main(["--minutes", "0.01", "--eval-every", "0.005", "--images-per-prompt", "1", "--curve-images", "1",
-                      "--train-images-per-prompt", "1", "--out", str(tmp_path / "learn"), f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8",
+                      "--train-images-per-prompt", "1", "--out", str(tmp_path / "learn"), f"model.path={tiny_sd3_dir}",
+                      "model.max_sequence_length=8",
                       "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.prompts_per_iteration=2",
                       "algorithm.train_batch_size=4", "lora.rank=2"])
     assert res["iterations"] >= 1 and "overall" in res["before"] and "overall" in res["after"]
@@ -68,8 +69,8 @@ def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
     from benchmarks.shapes import learn
 
     common = ["--minutes", "0.005", "--eval-every", "1", "--images-per-prompt", "1", "--curve-images", "1",
-              "--train-images-per-prompt", "0", f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8", "algorithm.prompts_per_iteration=2",
-              "lora.rank=2"]
+              "--train-images-per-prompt", "0", f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8",
+              "algorithm.prompts_per_iteration=2", "lora.rank=2"]
     res = learn.main(["--algo", "flow_grpo,dense_grpo", "--out", str(tmp_path / "a"), *common, "sampler.num_steps=2",
                       "algorithm.group_size=2", "algorithm.train_batch_size=4"])
     r = res["results"]
