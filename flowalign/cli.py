@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from . import shapes
+
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required,
@@ -22,9 +24,9 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _device(name: str | None) -> str:
-    import torch
+    from reward_models.base import default_device
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    return str(default_device(name))
 
 
 def _load_policy(args: argparse.Namespace, path: str, lora: str | None = None):
@@ -60,7 +62,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval_shapes(args: argparse.Namespace) -> int:
     import json
 
-    from benchmarks.shapes.evaluate import DEFAULT_MODEL, evaluate_policy, first_per_task, load_prompts
+    from flowalign.evaluation.shapes import evaluate_policy, first_per_task, load_prompts
+    from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 
     metas = first_per_task(load_prompts(args.prompts), args.per_task)
     policy = _load_policy(args, args.model or DEFAULT_MODEL, args.lora)
@@ -74,7 +77,7 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
 def cmd_eval_geneval(args: argparse.Namespace) -> int:
     import json
 
-    from benchmarks.geneval.evaluate import (
+    from flowalign.evaluation.geneval import (
         METADATA_FILE,
         ShapesEvaluator,
         generate_layout,
@@ -113,12 +116,13 @@ def cmd_eval_geneval(args: argparse.Namespace) -> int:
 def cmd_eval_densealign(args: argparse.Namespace) -> int:
     import json
 
-    from benchmarks.densealign.shapes import compare, dense_captions
-    from benchmarks.shapes.evaluate import DEFAULT_MODEL, load_prompts
+    from flowalign.evaluation.densealign import compare, dense_captions
+    from flowalign.evaluation.shapes import load_prompts
+    from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 
     judge = None
     if args.judge != "shapes":
-        from benchmarks.densealign.vlm_judge import DEFAULT_QUESTION, VLMJudge
+        from flowalign.evaluation.vlm_judge import DEFAULT_QUESTION, VLMJudge
 
         judge = VLMJudge(args.judge, question=args.judge_question or DEFAULT_QUESTION, device=_device(args.device))
     metas = dense_captions(args.num_prompts, args.seed) if args.prompts == "shapes" else load_prompts(args.prompts)
@@ -158,7 +162,7 @@ def cmd_reno(args: argparse.Namespace) -> int:
 
     from omegaconf import OmegaConf
 
-    from benchmarks.shapes.evaluate import load_prompts
+    from flowalign.evaluation.shapes import load_prompts
 
     from .noise_opt import RenoSettings, build_rewards, optimize_noise, parse_reward_weights, write_result
     from .policies import load_policy
@@ -214,7 +218,7 @@ def cmd_reno(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .algorithms.dense_grpo import calibrate
+    from .calibration import calibrate
     from .config import load_config
 
     cfg = load_config(None if args.config == "-" else args.config, args.overrides)
@@ -229,9 +233,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def cmd_demo(args: argparse.Namespace) -> int:
     """Flow-GRPO on the committed shapes model (the README's demo), from any working directory."""
     args.config = os.path.join(REPO, "configs", "shapes", "flow_grpo.yaml")
-    args.overrides = ["run.output_dir=runs/demo", f"model.path={os.path.join(REPO, 'benchmarks', 'shapes', 'model')}",
-                      f"data.train_prompts={os.path.join(REPO, 'benchmarks', 'shapes', 'prompts', 'train.jsonl')}",
-                      f"eval.prompts={os.path.join(REPO, 'benchmarks', 'shapes', 'prompts', 'heldout.jsonl')}",
+    args.overrides = ["run.output_dir=runs/demo", f"model.path={shapes.MODEL_DIR}",
+                      f"data.train_prompts={shapes.TRAIN_PROMPTS}", f"eval.prompts={shapes.HELDOUT_PROMPTS}",
                       *args.overrides]
     return cmd_train(args)
 

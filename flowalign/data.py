@@ -6,6 +6,8 @@ import json
 import os
 import random
 
+from .seeds import iteration_seed
+
 
 def load_prompt_rows(path: str, key: str = "data.train_prompts") -> list[dict]:
     """A GenEval-format JSONL file (rows with 'prompt') or a text file with one prompt a line. `key`
@@ -25,5 +27,5 @@ def load_prompt_rows(path: str, key: str = "data.train_prompts") -> list[dict]:
 def iteration_prompts(rows: list[dict], iteration: int, n: int, seed: int) -> list[dict]:
     """The n prompts of an iteration: a pure function of (seed, iteration), so a resumed run draws
     exactly what the uninterrupted run would have drawn."""
-    rng = random.Random(seed * 1_000_003 + iteration)
+    rng = random.Random(iteration_seed(seed, iteration))
     return [rows[rng.randrange(len(rows))] for _ in range(n)]

@@ -24,3 +24,18 @@ def grpo_clipped_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor
     with torch.no_grad():
         frac = ((ratio - 1.0).abs() > clip_range).float().mean().item()
     return GRPOLoss(loss, ratio.detach().mean().item(), frac)
+
+
+def grpo_objective(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, clip_range: float,
+                   kl: Tensor | None = None, kl_beta: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+    """The GRPO-family loss of a batch of transitions: the clipped surrogate plus kl_beta times the
+    mean of `kl` (per-transition KL to the reference policy; None: no KL term). Returns the loss and
+    its detached statistics (ratio, clip_fraction, kl, policy_loss, log_prob, loss)."""
+    pg = grpo_clipped_loss(log_prob, old_log_prob, advantages, clip_range)
+    loss, kl_val = pg.loss, 0.0
+    if kl is not None:
+        kl_mean = kl.mean()
+        loss = loss + kl_beta * kl_mean
+        kl_val = kl_mean.item()
+    return loss, {"ratio": pg.ratio_mean, "clip_fraction": pg.clip_fraction, "kl": kl_val,
+                  "policy_loss": pg.loss.item(), "log_prob": log_prob.mean().item(), "loss": loss.item()}

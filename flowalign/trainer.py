@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from reward_models import build_reward
+from reward_models.base import learned
 
 from .algorithms import build_algorithm
 from .data import iteration_prompts, load_prompt_rows
@@ -26,6 +27,7 @@ from .ema import EMA
 from .evaluation import evaluate_prompts
 from .images import save_grid, save_video_grid
 from .policies import load_policy
+from .seeds import SAMPLE_GRID_OFFSET, rollout_generator
 
 
 class TrainingError(RuntimeError):
@@ -73,8 +75,10 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision, cpu=run.device == "cpu")
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         a = cfg.algorithm
-        self.algo = build_algorithm(cfg.algorithm, cfg.sampler)
-        self.algo.seed = run.seed  # seeds shared group noise (algorithm.shared_noise)
+        # reward_aggregation=advantage is validated to come with reward.name=weighted and its weights
+        part_weights = ([float(w) for w in cfg.reward.args.weights.values()]
+                        if a.reward_aggregation == "advantage" else None)
+        self.algo = build_algorithm(cfg.algorithm, cfg.sampler, part_weights=part_weights)
         # which prompts (samples or trees) this process rolls out; raises if they do not divide evenly
         self.n_local = len(self.algo.assign([{"prompt": ""}] * a.prompts_per_iteration, self.rank, self.world)[0])
         self.out = run.output_dir
@@ -86,7 +90,7 @@ class Trainer:
         self.policy = load_policy(m.path, dtype=m.dtype, device=self.acc.device, attention_backend=m.attention_backend,
                                   max_sequence_length=m.max_sequence_length)
         if m.num_frames is not None:
-            if not hasattr(self.policy, "num_frames"):
+            if self.policy.num_frames is None:
                 raise ValueError(f"model.num_frames={m.num_frames} is set but {m.path!r} is an image model; remove it.")
             self.policy.num_frames = m.num_frames
         self.height = m.height or self.policy.defaults.get("height")
@@ -113,6 +117,7 @@ class Trainer:
         self.ema = EMA(self.params, o.ema_decay) if o.ema_decay else None
         self.updater = Updater(self.acc, self.model, self.params, self.optimizer, scheduler, self.ema, o.max_grad_norm)
         self.reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
+        self.learned_reward = learned(self.reward)  # trained after every batch, saved with checkpoints
         self.iteration = 0
         self.writer = None
         self.eval_rows = self.eval_reward = None
@@ -138,8 +143,8 @@ class Trainer:
             torch.save(self.scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
             if self.ema is not None:
                 torch.save(self.ema.state_dict(), os.path.join(tmp, "ema.pt"))
-            if hasattr(self.reward, "state_dict"):  # a learned reward's head and optimiser
-                torch.save(self.reward.state_dict(), os.path.join(tmp, "reward.pt"))
+            if self.learned_reward is not None:  # a learned reward's head and optimiser
+                torch.save(self.learned_reward.state_dict(), os.path.join(tmp, "reward.pt"))
             with open(os.path.join(tmp, "state.json"), "w") as f:
                 json.dump({"iteration": self.iteration, "data_position": self.iteration, "seed": self.cfg.run.seed,
                            "world_size": self.world}, f)
@@ -179,8 +184,8 @@ class Trainer:
         self.scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=False))
         if self.ema is not None:
             self.ema.load_state_dict(torch.load(os.path.join(path, "ema.pt"), weights_only=False))
-        if hasattr(self.reward, "load_state_dict") and os.path.isfile(os.path.join(path, "reward.pt")):
-            self.reward.load_state_dict(torch.load(os.path.join(path, "reward.pt"), weights_only=False))
+        if self.learned_reward is not None and os.path.isfile(os.path.join(path, "reward.pt")):
+            self.learned_reward.load_state_dict(torch.load(os.path.join(path, "reward.pt"), weights_only=False))
         rng_file = os.path.join(path, f"rng_{self.rank}.pt")
         if os.path.isfile(rng_file):
             rng = torch.load(rng_file, weights_only=False)
@@ -218,7 +223,7 @@ class Trainer:
         ctx = self.eval_weights()
         with ctx:
             imgs = self.policy.generate(prompts * 4, num_steps=steps, guidance=self.cfg.sampler.guidance,
-                                        height=self.height, width=self.width, seed=self.cfg.run.seed + 12345)
+                                        height=self.height, width=self.width, seed=self.cfg.run.seed + SAMPLE_GRID_OFFSET)
         if self.acc.is_main_process:
             name = os.path.join(self.out, "samples", f"iter_{self.iteration:06d}")
             if imgs.ndim == 5:  # videos [N, F, 3, H, W]: an animated grid and the middle frame
@@ -251,23 +256,23 @@ class Trainer:
         t0 = time.time()
         metas = iteration_prompts(self.rows, self.iteration, a.prompts_per_iteration, seed)
         mine, gids = self.algo.assign(metas, self.rank, self.world)
-        self.algo.iteration = self.iteration
-        gen = torch.Generator().manual_seed((seed * 1_000_003 + self.iteration) * 131 + self.rank)
+        gen = rollout_generator(seed, self.iteration, self.rank)
         nfe0 = self.policy.nfe
-        ro = self.algo.rollout(self.policy, mine, gids.to(self.acc.device), gen, self.height, self.width)
+        ro = self.algo.rollout(self.policy, mine, gids.to(self.acc.device), gen, self.height, self.width,
+                               seed=seed, iteration=self.iteration)
         nfe1 = self.policy.nfe
         with torch.no_grad():
             rewards = self.algo.score(self.policy, ro, self.reward).to(self.acc.device)
         nfe2 = self.policy.nfe
         reward_stats = {}
-        if hasattr(self.reward, "update"):  # a learned reward (Adv-GRPO's discriminator) trains on this batch
+        if self.learned_reward is not None:  # a learned reward (Adv-GRPO's discriminator) trains on this batch
             # decoded here: score() keeps only rewards (and DenseGRPO's scores ODE completions of every state),
             # so this is a second VAE decode of the finals, the price of an algorithm-independent score()
             with torch.no_grad():
                 images = self.policy.decode(self.algo.final_latents(ro))
-            reward_stats = self.reward.update(images, self.algo.final_prompts(ro))
-        all_rewards, adv = self.algo.advantages(ro, rewards, self.acc)
-        adv_all = self.acc.gather(adv.contiguous())
+            reward_stats = self.learned_reward.update(images, self.algo.final_prompts(ro))
+        adv = self.algo.advantages(ro, rewards, self.acc, iteration=self.iteration)
+        all_rewards, adv_all = adv.all_rewards, self.acc.gather(adv.local.contiguous())
         stats = self.algo.policy_step(self.policy, ro, adv, self.updater, gen)
         self.iteration += 1
         final_rewards = all_rewards if all_rewards.dim() == 1 else all_rewards[:, -1]  # dense: the final image's

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import default_device
 from .clip_common import check_local
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -72,6 +73,7 @@ def load_reference_images(folder: str, size: int | None = None) -> Tensor:
 
 
 class AdversarialDinoReward:
+    learns = True  # a LearnedReward: the engine trains its head after every batch
     differentiable = True
 
     def __init__(self, backbone: str = "facebook/dinov2-base", reference_dir: str | None = None, *,
@@ -83,7 +85,7 @@ class AdversarialDinoReward:
         check_local(backbone, "DINOv2", "pass a Dinov2Model directory or a hub id")
         if schedule not in ("k_steps", "while_lower"):
             raise ValueError(f"schedule {schedule!r} is unknown; use k_steps or while_lower.")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         try:
             self.backbone = Dinov2Model.from_pretrained(backbone).to(self.device).eval().requires_grad_(False)
         except OSError as e:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .base import default_device
+
 
 def check_local(path: str, what: str, fix: str = "pass a local directory saved with save_pretrained or a hub id") -> None:
     """A path that looks local (absolute, ./ or ../, or more than one '/') must exist; hub ids
@@ -23,7 +25,7 @@ def load_clip(model: str, processor: str | None, device: str | None, dtype: str)
 
     check_local(model, "CLIP")
     check_local(processor or model, "processor")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = default_device(device)
     try:
         m = CLIPModel.from_pretrained(model, dtype=getattr(torch, dtype)).to(dev).eval().requires_grad_(False)
         proc = AutoProcessor.from_pretrained(processor or model)

@@ -1,5 +1,5 @@
 """GenEval's evaluator on real images: Mask2Former instance segmentation (transformers) and CLIP
-zero-shot colour classification (open_clip), feeding GenEval's rules in benchmarks/geneval/scoring.py.
+zero-shot colour classification (open_clip), feeding GenEval's rules in reward_models/geneval_rules.py.
 
 Detector: any local Mask2Former COCO-instance checkpoint (Mask2FormerForUniversalSegmentation plus
 its image processor). Its instance post-processing is the one GenEval's mmdet model uses: softmax
@@ -16,7 +16,6 @@ satisfied; it needs the GenEval metadata row of each image (`metadata=` in the c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,16 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmarks.geneval import scoring
-from benchmarks.geneval.scoring import Detection, evaluate
+from reward_models import geneval_rules as scoring
+from reward_models.geneval_rules import Detection, evaluate
 
-from .base import to_uint8_hwc
+from .base import default_device, to_uint8_hwc
 from .clip_common import check_local
 from .open_clip_common import encode_images, encode_texts, load_open_clip
 
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 COLOR_TEMPLATES = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}", "a photo of a {c} object")
-OBJECT_NAMES_FILE = os.path.join(os.path.dirname(scoring.__file__), "object_names.txt")
+OBJECT_NAMES_FILE = scoring.OBJECT_NAMES_FILE
 MAX_PER_IMAGE = 100
 BACKGROUND = 0x99 / 255.0
 
@@ -80,7 +79,7 @@ class Mask2FormerDetector:
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         check_local(path, "Mask2Former")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         try:
             self.model = Mask2FormerForUniversalSegmentation.from_pretrained(path).to(self.device).eval()
             self.processor = AutoImageProcessor.from_pretrained(path)

@@ -16,6 +16,7 @@ import os
 
 import torch
 
+from .base import default_device
 from .clip_common import CLIPPreprocess, check_local
 
 
@@ -42,7 +43,7 @@ def load_open_clip(model: str, pretrained: str | None = None, *, device: str | N
     import open_clip
 
     name, weights = _resolve(model, pretrained)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = default_device(device)
     try:
         m = open_clip.create_model(name, pretrained=weights, device=dev)
     except RuntimeError as e:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from benchmarks.geneval.scoring import evaluate
-from benchmarks.shapes.detector import detect
+from reward_models.geneval_rules import evaluate
+from reward_models.shapes.detector import detect
 
 from .base import to_uint8_hwc
 

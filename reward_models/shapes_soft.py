@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from benchmarks.shapes import render
-from benchmarks.shapes.world import BACKGROUND, COLORS
+from reward_models.shapes import render
+from reward_models.shapes.world import BACKGROUND, COLORS
 
 
 def expected_areas(min_obj: float = 0.22, max_obj: float = 0.36) -> dict[str, float]:

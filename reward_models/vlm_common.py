@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .base import default_device
 from .clip_common import check_local
 
 
@@ -13,7 +14,7 @@ def load_vlm(path: str, what: str, device: str | None = None, dtype: str = "floa
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     check_local(path, what)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = default_device(device)
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype))
         processor = AutoProcessor.from_pretrained(path)

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .base import learned
+
 
 class WeightedReward:
     def __init__(self, weights: dict[str, float], args: dict[str, dict] | None = None,
@@ -23,20 +25,19 @@ class WeightedReward:
         self.differentiable = all(getattr(p, "differentiable", False) for p in self.parts.values())
         self.name = "weighted(" + ",".join(f"{k}={w:g}" for k, w in self.weights.items()) + ")"
         self.last_parts: dict[str, Tensor] = {}
-        self.learned = [k for k, p in self.parts.items() if hasattr(p, "update")]
-        if self.learned:  # the engine trains and checkpoints learned parts (Adv-GRPO's discriminator)
-            self.update, self.state_dict, self.load_state_dict = self._update, self._state_dict, self._load_state_dict
+        self.learned = [k for k, p in self.parts.items() if learned(p) is not None]
+        self.learns = bool(self.learned)  # the engine trains and checkpoints learned parts (a LearnedReward)
 
-    def _update(self, images: Tensor, prompts: Sequence[str] | None = None, **context) -> dict:
+    def update(self, images: Tensor, prompts: Sequence[str] | None = None, **context) -> dict:
         stats = {}
         for k in self.learned:
             stats.update({f"{k}/{s}": v for s, v in self.parts[k].update(images, prompts, **context).items()})
         return stats
 
-    def _state_dict(self) -> dict:
+    def state_dict(self) -> dict:
         return {k: self.parts[k].state_dict() for k in self.learned}
 
-    def _load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         for k in self.learned:
             self.parts[k].load_state_dict(state[k])
 

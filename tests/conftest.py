@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_sd3_dir(tmp_path_factory):
     """A tiny SD3 pipeline saved with save_pretrained (built offline once per session)."""
-    from flowalign.tiny import save_tiny_sd3
+    from flowalign.testing import save_tiny_sd3
 
     return save_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3") / "pipe")
 

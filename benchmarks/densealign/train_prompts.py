@@ -3,14 +3,14 @@ draw, minus the evaluation captions of `flowalign eval densealign --prompts shap
 --num-prompts N), so a model trained on them is evaluated on captions it never saw.
 
     python -m benchmarks.densealign.train_prompts [--num-prompts 48] [--seeds 4]
-        [--out benchmarks/shapes/prompts/dense_train.jsonl]"""
+        [--out flowalign/shapes/prompts/dense_train.jsonl]"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from .shapes import all_dense_captions, dense_captions
+from flowalign.evaluation.densealign import all_dense_captions, dense_captions
 
 
 def train_captions(num_prompts: int = 48, seeds: int = 4) -> list[dict]:
@@ -22,7 +22,7 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num-prompts", type=int, default=48, help="--num-prompts of the evaluations to exclude")
     ap.add_argument("--seeds", type=int, default=4, help="exclude the captions of evaluation seeds 0..S-1")
-    ap.add_argument("--out", default="benchmarks/shapes/prompts/dense_train.jsonl")
+    ap.add_argument("--out", default="flowalign/shapes/prompts/dense_train.jsonl")
     args = ap.parse_args(argv)
     rows = train_captions(args.num_prompts, args.seeds)
     with open(args.out, "w") as f:

@@ -1,6 +1,6 @@
 """Train the shapes world's captioning VLM (PromptEcho's model on the testbed), on CPU.
 
-    python -m benchmarks.shapes.captioner --out benchmarks/shapes/captioner --minutes 10
+    python -m benchmarks.shapes.captioner --out flowalign/shapes/captioner --minutes 10
 
 A tiny LLaVA (transformers' LlavaForConditionalGeneration: CLIP vision tower + Llama language model)
 with an offline word-level tokenizer over the world's vocabulary and a chat template. It learns to
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from flowalign.shapes import CAPTIONER_DIR
 from reward_models.prompt_echo import PromptEchoReward, answer_token_losses, query_prefix
-
-from .prompts import all_prompts
-from .render import render_prompt
+from reward_models.shapes.prompts import all_prompts
+from reward_models.shapes.render import render_prompt
 
 QUERY = "Describe the image."
 
@@ -118,7 +118,7 @@ def grouped_auroc(scores, labels, groups) -> tuple[float, int]:
 
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "captioner"))
+    ap.add_argument("--out", default=CAPTIONER_DIR)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -126,7 +126,7 @@ def main(argv=None) -> str:
     ap.add_argument("--no-augment", dest="augment", action="store_false", help="clean renders only")
     args = ap.parse_args(argv)
 
-    from flowalign.tiny import tiny_llava
+    from flowalign.testing import tiny_llava
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)

@@ -1,9 +1,9 @@
-"""Where the detector's clutter rule (benchmarks.shapes.detector.MAX_CLUTTER) comes from: the
+"""Where the detector's clutter rule (reward_models.shapes.detector.MAX_CLUTTER) comes from: the
 distribution of `clutter` (share of off-background pixels outside every detected object) over
 clean renders, images of the committed model(s), an untrained transformer, decoded random latents
 and uniform noise; and how many noise images would pass single-object prompts without the rule.
 
-    python -m benchmarks.shapes.clutter [--models benchmarks/shapes/model benchmarks/shapes/model_v1]
+    python -m benchmarks.shapes.clutter [--models flowalign/shapes/model flowalign/shapes/model_v1]
         [--images 96] [--out benchmarks/results/clutter.json]"""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import tempfile
 import numpy as np
 import torch
 
-from benchmarks.report import write_json
+from flowalign.evaluation.shapes import load_prompts
+from flowalign.report import write_json
+from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 from reward_models.base import to_uint8_hwc
-
-from ..geneval.scoring import evaluate
-from . import detector, render
-from .evaluate import DEFAULT_MODEL, load_prompts
+from reward_models.geneval_rules import evaluate
+from reward_models.shapes import detector, render
 
 
 def clutter_stats(images: list[np.ndarray], metas: list[dict]) -> dict:

@@ -2,9 +2,9 @@
 
     python -m benchmarks.shapes.companions
 
-- benchmarks/shapes/references/: 256 rendered scenes of training prompts (PNG), Adv-GRPO's reference
+- flowalign/shapes/references/: 256 rendered scenes of training prompts (PNG), Adv-GRPO's reference
   (real) images;
-- benchmarks/shapes/dino/: a Dinov2Model in transformers' format (image size 32, patch 4), seeded
+- flowalign/shapes/dino/: a Dinov2Model in transformers' format (image size 32, patch 4), seeded
   random weights. No pretrained DINOv2 can be fetched here and none fits the 32x32 world, so the
   backbone is a frozen random-feature extractor; the discriminator head learns on top of it."""
 
@@ -17,12 +17,10 @@ import sys
 import torch
 from PIL import Image
 
-from .prompts import prompt_set
-from .render import render_prompt
-
-HERE = os.path.dirname(__file__)
-REFERENCES = os.path.join(HERE, "references")
-DINO = os.path.join(HERE, "dino")
+from flowalign.shapes import DINO_DIR as DINO
+from flowalign.shapes import REFERENCES_DIR as REFERENCES
+from reward_models.shapes.prompts import prompt_set
+from reward_models.shapes.render import render_prompt
 
 
 def write_references(out: str = REFERENCES, n: int = 256, seed: int = 0) -> str:

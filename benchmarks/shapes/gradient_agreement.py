@@ -19,9 +19,9 @@ import itertools
 
 import torch
 
-from benchmarks.report import write_json
 from flowalign.config import load_config
 from flowalign.data import iteration_prompts
+from flowalign.report import write_json
 from flowalign.trainer import Trainer
 
 from .gradient_snr import gradient, scored_rollout
@@ -43,8 +43,7 @@ DEFAULT_VARIANTS = {
 def batch_gradient(t: Trainer, metas: list[dict], iteration: int, seed: int) -> tuple[torch.Tensor, float]:
     """The policy gradient of one batch of rollouts of `metas` (x group size), summed over all SDE
     steps, flattened; and the share of samples with a non-zero advantage."""
-    t.algo.iteration = iteration
-    ro, adv = scored_rollout(t, metas, torch.Generator().manual_seed(seed))
+    ro, adv = scored_rollout(t, metas, torch.Generator().manual_seed(seed), iteration)
     return gradient(t, ro, adv, t.algo.train_steps), float((adv != 0).float().mean())
 
 

@@ -15,23 +15,24 @@ import argparse
 
 import torch
 
-from benchmarks.report import write_json
 from flowalign.algorithms.base import LocalComm
 from flowalign.config import load_config
 from flowalign.data import iteration_prompts
+from flowalign.report import write_json
 from flowalign.trainer import Trainer
 
 from .learn import CONFIGS
 
 
-def scored_rollout(trainer, metas: list[dict], generator: torch.Generator):
-    """One single-process batch of `metas` (x group size): rollouts, rewards and advantages -> (ro, adv)."""
+def scored_rollout(trainer, metas: list[dict], generator: torch.Generator, iteration: int = 0):
+    """One single-process batch of `metas` (x group size): rollouts, rewards and advantages -> (ro,
+    local advantages)."""
     mine, gids = trainer.algo.assign(metas, 0, 1)
-    ro = trainer.algo.rollout(trainer.policy, mine, gids, generator, trainer.height, trainer.width)
+    ro = trainer.algo.rollout(trainer.policy, mine, gids, generator, trainer.height, trainer.width,
+                              seed=trainer.cfg.run.seed, iteration=iteration)
     with torch.no_grad():
         r = trainer.algo.score(trainer.policy, ro, trainer.reward)
-    _, adv = trainer.algo.advantages(ro, r, LocalComm)
-    return ro, adv
+    return ro, trainer.algo.advantages(ro, r, LocalComm, iteration=iteration).local
 
 
 def gradient(trainer, ro, adv, steps) -> torch.Tensor:

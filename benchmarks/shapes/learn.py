@@ -24,9 +24,9 @@ import os
 import time
 
 from flowalign.config import load_config
+from flowalign.evaluation.shapes import evaluate_policy, load_prompts
 from flowalign.trainer import Trainer
 
-from .evaluate import evaluate_policy, load_prompts
 from .paired import paired, read_results
 
 CONFIGS = {

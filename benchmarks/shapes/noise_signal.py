@@ -24,11 +24,11 @@ import time
 import torch
 
 import samplers
-from benchmarks.report import write_json
 from flowalign.algorithms.base import decode_rewards
+from flowalign.evaluation.shapes import load_prompts
+from flowalign.report import write_json
+from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 from reward_models import build_reward
-
-from .evaluate import DEFAULT_MODEL, load_prompts
 
 
 def linear_share(rewards: torch.Tensor, noise: torch.Tensor) -> float:

@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from benchmarks.report import write_json
+from flowalign.report import write_json
 
 
 def read_results(folder: str) -> dict[tuple[int, int], dict]:

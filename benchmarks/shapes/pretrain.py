@@ -1,6 +1,6 @@
 """Pretrain the shapes testbed's tiny StableDiffusion3Pipeline on rendered data, on CPU.
 
-    python -m benchmarks.shapes.pretrain --out benchmarks/shapes/model --minutes 34 --vae-fraction 0.2
+    python -m benchmarks.shapes.pretrain --out flowalign/shapes/model --minutes 34 --vae-fraction 0.2
 
 Stage 1 trains the VAE (MSE + a small KL) on rendered scenes; its latent statistics set the VAE's
 shift/scaling factors. Stage 2 trains the SD3 transformer with the rectified-flow loss
@@ -26,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from flowalign.tiny import TinySD3Config, tiny_sd3_pipeline
-
-from .prompts import prompt_set
-from .render import render_prompt
+from flowalign.testing import TinySD3Config, tiny_sd3_pipeline
+from reward_models.shapes.prompts import prompt_set
+from reward_models.shapes.render import render_prompt
 
 SAMPLING_DEFAULTS = {"height": 32, "width": 32, "num_steps": 12, "guidance": 4.0, "max_sequence_length": 12}
 MODEL_CONFIG = dict(sample_size=32, vae_channels=(32, 64, 64), latent_channels=4, patch_size=1, num_layers=6,
@@ -53,7 +52,7 @@ def atomic_save(obj, path: str) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/shapes/model")
+    ap.add_argument("--out", default="flowalign/shapes/model")
     ap.add_argument("--work", default=None, help="checkpoint folder (default: OUT.work)")
     ap.add_argument("--minutes", type=float, default=34.0, help="total wall-clock budget")
     ap.add_argument("--vae-fraction", type=float, default=0.2)

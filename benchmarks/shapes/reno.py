@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from benchmarks.report import write_json
+from flowalign.evaluation.shapes import first_per_task, load_prompts, score_images
 from flowalign.noise_opt import RenoSettings, best_of_n, build_rewards, optimize_noise
-
-from .evaluate import DEFAULT_MODEL, first_per_task, load_prompts, score_images
+from flowalign.report import write_json
+from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 
 
 def main(argv=None) -> dict:

@@ -7,9 +7,9 @@ The committed shapes model generates images for the held-out prompts (ODE, its d
 guidance); the procedural detector labels each image correct or not under GenEval's strict rules.
 Rewards scored on the same images:
 - shapes_geneval (partial): the share of the prompt's clauses satisfied;
-- prompt_echo: PromptEcho with the trained captioner (benchmarks/shapes/captioner);
+- prompt_echo: PromptEcho with the trained captioner (flowalign/shapes/captioner);
 - adversarial_dino: the DINO discriminator after co-training its head (`--disc-steps` hinge
-  steps, references = benchmarks/shapes/references as positives, images generated for *training*
+  steps, references = flowalign/shapes/references as positives, images generated for *training*
   prompts as negatives, as in Adv-GRPO's co-training).
 AUROC = P(reward of a correct image > reward of an incorrect one), ties counted half, over all
 pairs, and within prompts (only pairs of images of one prompt: what a group-relative advantage
@@ -26,14 +26,16 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.report import write_json
+from flowalign.evaluation.shapes import load_prompts, score_images
+from flowalign.report import write_json
+from flowalign.shapes import CAPTIONER_DIR
+from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 from reward_models import build_reward
 
 from .captioner import auroc, grouped_auroc
 from .companions import DINO, REFERENCES
-from .evaluate import DEFAULT_MODEL, load_prompts, score_images
 
-CAPTIONER = os.path.join(os.path.dirname(__file__), "captioner")
+CAPTIONER = CAPTIONER_DIR
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "results", "reward_signal.json")
 
 

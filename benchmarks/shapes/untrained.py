@@ -13,9 +13,9 @@ import os
 
 import torch
 
-from flowalign.tiny import TinySD3Config, tiny_sd3_pipeline
+from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
+from flowalign.testing import TinySD3Config, tiny_sd3_pipeline
 
-from .evaluate import DEFAULT_MODEL
 from .pretrain import MODEL_CONFIG
 
 

@@ -20,10 +20,10 @@ import time
 import torch
 
 import samplers
-from benchmarks.report import write_json
 from flowalign.config import load_config
 from flowalign.policies import SD3Policy
-from flowalign.tiny import save_tiny_sd3
+from flowalign.report import write_json
+from flowalign.testing import save_tiny_sd3
 from flowalign.trainer import Trainer
 
 SIZES = {  # SD3-like proportions at a size any GPU holds; --small for CPU runs

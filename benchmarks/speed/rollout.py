@@ -19,7 +19,7 @@ import torch
 
 import samplers
 from flowalign.policies import SD3Policy
-from flowalign.tiny import save_tiny_sd3
+from flowalign.testing import save_tiny_sd3
 
 
 def main(argv: list[str] | None = None) -> dict:

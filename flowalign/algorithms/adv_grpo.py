@@ -1,14 +1,29 @@
-"""Adv-GRPO: Flow-GRPO with an adversarial reward. The policy update is Flow-GRPO's; the reward is
-the DINO discriminator of reward_models/adversarial.py (alone or inside a weighted reward; the
-config's validation requires it), whose head the engine trains after every batch
-(`reward.update`: hinge loss, reference images positive, the batch's images negative, k head steps
-per generator step or while the references score lower) and saves with every checkpoint
-(`reward.pt`)."""
+"""Adv-GRPO: Flow-GRPO with an adversarial reward. The policy update is Flow-GRPO's (this file
+registers the FlowGRPO algorithm under its own schema); the reward is the DINO discriminator of
+reward_models/adversarial.py (alone or inside a weighted reward; the schema requires it), a
+`LearnedReward` whose head the engine trains after every batch (`reward.update`: hinge loss,
+reference images positive, the batch's images negative, k head steps per generator step or while
+the references score lower) and saves with every checkpoint (`reward.pt`)."""
 
 from __future__ import annotations
 
-from .flow_grpo import FlowGRPO
+from dataclasses import dataclass
+
+from .flow_grpo import FlowGRPO, FlowGRPOConfig
 
 
-class AdvGRPO(FlowGRPO):
-    """Flow-GRPO's rollouts, advantages and loss; the learned reward is driven by the engine."""
+@dataclass
+class AdvGRPOConfig(FlowGRPOConfig):
+    name: str = "adv_grpo"
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        names = [cfg.reward.name] + (list((cfg.reward.args.get("weights") or {}).keys())
+                                     if cfg.reward.name == "weighted" else [])
+        if "adversarial_dino" not in names:
+            raise ValueError(f"algorithm.name=adv_grpo needs the adversarial_dino reward (reward.name="
+                             f"{cfg.reward.name!r}); set reward.name=adversarial_dino or add it to reward.args.weights.")
+
+
+ALGORITHM = FlowGRPO  # Flow-GRPO's rollouts, advantages and loss

@@ -1,21 +1,33 @@
 """What every algorithm shares with the trainer.
 
-An algorithm is used by the trainer as
-    metas, gids = algo.assign(prompts, rank, world)      # this process's units (samples or trees)
-    ro = algo.rollout(policy, metas, gids, generator, height, width)       # no grad
-    rewards = algo.score(policy, ro, reward)             # local rewards ([n], [n, T] or [leaves])
-    all_rewards, adv = algo.advantages(ro, rewards, comm)  # comm: the Accelerator (gather, process_index)
+An algorithm is built as `Algorithm(algo_cfg, sampler_cfg, part_weights=None)` and used by the
+trainer as
+    metas, gids = algo.assign(prompts, rank, world)       # this process's units (samples or trees)
+    ro = algo.rollout(policy, metas, gids, generator, height, width, seed=s, iteration=i)   # no grad
+    rewards = algo.score(policy, ro, reward)              # local rewards ([n], [n, T] or [leaves])
+    adv = algo.advantages(ro, rewards, comm, iteration=i) # an Advantages; comm: gather, process_index
     stats = algo.policy_step(policy, ro, adv, updater, generator)
-The helpers below are the pieces per-sample algorithms (Flow-GRPO, DenseGRPO) have in common."""
+Every call gets what it needs as arguments: no call reads state another call left behind. The
+helpers below are the pieces the algorithms have in common."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 import samplers
+
+
+@dataclass
+class Advantages:
+    """What `advantages()` hands to `policy_step()`."""
+
+    all_rewards: Tensor  # every process's rewards (for logging): [N], [N, T] or [N, P + 1]
+    local: Tensor  # this process's advantages: [n] per sample, [n, K] per sample and step, or [nodes]
+    train_mask: Tensor | None = None  # [nodes] bool: the tree edges in the loss (BranchGRPO); None: all
 
 
 class LocalComm:

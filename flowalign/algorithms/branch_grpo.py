@@ -18,7 +18,8 @@ frontier (samplers.tree_rollout)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,8 +27,61 @@ from torch import Tensor
 import samplers
 from samplers import TreeTrajectory
 
-from ..losses import grpo_clipped_loss
-from .base import decode_rewards, sde_noise_levels
+from ..losses import grpo_objective
+from .base import Advantages, decode_rewards, sde_noise_levels
+from .flow_grpo import FlowGRPOConfig
+
+
+@dataclass
+class BranchGRPOConfig(FlowGRPOConfig):
+    name: str = "branch_grpo"
+    group_size: int = 8  # leaves per tree: must equal branch_factor ** len(split_steps)
+    split_steps: list[int] = field(default_factory=lambda: [2, 5, 8])  # steps at which every node branches
+    branch_factor: int = 2  # children per split
+    split_noise_scale: float = 1.0  # s of the split noise
+    split_mode: Literal["correlated", "independent"] = "correlated"  # paper | released code
+    reward_beta: float = 0.0  # reward fusion: node reward = sum_l softmax(beta log p_path)_l r_l; 0 = leaf mean
+    mix: bool = False  # BranchGRPO-Mix: ODE on every step that is neither a split nor in sampler.sde_window
+    width_pruning: Literal["none", "parent_top1", "extreme"] = "none"  # on the edges below the last split
+    width_keep: int = 1  # extreme: keep the b best and b worst leaves' edges per tree
+    depth_pruning: list[int] = field(default_factory=list)  # steps whose incoming edges leave the loss
+    depth_pruning_slide: bool = False  # slide the pruned steps one earlier every depth_pruning_interval iterations
+    depth_pruning_interval: int = 1
+    depth_pruning_stop: int | None = None  # the slide stops here (default: the last split step)
+    train_batch_size: int = 16  # tree nodes (parents) per forward pass in training
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        cls.require_sum_aggregation(cfg)
+        a, s = cfg.algorithm, cfg.sampler
+        splits = list(a.split_steps)
+        if not splits or any(not 0 <= k < s.num_steps for k in splits) or len(set(splits)) != len(splits):
+            raise ValueError(f"algorithm.split_steps={splits} must be distinct steps in [0, sampler.num_steps="
+                             f"{s.num_steps}).")
+        if a.branch_factor < 2:
+            raise ValueError(f"algorithm.branch_factor={a.branch_factor} must be at least 2.")
+        leaves = a.branch_factor ** len(splits)
+        if a.group_size != leaves:
+            raise ValueError(f"algorithm.group_size={a.group_size} must equal branch_factor ** len(split_steps) = "
+                             f"{leaves} (the leaves of one tree); set algorithm.group_size={leaves}.")
+        if s.sde_window is not None and not a.mix:
+            lo, hi = s.sde_window
+            outside = [k for k in splits if not lo <= k < hi]
+            if outside:
+                raise ValueError(f"algorithm.split_steps {outside} lie outside sampler.sde_window="
+                                 f"{list(s.sde_window)}; splits need SDE steps (or set algorithm.mix=true).")
+        if a.shared_noise:
+            raise ValueError("algorithm.shared_noise is for per-sample algorithms; a branch_grpo tree already starts "
+                             "its group from one noise, so remove algorithm.shared_noise.")
+        if a.width_keep < 1:
+            raise ValueError(f"algorithm.width_keep={a.width_keep} must be at least 1.")
+        if a.depth_pruning_interval < 1:
+            raise ValueError(f"algorithm.depth_pruning_interval={a.depth_pruning_interval} must be at least 1.")
+        bad = [k for k in a.depth_pruning if not 1 <= k <= s.num_steps]
+        if bad:
+            raise ValueError(f"algorithm.depth_pruning steps {bad} must lie in [1, sampler.num_steps={s.num_steps}] "
+                             "(the step of an edge's child).")
 
 
 # -- the maths, as pure functions of a tree --------------------------------------------------------
@@ -142,13 +196,10 @@ class TreeRollout:
     tree: TreeTrajectory
     kinds: list[str]  # [K]
     levels: Tensor  # [K] noise level per step
-    train_mask: Tensor | None = None  # [N] edges in the loss (set by `advantages`)
 
 
 class BranchGRPO:
-    iteration = 0  # the trainer sets it before each iteration (sliding depth pruning)
-
-    def __init__(self, algo_cfg, sampler_cfg):
+    def __init__(self, algo_cfg, sampler_cfg, part_weights=None):
         self.cfg, self.sampler = algo_cfg, sampler_cfg
         K = sampler_cfg.num_steps
         window = tuple(sampler_cfg.sde_window) if sampler_cfg.sde_window is not None else None
@@ -172,7 +223,9 @@ class BranchGRPO:
 
     @torch.no_grad()
     def rollout(self, policy, metadata: Sequence[dict], group_ids: Tensor, generator: torch.Generator,
-                height: int | None = None, width: int | None = None) -> TreeRollout:
+                height: int | None = None, width: int | None = None, *, seed: int = 0,
+                iteration: int = 0) -> TreeRollout:
+        """One tree per prompt; (seed, iteration) are unused: a tree's leaves share its root noise."""
         prompts = [m["prompt"] for m in metadata]
         cond = policy.encode(prompts)
         noise = policy.initial_noise(len(prompts), height, width, generator)
@@ -211,19 +264,20 @@ class BranchGRPO:
                                                 interval=c.depth_pruning_interval, stop=stop))
         return mask
 
-    def advantages(self, ro: TreeRollout, rewards: Tensor, comm) -> tuple[Tensor, Tensor]:
-        """Per-node advantages of this process's trees (a tree never spans processes); the leaf
-        rewards of all processes are gathered for logging. Returns (all leaf rewards, [N] advantages)."""
+    def advantages(self, ro: TreeRollout, rewards: Tensor, comm, *, iteration: int = 0) -> Advantages:
+        """Per-node advantages of this process's trees (a tree never spans processes) and the edges
+        in this iteration's loss (`iteration` slides depth pruning); the leaf rewards of all
+        processes are gathered for logging."""
         adv = self.node_advantages(ro.tree, rewards.cpu())
-        ro.train_mask = self.edge_mask(ro.tree, adv, self.iteration)
-        return comm.gather(rewards), adv.to(rewards.device)
+        return Advantages(comm.gather(rewards), adv.to(rewards.device), self.edge_mask(ro.tree, adv, iteration))
 
-    def policy_step(self, policy, ro: TreeRollout, adv: Tensor, update, generator: torch.Generator) -> dict:
+    def policy_step(self, policy, ro: TreeRollout, advantages: Advantages, update,
+                    generator: torch.Generator) -> dict:
         """inner_epochs passes; each pass accumulates the gradient of every kept edge, computing one
         velocity per parent node (train_batch_size parents per forward) for all its children, then
         calls update() once. Returns mean statistics; first_ratio must be 1 (on-policy)."""
-        t = ro.tree
-        mask = ro.train_mask if ro.train_mask is not None else comparable_edges(t)
+        t, adv = ro.tree, advantages.local
+        mask = advantages.train_mask if advantages.train_mask is not None else comparable_edges(t)
         edges = torch.nonzero(mask).flatten()
         stats: dict[str, list[float]] = {}
         first_ratio = None
@@ -274,12 +328,5 @@ class BranchGRPO:
             if v_ref is not None:
                 mean_ref = fn(x[sel], v_ref[sel], s, sn, noise_level=lvl, prev_sample=t.latents[ch.to(dev)]).mean
                 kls.append(samplers.gaussian_mean_kl(out.mean, mean_ref, out.std))
-        lp, old, a = torch.cat(lps), torch.cat(olds), torch.cat(advs)
-        pg = grpo_clipped_loss(lp, old, a, self.cfg.clip_range)
-        loss, kl_val = pg.loss, 0.0
-        if kls:
-            kl = torch.cat(kls).mean()
-            loss = loss + self.cfg.kl_beta * kl
-            kl_val = kl.item()
-        return loss, {"ratio": pg.ratio_mean, "clip_fraction": pg.clip_fraction, "kl": kl_val,
-                      "policy_loss": pg.loss.item(), "log_prob": lp.mean().item(), "loss": loss.item()}
+        return grpo_objective(torch.cat(lps), torch.cat(olds), torch.cat(advs), self.cfg.clip_range,
+                              torch.cat(kls) if kls else None, self.cfg.kl_beta)

@@ -3,22 +3,46 @@ reward R_k = R(ODE_n(x_k)) from its ODE completion, each step k earns the gain
 dR_k = R_{k+1} - R_k, and the advantage of sample i at step k is its gain normalised over the G
 samples of the same prompt at the same step. The loss is Flow-GRPO's clipped ratio (plus KL) with
 these per-step advantages. Its exploration calibration (Algorithm 1) tunes the SDE's std psi(t)
-per step before training: `flowalign calibrate CONFIG` writes psi.json, `sampler.psi` uses it."""
+per step before training: `flowalign calibrate CONFIG` (flowalign/calibration.py) writes psi.json,
+`sampler.psi` uses it."""
 
 from __future__ import annotations
 
-import json
-import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 import samplers
 
 from ..advantages import group_advantages
-from .base import decode_rewards, gathered
-from .flow_grpo import FlowGRPO, Rollout
+from .base import Advantages, decode_rewards, gathered
+from .flow_grpo import FlowGRPO, FlowGRPOConfig, Rollout
+
+
+@dataclass
+class DenseGRPOConfig(FlowGRPOConfig):
+    name: str = "dense_grpo"
+    completion_steps: int | None = None  # Euler steps of each latent's ODE completion; None: all remaining steps
+    completion_batch_size: int = 128  # latents per model call of the completions (memory bound)
+    # exploration calibration (`flowalign calibrate`), DenseGRPO's Algorithm 1
+    calib_rounds: int = 10  # calibration rounds
+    calib_trajectories: int = 32  # trajectories per round (over all processes)
+    calib_eps1: float = 2.0  # |#(gain > 0) - #(gain < 0)| below this: the step explores too little -> raise psi
+    calib_eps2: float = 0.01  # psi change per round
+    calib_initial_psi: Any = None  # float or list; None: Flow-GRPO's std with sampler.noise_level
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        a = cfg.algorithm
+        if a.completion_steps is not None and a.completion_steps < 1:
+            raise ValueError(f"algorithm.completion_steps={a.completion_steps} must be at least 1, or null for "
+                             "all remaining steps.")
+        if a.calib_rounds < 1 or a.calib_trajectories < 2 or a.calib_eps2 <= 0:
+            raise ValueError("algorithm.calib_rounds must be >= 1, calib_trajectories >= 2 and calib_eps2 > 0.")
+        cls.require_sum_aggregation(cfg)
 
 
 def step_gains(latent_rewards: Tensor) -> Tensor:
@@ -50,8 +74,8 @@ def calibrate_psi(psi: Tensor, gains: Tensor, steps, *, eps1: float, eps2: float
 
 
 class DenseGRPO(FlowGRPO):
-    def __init__(self, algo_cfg, sampler_cfg):
-        super().__init__(algo_cfg, sampler_cfg)
+    def __init__(self, algo_cfg, sampler_cfg, part_weights=None):
+        super().__init__(algo_cfg, sampler_cfg, part_weights)
         K = sampler_cfg.num_steps
         # states whose reward a trained step needs (k and k + 1); state K is the final image
         self.states = sorted({k for t in self.train_steps for k in (t, t + 1)} | {K})
@@ -99,70 +123,6 @@ class DenseGRPO(FlowGRPO):
         return dense_advantages(step_gains(R), group_ids, self.train_steps, std_scope=self.cfg.std_scope,
                                 clip=self.cfg.adv_clip_max)
 
-    def advantages(self, ro: Rollout, rewards: Tensor, comm) -> tuple[Tensor, Tensor]:
+    def advantages(self, ro: Rollout, rewards: Tensor, comm, *, iteration: int = 0) -> Advantages:
         all_R, _, adv = gathered(comm, rewards, ro.group_ids, self.step_advantages)
-        return all_R, adv
-
-
-def initial_psi(algo_cfg, sampler_cfg, sigmas: Tensor) -> Tensor:
-    """calib_initial_psi: a float (every step), a list (one per step), or None: Flow-GRPO's
-    std_t = noise_level * sqrt(sigma / (1 - sigma))."""
-    K = sigmas.numel() - 1
-    init = algo_cfg.calib_initial_psi
-    if init is None:
-        return sampler_cfg.noise_level * samplers.flow_sde_std_scale(sigmas)
-    psi = torch.as_tensor(list(init) if not isinstance(init, (int, float)) else [float(init)] * K, dtype=torch.float64)
-    if psi.numel() != K:
-        raise ValueError(f"algorithm.calib_initial_psi has {psi.numel()} values for sampler.num_steps={K}; "
-                         "give one value or one per step.")
-    return psi
-
-
-def calibrate(cfg, progress: bool = True) -> str:
-    """Run DenseGRPO's exploration calibration for `cfg` (algorithm.name=dense_grpo) with the base
-    model (no LoRA) and write run.output_dir/psi.json. Returns its path."""
-    from omegaconf import OmegaConf
-
-    from reward_models import build_reward
-
-    from ..data import iteration_prompts, load_prompt_rows
-    from ..policies import load_policy
-
-    if cfg.algorithm.name != "dense_grpo":
-        raise ValueError(f"calibrate needs algorithm.name=dense_grpo, got {cfg.algorithm.name!r}.")
-    if cfg.sampler.kind != "flow_sde":
-        raise ValueError(f"calibrate tunes flow_sde's std; sampler.kind={cfg.sampler.kind!r} must be flow_sde.")
-    a, m = cfg.algorithm, cfg.model
-    device = cfg.run.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    policy = load_policy(m.path, dtype=m.dtype, device=device, attention_backend=m.attention_backend,
-                         max_sequence_length=m.max_sequence_length)
-    height, width = m.height or policy.defaults.get("height"), m.width or policy.defaults.get("width")
-    reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
-    algo = DenseGRPO(a, cfg.sampler)
-    algo.seed = cfg.run.seed
-    rows = load_prompt_rows(cfg.data.train_prompts)
-    sigmas = policy.sigmas(cfg.sampler.num_steps, height, width).to(torch.float64)
-    psi = initial_psi(a, cfg.sampler, sigmas)
-    history = [psi.tolist()]
-    counts = []
-    for r in tqdm(range(a.calib_rounds), desc="flowalign calibrate", disable=not progress):
-        metas = iteration_prompts(rows, r, a.calib_trajectories, cfg.run.seed + 7919)
-        gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + r)
-        gids = torch.arange(len(metas))
-        algo.iteration = r  # fresh shared noise every round (algorithm.shared_noise)
-        ro = algo.rollout(policy, metas, gids, gen, height, width,
-                          noise_level=samplers.psi_to_noise_levels(psi, sigmas))
-        with torch.no_grad():
-            gains = step_gains(algo.latent_rewards(policy, ro, reward).cpu())
-        counts.append({"positive": (gains > 0).sum(0).tolist(), "negative": (gains < 0).sum(0).tolist()})
-        psi = calibrate_psi(psi, gains, algo.train_steps, eps1=a.calib_eps1, eps2=a.calib_eps2)
-        history.append(psi.tolist())
-    os.makedirs(cfg.run.output_dir, exist_ok=True)
-    path = os.path.join(cfg.run.output_dir, "psi.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({"psi": psi.tolist(), "sigmas": sigmas.tolist(),
-                   "noise_levels": samplers.psi_to_noise_levels(psi, sigmas).tolist(), "history": history,
-                   "gain_counts": counts, "rounds": a.calib_rounds, "trajectories": a.calib_trajectories,
-                   "eps1": a.calib_eps1, "eps2": a.calib_eps2, "model": m.path}, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return path
+        return Advantages(all_R, adv)

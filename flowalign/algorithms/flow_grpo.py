@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -17,8 +18,53 @@ import samplers
 from samplers import Trajectory
 
 from ..advantages import group_advantages, multi_reward_advantages
-from ..losses import grpo_clipped_loss
-from .base import decode_rewards, expand_groups, gathered, sde_noise_levels
+from ..losses import grpo_objective
+from ..seeds import group_noise_seed
+from .base import Advantages, decode_rewards, expand_groups, gathered, sde_noise_levels
+
+
+@dataclass
+class FlowGRPOConfig:
+    """algorithm.* of flow_grpo; the base schema of every GRPO-family algorithm."""
+
+    name: str = "flow_grpo"
+    group_size: int = 8  # images per prompt (G)
+    prompts_per_iteration: int = 4  # distinct prompts per iteration, over all processes
+    inner_epochs: int = 1  # policy updates per batch of rollouts
+    train_batch_size: int = 8  # samples per optimiser minibatch, per process
+    clip_range: float = 1e-4  # PPO ratio clip epsilon
+    adv_clip_max: float = 5.0  # advantages are clipped to +- this
+    std_scope: Literal["group", "batch"] = "group"  # normalise rewards by the group's or the batch's std
+    kl_beta: float = 0.04  # weight of the KL to the reference model (0: no reference pass)
+    timestep_fraction: float = 1.0  # fraction of the SDE steps trained per sample (random subset)
+    shared_noise: bool = False  # a prompt's G samples start from one initial noise (DanceGRPO), so the group's
+    # spread comes from the SDE steps only
+    reward_aggregation: Literal["sum", "advantage"] = "sum"  # weighted rewards: advantage of the sum, or sum of
+    # the per-reward group advantages (flow_grpo / adv_grpo with reward.name=weighted)
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """Checks of cfg.algorithm against the rest of cfg, each one sentence naming the key and the fix."""
+        a = cfg.algorithm
+        if a.group_size < 2:
+            raise ValueError(f"algorithm.group_size={a.group_size} must be at least 2 for group-relative advantages.")
+        if a.prompts_per_iteration < 1 or a.inner_epochs < 1 or a.train_batch_size < 1:
+            raise ValueError("algorithm.prompts_per_iteration, inner_epochs and train_batch_size must be at least 1.")
+        if not 0 < a.timestep_fraction <= 1:
+            raise ValueError(f"algorithm.timestep_fraction={a.timestep_fraction} must be in (0, 1].")
+        if a.clip_range <= 0 or a.kl_beta < 0:
+            raise ValueError("algorithm.clip_range must be > 0 and algorithm.kl_beta >= 0.")
+        if a.reward_aggregation == "advantage" and cfg.reward.name != "weighted":
+            raise ValueError("algorithm.reward_aggregation=advantage needs reward.name=weighted (several rewards); "
+                             "set reward_aggregation=sum for a single reward.")
+
+    @staticmethod
+    def require_sum_aggregation(cfg) -> None:
+        """For algorithms whose advantages come from one reward per state or leaf."""
+        a = cfg.algorithm
+        if a.reward_aggregation != "sum":
+            raise ValueError(f"algorithm.reward_aggregation={a.reward_aggregation!r} is for flow_grpo and adv_grpo; "
+                             f"{a.name} needs reward_aggregation=sum.")
 
 
 @dataclass
@@ -33,18 +79,20 @@ class Rollout:
 def group_noise(policy, group_ids: Tensor, seed: int, iteration: int, height: int | None, width: int | None) -> Tensor:
     """One initial noise per prompt group, the same on every process: sample i gets the noise drawn
     from a generator seeded by (seed, iteration, group_ids[i]). Returns [n, *latent]."""
-    base = (seed * 1_000_003 + iteration) * 100_003
-    return torch.cat([policy.initial_noise(1, height, width, torch.Generator().manual_seed(base + int(g)))
+    return torch.cat([policy.initial_noise(1, height, width,
+                                           torch.Generator().manual_seed(group_noise_seed(seed, iteration, int(g))))
                       for g in group_ids.tolist()])
 
 
 class FlowGRPO:
-    iteration = 0  # set by the trainer before each iteration
-    seed = 0  # run.seed, set by whoever builds the algorithm (trainer, calibrate)
-
-    def __init__(self, algo_cfg, sampler_cfg):
+    def __init__(self, algo_cfg, sampler_cfg, part_weights: Sequence[float] | None = None):
+        """`part_weights`: the weights of a weighted reward's parts, needed by
+        algorithm.reward_aggregation=advantage (validated: the reward is then a weighted one)."""
         self.cfg = algo_cfg
         self.sampler = sampler_cfg
+        self.part_weights = list(part_weights) if part_weights is not None else None
+        if algo_cfg.reward_aggregation == "advantage" and self.part_weights is None:
+            raise ValueError("algorithm.reward_aggregation=advantage needs the weighted reward's part weights.")
         K = sampler_cfg.num_steps
         window = tuple(sampler_cfg.sde_window) if sampler_cfg.sde_window is not None else None
         self.kinds = samplers.step_kinds(K, sampler_cfg.kind, window=window)
@@ -60,12 +108,14 @@ class FlowGRPO:
 
     @torch.no_grad()
     def rollout(self, policy, metadata: Sequence[dict], group_ids: Tensor, generator: torch.Generator,
-                height: int | None = None, width: int | None = None, noise_level: Tensor | None = None) -> Rollout:
-        """SDE rollouts of the local samples; `noise_level` ([K]) overrides the sampler's levels."""
+                height: int | None = None, width: int | None = None, *, seed: int = 0, iteration: int = 0,
+                noise_level: Tensor | None = None) -> Rollout:
+        """SDE rollouts of the local samples; `noise_level` ([K]) overrides the sampler's levels.
+        (seed, iteration) seed the shared group noise of algorithm.shared_noise."""
         prompts = [m["prompt"] for m in metadata]
         cond = policy.encode(prompts)
         if self.cfg.shared_noise:
-            noise = group_noise(policy, group_ids, self.seed, self.iteration, height, width)
+            noise = group_noise(policy, group_ids, seed, iteration, height, width)
         else:
             noise = policy.initial_noise(len(prompts), height, width, generator)
         sigmas = policy.sigmas(self.sampler.num_steps, height, width)
@@ -78,8 +128,6 @@ class FlowGRPO:
         """Reward of each final image, [n]; with algorithm.reward_aggregation=advantage, [n, P + 1]
         (each part of the weighted reward, then the weighted total)."""
         per_part = self.cfg.reward_aggregation == "advantage"  # validated: the reward is a WeightedReward
-        if per_part:
-            self.part_weights = list(reward.weights.values())
         return decode_rewards(policy, reward, ro.traj.final, ro.prompts, ro.metadata, parts=per_part)
 
     def final_latents(self, ro: Rollout) -> Tensor:
@@ -96,10 +144,10 @@ class FlowGRPO:
                                            clip=self.cfg.adv_clip_max)
         return group_advantages(rewards, group_ids, std_scope=self.cfg.std_scope, clip=self.cfg.adv_clip_max)
 
-    def advantages(self, ro: Rollout, rewards: Tensor, comm) -> tuple[Tensor, Tensor]:
-        """Gather rewards over processes, normalise per prompt group. Returns (all rewards, local advantages)."""
+    def advantages(self, ro: Rollout, rewards: Tensor, comm, *, iteration: int = 0) -> Advantages:
+        """Gather rewards over processes, normalise per prompt group."""
         all_rewards, _, adv = gathered(comm, rewards, ro.group_ids, self.group_advantages)
-        return all_rewards, adv
+        return Advantages(all_rewards, adv)
 
     def step_loss(self, policy, ro: Rollout, idx: Tensor, k: int, adv: Tensor):
         """Loss of transition k for samples `idx`: clipped ratio + beta KL. `adv` is [n] (one advantage
@@ -113,24 +161,20 @@ class FlowGRPO:
         v = policy.velocity(x, sig, ro.cond, guidance=self.sampler.guidance, rows=idx)
         out = step(x, v, s, sn, noise_level=level, prev_sample=x_next)
         a = adv[idx] if adv.dim() == 1 else adv[idx, k]
-        pg = grpo_clipped_loss(out.log_prob, traj.log_probs[idx, k], a, self.cfg.clip_range)
-        loss, kl_val = pg.loss, 0.0
+        kl = None
         if self.cfg.kl_beta > 0:
             with torch.no_grad(), policy.reference():
                 v_ref = policy.velocity(x, sig, ro.cond, guidance=self.sampler.guidance, rows=idx)
                 mean_ref = step(x, v_ref, s, sn, noise_level=level, prev_sample=x_next).mean
-            kl = samplers.gaussian_mean_kl(out.mean, mean_ref, out.std).mean()
-            loss = loss + self.cfg.kl_beta * kl
-            kl_val = kl.item()
-        return loss, {"ratio": pg.ratio_mean, "clip_fraction": pg.clip_fraction, "kl": kl_val,
-                      "policy_loss": pg.loss.item(), "log_prob": out.log_prob.mean().item()}
+            kl = samplers.gaussian_mean_kl(out.mean, mean_ref, out.std)
+        return grpo_objective(out.log_prob, traj.log_probs[idx, k], a, self.cfg.clip_range, kl, self.cfg.kl_beta)
 
-    def policy_step(self, policy, ro: Rollout, adv: Tensor, update, generator: torch.Generator) -> dict:
+    def policy_step(self, policy, ro: Rollout, advantages: Advantages, update, generator: torch.Generator) -> dict:
         """inner_epochs passes over the rollouts in minibatches; for each minibatch a random subset of
         the SDE steps (timestep_fraction) is trained, one gradient accumulation each, then `update()`
         (clip + optimiser step) is called. Returns mean statistics; `first_ratio` is the ratio of the
         very first transition, which must be 1 (on-policy)."""
-        n = len(ro.prompts)
+        n, adv = len(ro.prompts), advantages.local
         acc: dict[str, list[float]] = {}
         first_ratio = None
         for _ in range(self.cfg.inner_epochs):
@@ -145,7 +189,6 @@ class FlowGRPO:
                     update.backward(loss / self.steps_per_update, last=j == self.steps_per_update - 1)
                     for key, val in st.items():
                         acc.setdefault(key, []).append(val)
-                    acc.setdefault("loss", []).append(loss.item())
                 for key, val in update.step().items():
                     acc.setdefault(key, []).append(val)
         stats = {k: sum(v) / len(v) for k, v in acc.items()}

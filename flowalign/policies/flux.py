@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..attention import attention_context
-from .sd3 import SD3Policy
+from .diffusers_base import DiffusersPolicy
 
 
 @dataclass
@@ -56,7 +56,7 @@ def image_ids(h: int, w: int, device, dtype) -> Tensor:
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-class FluxPolicy(SD3Policy):
+class FluxPolicy(DiffusersPolicy):
     family = "flux"
     pipeline_class = "FluxPipeline"
 
@@ -110,22 +110,33 @@ class FluxPolicy(SD3Policy):
         return unpack(out.float(), h, w)
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor
-        height = height or self.defaults.get("height") or self.pipe.default_sample_size * f
-        width = width or self.defaults.get("width") or self.pipe.default_sample_size * f
-        if height % (2 * f) or width % (2 * f):
-            raise ValueError(f"image size {height}x{width} must be a multiple of {2 * f} for FLUX (2x2 packing).")
-        return self.transformer.config.in_channels // 4, height // f, width // f
+        return packed_latent_shape(self, height, width)
 
     def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
-        """The pipeline's grid: its scheduler's set_timesteps(sigmas=linspace(1, 1/N, N), mu) + [0]."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+        return shifted_linspace_sigmas(self, num_steps, height, width)
 
-        _, h, w = self.latent_shape(height, width)
-        cfg = self.pipe.scheduler.config
-        mu = calculate_shift((h // 2) * (w // 2), cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
-        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu, device="cpu")
-        return sched.sigmas.to(torch.float32)
+
+def packed_latent_shape(policy, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+    """The unpacked latent shape [C, h, w] of a 2x2-packing model (FLUX, Qwen-Image)."""
+    f = policy.pipe.vae_scale_factor
+    height = height or policy.defaults.get("height") or policy.pipe.default_sample_size * f
+    width = width or policy.defaults.get("width") or policy.pipe.default_sample_size * f
+    if height % (2 * f) or width % (2 * f):
+        raise ValueError(f"image size {height}x{width} must be a multiple of {2 * f} for {policy.family} "
+                         "(2x2 packing).")
+    return policy.transformer.config.in_channels // 4, height // f, width // f
+
+
+def shifted_linspace_sigmas(policy, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
+    """FluxPipeline's grid (Qwen-Image's too): its scheduler's set_timesteps(sigmas=linspace(1, 1/N, N),
+    mu) + [0], mu from the packed sequence length."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    _, h, w = policy.latent_shape(height, width)
+    cfg = policy.pipe.scheduler.config
+    mu = calculate_shift((h // 2) * (w // 2), cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu, device="cpu")
+    return sched.sigmas.to(torch.float32)

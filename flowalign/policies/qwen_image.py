@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from ..attention import attention_context
-from .flux import FluxPolicy, pack, unpack
+from .diffusers_base import DiffusersPolicy
+from .flux import pack, packed_latent_shape, shifted_linspace_sigmas, unpack
 from .wan import decode_normalised
 
 
@@ -42,7 +43,7 @@ def _pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
     return emb, mask
 
 
-class QwenImagePolicy(FluxPolicy):
+class QwenImagePolicy(DiffusersPolicy):
     family = "qwen_image"
     pipeline_class = "QwenImagePipeline"
 
@@ -50,10 +51,6 @@ class QwenImagePolicy(FluxPolicy):
 
     def __init__(self, pipe, *, negative_prompt: str = " ", **kwargs):
         super().__init__(pipe, negative_prompt=negative_prompt, **kwargs)
-
-    @property
-    def guidance_embeds(self) -> bool:
-        return False
 
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> None:
@@ -94,3 +91,9 @@ class QwenImagePolicy(FluxPolicy):
     def decode(self, latents: Tensor) -> Tensor:
         img = decode_normalised(self.pipe.vae, latents.to(self.device).unsqueeze(2))[:, :, 0]  # one frame
         return (img / 2 + 0.5).clamp(0, 1)
+
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        return packed_latent_shape(self, height, width)
+
+    def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
+        return shifted_linspace_sigmas(self, num_steps, height, width)

@@ -2,70 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 import samplers
-from samplers import VelocityFn
 
-from ..attention import attention_context, configure_attention
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-def _dtype_kwarg() -> str:
-    """diffusers renamed from_pretrained's `torch_dtype` to `dtype`; use the one this version wants."""
-    try:
-        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
-        return "dtype"
-    except ImportError:
-        return "torch_dtype"
-
-
-DTYPE_KWARG = _dtype_kwarg()
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"dtype {dtype!r} is unknown; use one of {sorted(DTYPES)}.") from None
-
-
-def check_pipeline_dir(path: str, expected: str) -> None:
-    """Fail early, in one sentence, on a local path that is not a pipeline of the expected class."""
-    looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path)
-    if not looks_local:
-        return  # a hub id: diffusers resolves it
-    index = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index):
-        raise FileNotFoundError(f"model path {path!r} has no model_index.json; pass a diffusers pipeline "
-                                "directory (saved with save_pretrained) or a hub id.")
-    with open(index) as f:
-        cls = json.load(f).get("_class_name")
-    if cls != expected:
-        raise ValueError(f"model path {path!r} holds a {cls}, not a {expected}; use the adapter for that family.")
-
-
-def read_defaults(path: str) -> dict:
-    """Sampling defaults a checkpoint ships in `flowalign.json` (num_steps, guidance, height, width,
-    max_sequence_length); empty for other directories and hub ids."""
-    f = os.path.join(path, "flowalign.json")
-    if not os.path.isfile(f):
-        return {}
-    with open(f) as fh:
-        info = json.load(fh)
-    keys = ("num_steps", "guidance", "height", "width", "max_sequence_length", "num_frames")
-    return {k: info[k] for k in keys if k in info}
+from .diffusers_base import DTYPE_KWARG, DiffusersPolicy, parse_dtype  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -85,9 +30,8 @@ class SD3Cond:
         return self.embeds.shape[0]
 
 
-class SD3Policy:
-    """Wraps a StableDiffusion3Pipeline. Log-prob maths stay in samplers (fp32); the transformer runs
-    in `dtype`."""
+class SD3Policy(DiffusersPolicy):
+    """Wraps a StableDiffusion3Pipeline: CLIP-L, CLIP-G and T5 conditioning, joint attention."""
 
     family = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
@@ -95,79 +39,6 @@ class SD3Policy:
     # sampling defaults of the family; a checkpoint's flowalign.json overrides them
     base_defaults = {"num_steps": 28, "guidance": 7.0, "max_sequence_length": 256}
 
-    def __init__(self, pipe, *, device: str | torch.device = "cpu", attention_backend: str = "sdpa",
-                 max_sequence_length: int | None = None, negative_prompt: str = "",
-                 defaults: dict | None = None):
-        self.pipe = pipe
-        # sampling defaults of this checkpoint (from its flowalign.json, if any)
-        self.defaults = {**self.base_defaults, **(defaults or {})}
-        max_sequence_length = max_sequence_length or self.defaults["max_sequence_length"]
-        self.device = torch.device(device)
-        self.attention_backend = attention_backend
-        self.max_sequence_length = max_sequence_length
-        self.negative_prompt = negative_prompt
-        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
-        self.forward_module: torch.nn.Module | None = None  # e.g. the DDP-wrapped transformer when training
-        self.nfe = 0  # transformer evaluations (samples x CFG branches) so far
-        pipe.to(self.device)
-        configure_attention(pipe.transformer, attention_backend, self.device)
-        for m in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
-                  getattr(pipe, "text_encoder_3", None)):
-            if m is not None:
-                m.requires_grad_(False)
-
-    @classmethod
-    def from_pretrained(cls, path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
-                        **kwargs) -> SD3Policy:
-        import diffusers
-
-        check_pipeline_dir(str(path), cls.pipeline_class)
-        pipe_cls = getattr(diffusers, cls.pipeline_class)
-        pipe = pipe_cls.from_pretrained(str(path), **{DTYPE_KWARG: parse_dtype(dtype)})
-        pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, device=device, defaults=read_defaults(str(path)), **kwargs)
-
-    # -- modules ---------------------------------------------------------------------------------
-    @property
-    def transformer(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.transformer.dtype
-
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        if enabled:
-            self.transformer.enable_gradient_checkpointing()
-        else:
-            self.transformer.disable_gradient_checkpointing()
-
-    def add_lora(self, rank: int = 32, alpha: float = 64, target_modules: Sequence[str] | None = None,
-                 init: bool | str = True) -> None:
-        """Attach a peft LoRA adapter to the transformer (attention projections by default)."""
-        from peft import LoraConfig
-
-        targets = list(target_modules or self.lora_targets)
-        self.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,
-                                                init_lora_weights=init))
-
-    @property
-    def has_lora(self) -> bool:
-        return bool(getattr(self.transformer, "_hf_peft_config_loaded", False))
-
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        """Evaluate the base model: LoRA adapters are disabled inside the context."""
-        if not self.has_lora:
-            yield
-            return
-        self.transformer.disable_adapters()
-        try:
-            yield
-        finally:
-            self.transformer.enable_adapters()
-
-    # -- conditioning ----------------------------------------------------------------------------
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> None:
         from diffusers.utils import logging as dlog
@@ -186,15 +57,6 @@ class SD3Policy:
         finally:
             dlog.set_verbosity(level)
 
-    def _cached(self, prompts: Sequence[str] | str) -> list[str]:
-        """Encode what is not cached yet (the prompts and the negative prompt); returns the prompt list."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        todo = list(dict.fromkeys(p for p in [*prompts, self.negative_prompt] if p not in self._cache))
-        if todo:
-            self._encode_uncached(todo)
-        return list(prompts)
-
     def encode(self, prompts: Sequence[str]) -> SD3Cond:
         """Embeddings of `prompts` and of the negative prompt; each distinct text is encoded once."""
         prompts = self._cached(prompts)
@@ -211,39 +73,6 @@ class SD3Policy:
         return self._guided_forward(x, sigma, guidance, {"encoder_hidden_states": c.embeds, "pooled_projections": c.pooled},
                                     {"encoder_hidden_states": c.neg_embeds, "pooled_projections": c.neg_pooled})
 
-    def _guided_forward(self, x: Tensor, sigma: Tensor, guidance: float, cond: dict[str, Tensor],
-                        neg: dict[str, Tensor]) -> Tensor:
-        """One transformer call on x at timestep sigma x num_train_timesteps with the conditioning
-        tensors `cond`; with guidance > 1 the batch is doubled with `neg` and the outputs combined
-        as classifier-free guidance. fp32 out."""
-        dtype = self.dtype  # a module walk in diffusers: once per call
-        x_in = x.to(self.device, dtype)
-        t = sigma.to(self.device, torch.float32) * self.pipe.scheduler.config.num_train_timesteps
-        cfg = guidance > 1.0
-        if cfg:
-            x_in, t = torch.cat([x_in, x_in]), torch.cat([t, t])
-            cond = {k: torch.cat([neg[k], v]) for k, v in cond.items()}
-        self.nfe += x_in.shape[0]
-        with attention_context(self.attention_backend):
-            out = (self.forward_module or self.transformer)(
-                hidden_states=x_in, timestep=t, return_dict=False, **{k: v.to(dtype) for k, v in cond.items()})[0]
-        if cfg:
-            uncond, text = out.chunk(2)
-            out = uncond + guidance * (text - uncond)
-        return out.float()
-
-    def velocity_fn(self, cond: SD3Cond, *, guidance: float = 1.0) -> VelocityFn:
-        def fn(x: Tensor, sigma: Tensor, rows: Tensor) -> Tensor:
-            return self.velocity(x, sigma, cond, guidance=guidance, rows=rows)
-        return fn
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """Latents [B, C, h, w] -> images [B, 3, H, W] in [0, 1], fp32."""
-        vae = self.pipe.vae
-        z = latents.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        return (vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
-
-    # -- schedule and noise ----------------------------------------------------------------------
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         f = self.pipe.vae_scale_factor
         height = height or self.pipe.default_sample_size * f
@@ -265,22 +94,3 @@ class SD3Policy:
             return samplers.flow_match_sigmas(num_steps, mu=mu, time_shift_kind=cfg.get("time_shift_type", "exponential"),
                                               num_train_timesteps=cfg.num_train_timesteps)
         return samplers.flow_match_sigmas(num_steps, shift=cfg.shift, num_train_timesteps=cfg.num_train_timesteps)
-
-    def initial_noise(self, n: int, height: int | None = None, width: int | None = None,
-                      generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn((n, *self.latent_shape(height, width)), generator=generator, dtype=torch.float32).to(self.device)
-
-    @torch.no_grad()
-    def generate(self, prompts: Sequence[str], *, num_steps: int | None = None, guidance: float | None = None,
-                 height: int | None = None, width: int | None = None, seed: int = 0,
-                 noise: Tensor | None = None) -> Tensor:
-        """Plain ODE sampling -> images [B, 3, H, W] in [0, 1]. Unset arguments take the checkpoint's
-        defaults."""
-        num_steps = num_steps or self.defaults["num_steps"]
-        guidance = self.defaults["guidance"] if guidance is None else guidance
-        height, width = height or self.defaults.get("height"), width or self.defaults.get("width")
-        cond = self.encode(list(prompts))
-        if noise is None:
-            noise = self.initial_noise(len(prompts), height, width, torch.Generator().manual_seed(seed))
-        traj = samplers.rollout(self.velocity_fn(cond, guidance=guidance), noise, self.sigmas(num_steps, height, width), "ode")
-        return self.decode(traj.final)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 import samplers
 
-from .sd3 import SD3Policy
+from .diffusers_base import DiffusersPolicy
 
 
 @dataclass
@@ -39,7 +39,7 @@ def decode_normalised(vae, latents: Tensor) -> Tensor:
     return vae.decode(z * std + mean, return_dict=False)[0].float()
 
 
-class WanPolicy(SD3Policy):
+class WanPolicy(DiffusersPolicy):
     family = "wan"
     pipeline_class = "WanPipeline"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")

@@ -1,8 +1,9 @@
 import numpy as np
 from scipy import ndimage
 
-from benchmarks.shapes import clutter, detector, render
-from benchmarks.shapes.evaluate import load_prompts
+from benchmarks.shapes import clutter
+from flowalign.evaluation.shapes import load_prompts
+from reward_models.shapes import detector, render
 
 
 def test_clutter_stats_separate_renders_from_noise():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from benchmarks.densealign.winrate import clause_judge, net_win_rate, pair_outcome
+from flowalign.evaluation.winrate import clause_judge, net_win_rate, pair_outcome
 
 
 def test_pair_outcome_cancels_position_bias():
@@ -34,8 +34,8 @@ def test_clause_judge():
 
 
 def test_dense_captions_are_satisfiable_and_parse():
-    from benchmarks.densealign.shapes import dense_captions
-    from benchmarks.shapes.render import render_prompt
+    from flowalign.evaluation.densealign import dense_captions
+    from reward_models.shapes.render import render_prompt
 
     rows = dense_captions(6, seed=1)
     assert len({r["prompt"] for r in rows}) == 6
@@ -48,8 +48,8 @@ def test_dense_training_captions_exclude_the_evaluation_captions():
     import json
     import pathlib
 
-    from benchmarks.densealign.shapes import all_dense_captions, dense_captions
     from benchmarks.densealign.train_prompts import train_captions
+    from flowalign.evaluation.densealign import all_dense_captions, dense_captions
 
     every = {m["prompt"] for m in all_dense_captions()}
     assert len(every) == 3 * 2 * 6 * 5 * 4
@@ -57,7 +57,7 @@ def test_dense_training_captions_exclude_the_evaluation_captions():
     train = train_captions(48, 4)
     assert evals <= every and not evals & {m["prompt"] for m in train}
     assert len(train) == len(every - evals)
-    shipped = pathlib.Path(__file__).resolve().parents[2] / "benchmarks/shapes/prompts/dense_train.jsonl"
+    shipped = pathlib.Path(__file__).resolve().parents[2] / "flowalign/shapes/prompts/dense_train.jsonl"
     assert [json.loads(x) for x in shipped.read_text().splitlines()] == train
 
 
@@ -76,7 +76,7 @@ def test_densealign_cli_same_model_ties_everywhere(tiny_sd3_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def judge_dir(tmp_path_factory):
-    from flowalign.tiny import save_tiny_llava
+    from flowalign.testing import save_tiny_llava
 
     return save_tiny_llava(tmp_path_factory.mktemp("judge") / "vlm")
 
@@ -86,7 +86,7 @@ def test_vlm_judge_preference_is_the_answer_log_odds(judge_dir):
     import torch.nn.functional as F
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from benchmarks.densealign.vlm_judge import VLMJudge
+    from flowalign.evaluation.vlm_judge import VLMJudge
     from reward_models.base import to_uint8_hwc
 
     judge = VLMJudge(judge_dir, device="cpu", batch_size=2)
@@ -124,6 +124,6 @@ def test_vlm_judge_in_both_orders_cancels_its_position_bias(tiny_sd3_dir, judge_
     assert s["pairs"] == 4 and s["net_win_rate"] == 0.0
     assert all(r["verdict_model_first"] in ("first", "second", "tie") for r in rows)
     with pytest.raises(ValueError, match="placeholder"):
-        from benchmarks.densealign.vlm_judge import VLMJudge
+        from flowalign.evaluation.vlm_judge import VLMJudge
 
         VLMJudge(judge_dir, question="which is better?")

@@ -6,9 +6,10 @@ import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from benchmarks.shapes.evaluate import DEFAULT_MODEL, first_per_task, load_prompts
 from flowalign.cli import main
+from flowalign.evaluation.shapes import first_per_task, load_prompts
 from flowalign.policies.sd3 import DTYPE_KWARG
+from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +32,7 @@ def test_eval_shapes_cli_smoke(tiny_sd3_dir, tmp_path, capsys):
 def test_prompt_selection():
     held = load_prompts("held-out")
     assert len(held) == 72 and len(first_per_task(held, 2)) == 12
-    assert load_prompts(str(ROOT / "benchmarks/shapes/prompts/train.jsonl"))[0] == load_prompts("train")[0]
+    assert load_prompts(str(ROOT / "flowalign/shapes/prompts/train.jsonl"))[0] == load_prompts("train")[0]
 
 
 def test_committed_model_loads_in_a_stock_pipeline_and_generates():
@@ -92,7 +93,7 @@ def test_demo_config_trains_the_committed_model(tmp_path):
     from flowalign.trainer import Trainer
 
     cfg = load_config(str(ROOT / "configs/shapes/flow_grpo.yaml"),
-                      [f"model.path={DEFAULT_MODEL}", f"data.train_prompts={ROOT}/benchmarks/shapes/prompts/train.jsonl",
+                      [f"model.path={DEFAULT_MODEL}", f"data.train_prompts={ROOT}/flowalign/shapes/prompts/train.jsonl",
                        f"run.output_dir={tmp_path}/run", "run.max_iterations=2", "run.sample_every=2",
                        "run.progress=false"])
     Trainer(cfg).train()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.geneval.evaluate import (
+from flowalign.evaluation.geneval import (
     METADATA_FILE,
     ShapesEvaluator,
     check_metadata,
@@ -18,7 +18,7 @@ from benchmarks.geneval.evaluate import (
     score_layout,
     summarize_geneval,
 )
-from benchmarks.geneval.scoring import Detection, evaluate
+from reward_models.geneval_rules import Detection, evaluate
 
 SHARED = os.path.join("..", "shared", "data", "geneval", "evaluation_metadata.jsonl")
 
@@ -130,7 +130,7 @@ def test_summary_counts_a_prompt_correct_when_any_image_is():
 
 def test_cli_end_to_end_with_tiny_mask2former_and_clip(tiny_sd3_dir, tmp_path, capsys):
     from flowalign.cli import main
-    from flowalign.tiny import save_tiny_mask2former, save_tiny_open_clip
+    from flowalign.testing import save_tiny_mask2former, save_tiny_open_clip
 
     meta = tmp_path / "meta.jsonl"
     rows = first_per_task(read_metadata(METADATA_FILE))[:3]
@@ -153,7 +153,7 @@ def test_cli_end_to_end_with_tiny_mask2former_and_clip(tiny_sd3_dir, tmp_path, c
 
 
 def test_shapes_detector_scores_the_testbed_layout(sd3_policy, tmp_path):
-    from benchmarks.shapes.evaluate import HELDOUT_FILE
+    from flowalign.evaluation.shapes import HELDOUT_FILE
 
     metas = read_metadata(HELDOUT_FILE)[:2]
     generate_layout(sd3_policy, metas, str(tmp_path), images_per_prompt=1, num_steps=2, guidance=1.0,

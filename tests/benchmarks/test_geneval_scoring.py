@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.geneval.scoring import Detection, evaluate, relative_position, select_detections, summarize
+from reward_models.geneval_rules import Detection, evaluate, relative_position, select_detections, summarize
 
 
 def D(x, y, size=10.0, score=0.95, color=None):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.report import write_report
 from benchmarks.screenshot import find_browser
+from flowalign.report import write_report
 
 
 class _Collect(HTMLParser):
@@ -57,8 +57,8 @@ def test_report_screenshot_in_headless_chromium(tmp_path):
     red-bordered failure cards with their images."""
     from PIL import Image
 
-    from benchmarks.report import write_report
     from benchmarks.screenshot import screenshot
+    from flowalign.report import write_report
 
     imgs = torch.zeros(3, 3, 16, 16)
     imgs[:, 2, 4:12, 4:12] = 1.0  # a blue square on black

@@ -11,11 +11,11 @@ import torch
 
 from benchmarks.shapes import captioner
 from benchmarks.shapes.companions import DINO, REFERENCES
-from benchmarks.shapes.render import render_prompt
 from reward_models import build_reward
+from reward_models.shapes.render import render_prompt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CAPTIONER = os.path.join(ROOT, "benchmarks", "shapes", "captioner")
+CAPTIONER = os.path.join(ROOT, "flowalign", "shapes", "captioner")
 
 
 def test_augmented_batches_and_vocabulary():
@@ -66,8 +66,8 @@ def test_shipped_reward_model_configs_train(name, tmp_path):
     cfg = load_config(os.path.join(ROOT, "configs", "shapes", f"{name}.yaml"), [
         f"run.output_dir={tmp_path / name}", "run.max_iterations=1", "run.sample_every=0", "run.progress=false",
         "eval.every=0", "algorithm.group_size=2", "algorithm.prompts_per_iteration=2", "sampler.num_steps=2",
-        f"model.path={os.path.join(ROOT, 'benchmarks', 'shapes', 'model')}",
-        f"data.train_prompts={os.path.join(ROOT, 'benchmarks', 'shapes', 'prompts', 'train.jsonl')}",
+        f"model.path={os.path.join(ROOT, 'flowalign', 'shapes', 'model')}",
+        f"data.train_prompts={os.path.join(ROOT, 'flowalign', 'shapes', 'prompts', 'train.jsonl')}",
         *([f"reward.args.model={CAPTIONER}"] if name == "prompt_echo_grpo" else
           [f"reward.args.backbone={DINO}", f"reward.args.reference_dir={REFERENCES}"])])
     Trainer(cfg).train()

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.geneval.scoring import TASKS, evaluate
-from benchmarks.shapes import detector, prompts, render
-from benchmarks.shapes.world import BACKGROUND, CLASSES, COLORS
+from reward_models.geneval_rules import TASKS, evaluate
+from reward_models.shapes import detector, prompts, render
+from reward_models.shapes.world import BACKGROUND, CLASSES, COLORS
 
 ROOT = Path(__file__).resolve().parents[2]
 GENEVAL = ROOT.parent / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
@@ -38,7 +38,7 @@ def test_schema_check_accepts_geneval_own_file():
 
 @pytest.mark.parametrize("split", ["train", "heldout"])
 def test_prompt_files_parse_like_geneval_and_are_balanced(split):
-    rows = prompts.read_jsonl(str(ROOT / "benchmarks" / "shapes" / "prompts" / f"{split}.jsonl"))
+    rows = prompts.read_jsonl(str(ROOT / "flowalign" / "shapes" / "prompts" / f"{split}.jsonl"))
     for row in rows:
         check_geneval_line(row)
     counts = Counter(r["tag"] for r in rows)

@@ -154,9 +154,9 @@ def test_branch_mix_trains_only_stochastic_edges(tiny_sd3_dir, tmp_path, prompts
     policy = load_policy(cfg.model.path, max_sequence_length=8)
     ro = algo.rollout(policy, [{"prompt": "a red circle"}], torch.tensor([0]), torch.Generator().manual_seed(0), 32, 32)
     r = algo.score(policy, ro, build_reward("jpeg_compressibility"))
-    _, adv = algo.advantages(ro, r, LocalComm)
+    adv = algo.advantages(ro, r, LocalComm)
     t = ro.tree
-    assert torch.equal(ro.train_mask, t.sde_mask & (t.step >= 2))  # the split edges (steps 2 and 3) only
+    assert torch.equal(adv.train_mask, t.sde_mask & (t.step >= 2))  # the split edges (steps 2 and 3) only
     assert (t.log_probs[~t.sde_mask] == 0).all()
 
 

@@ -64,5 +64,5 @@ def test_bad_eval_settings_are_one_sentence(tmp_path):
         load_config(None, ["eval.every=-1"])
     with pytest.raises(FileNotFoundError, match="eval.prompts="):
         Trainer(load_config(None, ["eval.every=1", f"eval.prompts={tmp_path / 'missing.jsonl'}",
-                                   "model.path=benchmarks/shapes/model", "run.device=cpu",
+                                   "model.path=flowalign/shapes/model", "run.device=cpu",
                                    f"run.output_dir={tmp_path / 'r'}"]))

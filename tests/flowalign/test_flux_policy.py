@@ -7,7 +7,7 @@ import torch
 
 from flowalign.policies import FluxPolicy, load_policy
 from flowalign.policies.flux import pack, unpack
-from flowalign.tiny import save_tiny_flux
+from flowalign.testing import save_tiny_flux
 from tests.flowalign.test_train import assert_one_iteration_trains
 
 

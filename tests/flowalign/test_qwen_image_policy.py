@@ -8,7 +8,7 @@ import torch
 
 from flowalign.policies import QwenImagePolicy, load_policy
 from flowalign.policies.flux import pack
-from flowalign.tiny import save_tiny_qwen_image
+from flowalign.testing import save_tiny_qwen_image
 from tests.flowalign.test_train import assert_one_iteration_trains
 
 

@@ -159,17 +159,17 @@ def test_shared_noise_gives_each_group_one_start_on_every_process(tiny_sd3_dir, 
                                       **{"algorithm.shared_noise": True, "algorithm.group_size": 3}))
     t = Trainer(cfg)
     metas = [{"prompt": "a red circle"}, {"prompt": "a blue square"}]
-    t.algo.seed, t.algo.iteration = 0, 5
-    whole = t.algo.rollout(t.policy, *expand_groups(metas, 3, 0, 1), torch.Generator().manual_seed(0), 32, 32)
+    whole = t.algo.rollout(t.policy, *expand_groups(metas, 3, 0, 1), torch.Generator().manual_seed(0), 32, 32,
+                           seed=0, iteration=5)
     x0 = whole.traj.latents[:, 0]
     assert torch.equal(x0[0], x0[1]) and torch.equal(x0[0], x0[2]) and torch.equal(x0[3], x0[5])
     assert not torch.equal(x0[0], x0[3])
     assert not torch.equal(whole.traj.final[0], whole.traj.final[1])  # the SDE steps differ per sample
-    halves = [t.algo.rollout(t.policy, *expand_groups(metas, 3, r, 2), torch.Generator().manual_seed(r), 32, 32)
-              for r in (0, 1)]
+    halves = [t.algo.rollout(t.policy, *expand_groups(metas, 3, r, 2), torch.Generator().manual_seed(r), 32, 32,
+                             seed=0, iteration=5) for r in (0, 1)]
     assert torch.equal(torch.cat([h.traj.latents[:, 0] for h in halves]), x0)  # group 1 spans both processes
-    t.algo.iteration = 6
-    later = t.algo.rollout(t.policy, *expand_groups(metas, 3, 0, 1), torch.Generator().manual_seed(0), 32, 32)
+    later = t.algo.rollout(t.policy, *expand_groups(metas, 3, 0, 1), torch.Generator().manual_seed(0), 32, 32,
+                           seed=0, iteration=6)
     assert not torch.equal(later.traj.latents[0, 0], x0[0])  # fresh noise every iteration
 
 

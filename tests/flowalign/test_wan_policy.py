@@ -9,7 +9,7 @@ import torch
 
 from flowalign.config import load_config
 from flowalign.policies import WanPolicy, load_policy
-from flowalign.tiny import save_tiny_wan
+from flowalign.testing import save_tiny_wan
 from tests.flowalign.test_train import overrides
 
 

@@ -10,7 +10,7 @@ from reward_models import build_reward
 def tiny_clip_dir(tmp_path_factory):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from flowalign.tiny import clip_tokenizer
+    from flowalign.testing import clip_tokenizer
 
     tok = clip_tokenizer(77, num_merges=2000)
     torch.manual_seed(0)

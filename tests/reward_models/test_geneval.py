@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.geneval.scoring import Detection
 from reward_models import build_reward
 from reward_models.geneval import (
     BACKGROUND,
@@ -19,11 +18,12 @@ from reward_models.geneval import (
     masks_to_boxes,
     object_names,
 )
+from reward_models.geneval_rules import Detection
 
 
 @pytest.fixture(scope="module")
 def tiny_geneval(tmp_path_factory):
-    from flowalign.tiny import save_tiny_mask2former, save_tiny_open_clip
+    from flowalign.testing import save_tiny_mask2former, save_tiny_open_clip
 
     root = tmp_path_factory.mktemp("geneval_models")
     return save_tiny_mask2former(root / "m2f"), save_tiny_open_clip(root / "clip")

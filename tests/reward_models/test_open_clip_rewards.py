@@ -11,7 +11,7 @@ from reward_models import build_reward
 
 @pytest.fixture(scope="module")
 def oc_dir(tmp_path_factory):
-    from flowalign.tiny import save_tiny_open_clip
+    from flowalign.testing import save_tiny_open_clip
 
     return save_tiny_open_clip(tmp_path_factory.mktemp("oc") / "tiny")
 

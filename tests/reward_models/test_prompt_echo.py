@@ -12,7 +12,7 @@ from reward_models.base import to_uint8_hwc
 
 @pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory):
-    from flowalign.tiny import save_tiny_llava
+    from flowalign.testing import save_tiny_llava
 
     return save_tiny_llava(tmp_path_factory.mktemp("vlm") / "llava")
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.shapes import prompts, render
 from reward_models import REWARDS, Reward, build_reward
+from reward_models.shapes import prompts, render
 
 
 def _img(a: np.ndarray) -> torch.Tensor:

@@ -11,6 +11,7 @@ the mean over its images; the overall score is the unweighted mean of the task a
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,3 +142,8 @@ def summarize(results: Iterable[Mapping]) -> dict:
     tasks = {t: sum(v) / len(v) for t, v in per.items()}
     overall = sum(tasks.values()) / len(tasks) if tasks else 0.0
     return {"overall": overall, "tasks": dict(sorted(tasks.items())), "n_images": n}
+
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "geneval_data")
+METADATA_FILE = os.path.join(DATA_DIR, "evaluation_metadata.jsonl")  # GenEval's 553 prompts
+OBJECT_NAMES_FILE = os.path.join(DATA_DIR, "object_names.txt")  # the 80 COCO classes, GenEval's order

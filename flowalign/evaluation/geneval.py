@@ -23,9 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .scoring import RELATIONS, TASKS, Verdict, evaluate, summarize
-
-METADATA_FILE = os.path.join(os.path.dirname(__file__), "evaluation_metadata.jsonl")
+from reward_models.geneval_rules import METADATA_FILE, RELATIONS, TASKS, Verdict, evaluate, summarize
 
 
 def check_metadata(row: dict, where: str) -> dict:
@@ -131,7 +129,7 @@ class ShapesEvaluator:
     """The shapes world's procedural detector behind the same interface as reward_models.geneval's."""
 
     def verdicts(self, images: np.ndarray, metadata: Sequence[dict]) -> list[tuple[Verdict, dict]]:
-        from benchmarks.shapes.detector import detect
+        from reward_models.shapes.detector import detect
 
         out = []
         for img, meta in zip(images, metadata):

@@ -10,10 +10,10 @@ import random
 
 import torch
 
-from benchmarks.geneval.scoring import evaluate
-from benchmarks.shapes.detector import detect
-from benchmarks.shapes.world import CLASSES, COLORS
 from reward_models.base import to_uint8_hwc
+from reward_models.geneval_rules import evaluate
+from reward_models.shapes.detector import detect
+from reward_models.shapes.world import CLASSES, COLORS
 
 from .winrate import clause_judge, net_win_rate, pair_outcome
 
@@ -79,7 +79,7 @@ def compare(model, baseline, metas: list[dict], *, images_per_prompt: int = 2, s
                "model_mean_score": sum(r["model_score"] for r in rows) / len(rows),
                "baseline_mean_score": sum(r["baseline_score"] for r in rows) / len(rows)}
     if out:
-        from benchmarks.report import write_results
+        from flowalign.report import write_results
 
         write_results(out, summary, rows)
     return summary

@@ -2,7 +2,7 @@
 held-out set of (colour, class) pairs, (class, relation, class) triples and (count, class) pairs
 never seen in training prompts.
 
-    python -m benchmarks.shapes.prompts --out benchmarks/shapes/prompts
+    python -m reward_models.shapes.prompts --out flowalign/shapes/prompts
 
 Single objects and object pairs have too few combinations in a 3-class world to hold any out:
 two_object prompts list the pair in one order for training and in the other for held-out, and the
@@ -109,7 +109,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="write the shapes world's train and held-out prompt files")
-    ap.add_argument("--out", default="benchmarks/shapes/prompts")
+    ap.add_argument("--out", default="flowalign/shapes/prompts")
     ap.add_argument("--train-per-task", type=int, default=40)
     ap.add_argument("--heldout-per-task", type=int, default=12)
     args = ap.parse_args(argv)

@@ -1,6 +1,6 @@
 """GenEval-style evaluation of a model on the shapes world: generate, detect, score.
 
-    flowalign eval shapes --model benchmarks/shapes/model --prompts held-out --images-per-prompt 4 --out OUT
+    flowalign eval shapes --model flowalign/shapes/model --prompts held-out --images-per-prompt 4 --out OUT
 
 Writes OUT/summary.json ({"overall", "tasks", "n_images", ...}), OUT/results.jsonl (one line
 per image: prompt, tag, correct, partial score, reasons) and OUT/grid.png."""
@@ -15,14 +15,12 @@ import torch
 from tqdm import tqdm
 
 from reward_models.base import to_uint8_hwc
+from reward_models.geneval_rules import evaluate, summarize
+from reward_models.shapes.detector import detect
+from reward_models.shapes.prompts import prompt_set, read_jsonl
 
-from ..geneval.scoring import evaluate, summarize
-from .detector import detect
-from .prompts import prompt_set, read_jsonl
-
-DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "model")
-HELDOUT_FILE = os.path.join(os.path.dirname(__file__), "prompts", "heldout.jsonl")
-TRAIN_FILE = os.path.join(os.path.dirname(__file__), "prompts", "train.jsonl")
+from ..shapes import HELDOUT_PROMPTS as HELDOUT_FILE
+from ..shapes import TRAIN_PROMPTS as TRAIN_FILE
 
 
 def load_prompts(which: str) -> list[dict]:
@@ -79,10 +77,10 @@ def evaluate_policy(policy, metas: Sequence[dict], *, images_per_prompt: int = 4
     summary = {**summarize(results), "mean_partial": float(np.mean([r["partial"] for r in results])),
                "images_per_prompt": images_per_prompt, "n_prompts": len(metas)}
     if out:
-        from benchmarks.report import write_report, write_results
+        from ..report import write_report, write_results
 
         write_results(out, summary, results)
-        from flowalign.images import save_grid
+        from ..images import save_grid
 
         allimg = torch.cat(images)
         # one row per prompt (at most 24 prompts shown)

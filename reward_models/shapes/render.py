@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..geneval.scoring import Detection, evaluate
+from ..geneval_rules import Detection, evaluate
 from .world import BACKGROUND, CLASSES, COLORS
 
 SUPERSAMPLE = 4

@@ -1,6 +1,6 @@
 """Procedural detector of the shapes world: colour segmentation against the palette, connected
 components, shape classification from geometry, and a confidence. It returns GenEval-style
-detections (benchmarks.geneval.scoring.Detection) with their colours, so the same scoring rules
+detections (reward_models.geneval_rules.Detection) with their colours, so the same scoring rules
 as the real evaluator apply. Imports only the world and the scoring rules.
 
 Each pixel is read as a blend of the background and one palette colour (its coverage alpha).
@@ -15,7 +15,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from ..geneval.scoring import Detection
+from ..geneval_rules import Detection
 from .world import BACKGROUND, COLORS
 
 # (fill, top) of clean 32 px renders, measured over 660 single-object renders (spread <= 0.02);
