@@ -158,6 +158,7 @@ RENO_KEYS = ("model", "prompt", "prompts", "reward", "reward_args", "iters", "lr
 
 
 def cmd_reno(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     from omegaconf import OmegaConf
@@ -167,9 +168,9 @@ def cmd_reno(args: argparse.Namespace) -> int:
     from .noise_opt import RenoSettings, build_rewards, optimize_noise, parse_reward_weights, write_result
     from .policies import load_policy
 
-    conf = {"iters": 50, "lr": 5.0, "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "grad_clip": 0.1,
-            "reg_weight": 0.01, "steps": 1, "guidance": 1.0, "seed": 0, "out": "runs/reno", "dtype": "float32",
-            "attention_backend": "sdpa", "gradient_checkpointing": True, "reward_args": {}}
+    settings = {f.name for f in dataclasses.fields(RenoSettings)} - {"weights"}
+    conf = {**{k: v for k, v in dataclasses.asdict(RenoSettings()).items() if k in settings},
+            "seed": 0, "out": "runs/reno", "dtype": "float32", "attention_backend": "sdpa", "reward_args": {}}
     if args.config:
         user = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
         unknown = sorted(set(user) - set(RENO_KEYS))
@@ -184,21 +185,14 @@ def cmd_reno(args: argparse.Namespace) -> int:
         raise ValueError("no model: pass --model PATH or set model: in the config.")
     if bool(conf.get("prompt")) == bool(conf.get("prompts")):
         raise ValueError("pass exactly one of --prompt TEXT or --prompts FILE (GenEval JSONL or .txt).")
-    items = ([{"prompt": conf["prompt"]}] if conf.get("prompt") else
-             (load_prompts(conf["prompts"]) if str(conf["prompts"]).endswith(".jsonl") or conf["prompts"] in
-              ("held-out", "train") else [{"prompt": line.strip()} for line in open(conf["prompts"]) if line.strip()]))
+    items = [{"prompt": conf["prompt"]}] if conf.get("prompt") else load_prompts(str(conf["prompts"]), key="prompts")
     weights = parse_reward_weights(conf.get("reward") or "")
     rewards = build_rewards(weights, conf.get("reward_args"))
     policy = load_policy(conf["model"], dtype=conf["dtype"], device=_device(conf.get("device")),
                          attention_backend=conf["attention_backend"], max_sequence_length=conf.get("max_sequence_length"))
     policy.transformer.requires_grad_(False)
     policy.pipe.vae.requires_grad_(False)
-    st = RenoSettings(iters=int(conf["iters"]), lr=float(conf["lr"]), optimizer=conf["optimizer"],
-                      momentum=float(conf["momentum"]), nesterov=bool(conf["nesterov"]),
-                      grad_clip=float(conf["grad_clip"]), reg_weight=float(conf["reg_weight"]),
-                      steps=int(conf["steps"]), guidance=float(conf["guidance"]), height=conf.get("height"),
-                      width=conf.get("width"), gradient_checkpointing=bool(conf["gradient_checkpointing"]),
-                      weights=weights)
+    st = RenoSettings(**{k: conf.get(k) for k in settings}, weights=weights)
     summary = []
     for i, item in enumerate(items):
         res = optimize_noise(policy, item["prompt"], rewards, st, seed=int(conf["seed"]) + i,

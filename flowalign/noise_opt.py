@@ -22,6 +22,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+from reward_models.weighted import weighted_sum
+
 # ReNO's per-reward loss offsets: L = offset - R (the offset changes the reported loss, not the gradient)
 RENO_OFFSETS = {"hps": 1.0, "pickscore": 30.0, "clip": 100.0, "shapes_soft": 1.0}
 
@@ -41,6 +43,13 @@ class RenoSettings:
     width: int | None = None
     gradient_checkpointing: bool = True
     weights: dict[str, float] = field(default_factory=dict)  # reward name -> weight
+
+    def __post_init__(self):  # values from YAML or flags: 5 for 5.0, "true" for True
+        for name in ("iters", "steps"):
+            setattr(self, name, int(getattr(self, name)))
+        for name in ("lr", "momentum", "grad_clip", "reg_weight", "guidance"):
+            setattr(self, name, float(getattr(self, name)))
+        self.nesterov, self.gradient_checkpointing = bool(self.nesterov), bool(self.gradient_checkpointing)
 
 
 def chi_regulariser(eps: Tensor) -> Tensor:
@@ -115,14 +124,10 @@ def differentiable_sample(policy, eps: Tensor, cond, sigmas: Tensor, *, guidance
 
 
 def weighted_reward(rewards: dict, weights: dict[str, float], images: Tensor, prompts, metadata):
-    """(sum_i w_i R_i [B], sum_i w_i L_i [B], {name: R_i [B]})."""
-    total_r, total_l, parts = 0.0, 0.0, {}
-    for name, r in rewards.items():
-        val = r(images, prompts, metadata=metadata)
-        parts[name] = val
-        total_r = total_r + weights[name] * val
-        total_l = total_l + weights[name] * (RENO_OFFSETS.get(name, 0.0) - val)
-    return total_r, total_l, parts
+    """(sum_i w_i R_i [B], sum_i w_i L_i [B], {name: R_i [B]}) with ReNO's L_i = offset_i - R_i."""
+    total_r, parts = weighted_sum(rewards, weights, images, prompts, metadata=metadata)
+    offset = sum(w * RENO_OFFSETS.get(name, 0.0) for name, w in weights.items())
+    return total_r, offset - total_r, parts
 
 
 def optimize_noise(policy, prompt: str, rewards: dict, settings: RenoSettings, *, seed: int = 0,

@@ -42,14 +42,22 @@ class WeightedReward:
             self.parts[k].load_state_dict(state[k])
 
     def __call__(self, images: Tensor, prompts: Sequence[str], **context) -> Tensor:
-        total = 0.0
-        for name, r in self.parts.items():
-            bs = self.batch_sizes.get(name, images.shape[0])
-            vals = []
-            for i in range(0, images.shape[0], bs):
-                ctx = {k: v[i:i + bs] if isinstance(v, (list, tuple)) else v for k, v in context.items()}
-                vals.append(r(images[i:i + bs], list(prompts[i:i + bs]), **ctx).float())
-            v = torch.cat(vals)
-            self.last_parts[name] = v.detach()
-            total = total + self.weights[name] * v
+        total, parts = weighted_sum(self.parts, self.weights, images, prompts, self.batch_sizes, **context)
+        self.last_parts = {k: v.detach() for k, v in parts.items()}
         return total
+
+
+def weighted_sum(parts: dict, weights: dict[str, float], images: Tensor, prompts: Sequence[str],
+                 batch_sizes: dict[str, int] | None = None, **context) -> tuple[Tensor, dict[str, Tensor]]:
+    """(sum_i w_i R_i [B], {name: R_i [B]}) for rewards `parts` (name -> reward), each scored in
+    chunks of its batch size (default: the whole batch); list/tuple context is chunked alongside."""
+    total, values = 0.0, {}
+    for name, r in parts.items():
+        bs = (batch_sizes or {}).get(name, images.shape[0])
+        vals = []
+        for i in range(0, images.shape[0], bs):
+            ctx = {k: v[i:i + bs] if isinstance(v, (list, tuple)) else v for k, v in context.items()}
+            vals.append(r(images[i:i + bs], list(prompts[i:i + bs]), **ctx).float())
+        values[name] = torch.cat(vals)
+        total = total + weights[name] * values[name]
+    return total, values

@@ -19,19 +19,22 @@ from reward_models.geneval_rules import evaluate, summarize
 from reward_models.shapes.detector import detect
 from reward_models.shapes.prompts import prompt_set, read_jsonl
 
+from ..data import load_prompt_rows
 from ..shapes import HELDOUT_PROMPTS as HELDOUT_FILE
 from ..shapes import TRAIN_PROMPTS as TRAIN_FILE
 
 
-def load_prompts(which: str) -> list[dict]:
-    """'held-out', 'train' or a JSONL file in GenEval's metadata format."""
+def load_prompts(which: str, key: str = "--prompts") -> list[dict]:
+    """'held-out', 'train' (the shapes testbed's sets) or a prompt file: GenEval-format JSONL or
+    .txt with one prompt a line (flowalign.data.load_prompt_rows; `key` names the option in errors)."""
     if which in ("held-out", "heldout"):
         return read_jsonl(HELDOUT_FILE) if os.path.isfile(HELDOUT_FILE) else prompt_set("heldout", 12, seed=1)
     if which == "train":
         return read_jsonl(TRAIN_FILE) if os.path.isfile(TRAIN_FILE) else prompt_set("train", 40, seed=0)
     if not os.path.isfile(which):
-        raise FileNotFoundError(f"prompt set {which!r} is neither 'held-out', 'train' nor a JSONL file.")
-    return read_jsonl(which)
+        raise FileNotFoundError(f"prompt set {which!r} is neither 'held-out', 'train' nor a prompt file "
+                                "(.jsonl or .txt).")
+    return load_prompt_rows(which, key=key)
 
 
 def first_per_task(metas: Sequence[dict], n: int | None) -> list[dict]:

@@ -132,3 +132,18 @@ def test_adv_grpo_algorithm_with_a_weighted_reward_and_per_reward_advantages(din
     assert set(state) == {"adversarial_dino"}
     with pytest.raises(ValueError, match="adv_grpo needs the adversarial_dino reward"):
         load_config(None, ["algorithm.name=adv_grpo", "reward.name=shapes_geneval"])
+
+
+def test_learned_reward_protocol_finds_the_discriminator_alone_or_inside_a_weighted_reward(dino_dir, ref_dir):
+    """The engine trains and checkpoints a reward only when `learned()` returns it: the
+    discriminator does; a weighted reward does when one of its parts learns, and not otherwise."""
+    from reward_models.base import LearnedReward, learned
+
+    adv = build_reward("adversarial_dino", backbone=dino_dir, reference_dir=ref_dir, device="cpu", num_patches=4)
+    assert isinstance(adv, LearnedReward) and learned(adv) is adv
+    args = {"adversarial_dino": {"backbone": dino_dir, "reference_dir": ref_dir, "device": "cpu", "num_patches": 4}}
+    mixed = build_reward("weighted", weights={"adversarial_dino": 1.0, "jpeg_compressibility": 0.5}, args=args)
+    assert learned(mixed) is mixed and mixed.learned == ["adversarial_dino"]
+    assert set(mixed.state_dict()) == {"adversarial_dino"}
+    plain = build_reward("weighted", weights={"jpeg_compressibility": 1.0})
+    assert learned(plain) is None and learned(build_reward("jpeg_compressibility")) is None
