@@ -138,7 +138,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None):
         cfg = OmegaConf.merge(_schema(name), user, cli)
     except (ConfigKeyError, ConfigAttributeError) as e:
         key = getattr(e, "full_key", None) or str(e).split("\n")[0]
-        raise ValueError(f"unknown config key {key!r}; check its spelling against the README's config table.") from None
+        raise ValueError(f"unknown config key {key!r}; check its spelling against docs/configuration.md.") from None
     except ValidationError as e:
         key = getattr(e, "full_key", "?")
         raise ValueError(f"config key {key!r} has an invalid value ({str(e).splitlines()[0]}); "

@@ -1,7 +1,7 @@
 """Coefficient-preserving sampling (CPS, Wang & Yu 2025): re-noise the predicted x0 with the
 predicted eps and fresh noise so that the coefficients of x0 and of the noise match the forward
 process at sigma_next exactly. Not a consistent SDE discretisation: with a posterior-mean
-velocity at a fixed noise level the marginals drift (see DESIGN.md)."""
+velocity at a fixed noise level the marginals drift (see docs/algorithms.md, "Samplers")."""
 
 from __future__ import annotations
 

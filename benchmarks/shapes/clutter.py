@@ -3,7 +3,7 @@ distribution of `clutter` (share of off-background pixels outside every detected
 clean renders, images of the committed model(s), an untrained transformer, decoded random latents
 and uniform noise; and how many noise images would pass single-object prompts without the rule.
 
-    python -m benchmarks.shapes.clutter [--models flowalign/shapes/model flowalign/shapes/model_v1]
+    python -m benchmarks.shapes.clutter [--models flowalign/shapes/model OTHER_MODEL ...]
         [--images 96] [--out benchmarks/results/clutter.json]"""
 
 from __future__ import annotations

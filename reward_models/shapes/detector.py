@@ -27,7 +27,7 @@ MAX_COLOR_DIST = 110.0  # RGB distance beyond which a pixel matches no palette c
 # an image with more than this share of pixels off the background and outside every detected object
 # is not a scene but noise, and gets no detections. `python -m benchmarks.shapes.clutter`
 # (benchmarks/results/clutter.json, 96 images per source): clean renders max 0.000; the committed
-# model max 0.011, model_v1 p95 0.005 (2 of 96 above); an untrained transformer median 0.142 (71 %
+# model max 0.011; an untrained transformer median 0.142 (71 %
 # above), decoded random latents median 0.162 (77 %), uniform noise 0.98. Without the rule the
 # untrained transformer passes 36 % of single-object prompts, with it 8 %.
 MAX_CLUTTER = 0.10

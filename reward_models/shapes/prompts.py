@@ -2,7 +2,7 @@
 held-out set of (colour, class) pairs, (class, relation, class) triples and (count, class) pairs
 never seen in training prompts.
 
-    python -m reward_models.shapes.prompts --out flowalign/shapes/prompts
+    python -m benchmarks.shapes.prompts   # writes flowalign/shapes/prompts/{train,heldout}.jsonl
 
 Single objects and object pairs have too few combinations in a 3-class world to hold any out:
 two_object prompts list the pair in one order for training and in the other for held-out, and the
@@ -10,7 +10,6 @@ three single_object prompts appear in both sets. Imports only the world."""
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -105,18 +104,3 @@ def write_jsonl(rows: list[dict], path: str) -> str:
 def read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="write the shapes world's train and held-out prompt files")
-    ap.add_argument("--out", default="flowalign/shapes/prompts")
-    ap.add_argument("--train-per-task", type=int, default=40)
-    ap.add_argument("--heldout-per-task", type=int, default=12)
-    args = ap.parse_args(argv)
-    write_jsonl(prompt_set("train", args.train_per_task, seed=0), os.path.join(args.out, "train.jsonl"))
-    write_jsonl(prompt_set("heldout", args.heldout_per_task, seed=1), os.path.join(args.out, "heldout.jsonl"))
-    print(f"wrote {args.out}/train.jsonl and {args.out}/heldout.jsonl")
-
-
-if __name__ == "__main__":
-    main()

@@ -73,6 +73,6 @@ def test_flow_sde_first_step_from_sigma_one_overshoots_the_variance():
 
 
 def test_cps_marginals_drift_with_posterior_mean_velocity():
-    """CPS is a deliberate trade (DESIGN.md): with the posterior-mean velocity its marginals shrink."""
+    """CPS is a deliberate trade (docs/algorithms.md): with the posterior-mean velocity its marginals shrink."""
     traj = _run("cps", samplers.linear_sigmas(K), _noise)
     assert traj.final.var().item() / S**2 < 0.85
