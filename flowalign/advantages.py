@@ -20,7 +20,7 @@ def group_advantages(rewards: Tensor, group_ids: Tensor, *, std_scope: str = "gr
         m = group_ids == g
         std = r[m].std(unbiased=False) if std_scope == "group" else batch_std
         adv[m] = (r[m] - r[m].mean()) / (std + eps)
-    return adv.clamp(-clip, clip).to(torch.float32)
+    return adv.clamp(-clip, clip).to(rewards.dtype if rewards.dtype == torch.float64 else torch.float32)
 
 
 def multi_reward_advantages(parts: Tensor, weights, group_ids: Tensor, *, std_scope: str = "group",

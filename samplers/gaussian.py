@@ -85,3 +85,11 @@ def gaussian_mean_kl(mean: Tensor, mean_ref: Tensor, std: Tensor) -> Tensor:
     std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
     sq = ((mean - mean_ref) ** 2) / (2 * std**2)
     return sq.flatten(1).mean(dim=1)
+
+
+def flow_grpo_kl(mean: Tensor, mean_ref: Tensor, std: Tensor, noise_scale: float | Tensor) -> Tensor:
+    """Flow-GRPO's KL term (its scripts/train_sd3.py): ||mean - mean_ref||^2 averaged over
+    non-batch dims / (2 std_t^2), where std_t is the step's std before the transition's noise
+    scale: std = std_t * noise_scale (noise_scale = sqrt(sigma - sigma_next) for flow_sde and
+    dance_sde, 1 for cps). Equals gaussian_mean_kl(...) * noise_scale^2 -> [B]."""
+    return gaussian_mean_kl(mean, mean_ref, torch.as_tensor(std, dtype=mean.dtype, device=mean.device) / noise_scale)

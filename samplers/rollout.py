@@ -3,6 +3,7 @@ ODE-only sampling, full SDE sampling and SDE windows (Flow-GRPO-Fast, MixGRPO) a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,16 @@ def step_fn(kind: str) -> StepFn:
         return STEP_KINDS[kind]
     except KeyError:
         raise ValueError(f"step kind {kind!r} is unknown; use one of {sorted(STEP_KINDS)}.") from None
+
+
+def transition_noise_scale(kind: str, sigma: float, sigma_next: float) -> float:
+    """How a step kind's transition std relates to its per-step std_t: std = std_t * scale, with
+    scale = sqrt(sigma - sigma_next) for flow_sde and dance_sde (noise enters as std_t sqrt(-dt))
+    and 1 for cps (its std is sigma_next sin(a pi / 2) itself)."""
+    step_fn(kind)
+    if kind == "ode":
+        raise ValueError("an ODE step has no transition noise.")
+    return 1.0 if kind == "cps" else math.sqrt(sigma - sigma_next)
 
 
 def step_kinds(num_steps: int, sde_kind: str = "flow_sde", window: tuple[int, int] | None = None) -> list[str]:

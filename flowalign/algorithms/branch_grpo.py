@@ -29,7 +29,7 @@ from samplers import TreeTrajectory
 
 from ..losses import grpo_objective
 from .base import Advantages, decode_rewards, sde_noise_levels
-from .flow_grpo import FlowGRPOConfig
+from .flow_grpo import FlowGRPOConfig, step_kl
 
 
 @dataclass
@@ -327,6 +327,6 @@ class BranchGRPO:
             advs.append(adv[ch].to(dev))
             if v_ref is not None:
                 mean_ref = fn(x[sel], v_ref[sel], s, sn, noise_level=lvl, prev_sample=t.latents[ch.to(dev)]).mean
-                kls.append(samplers.gaussian_mean_kl(out.mean, mean_ref, out.std))
+                kls.append(step_kl(self.cfg.kl_form, ro.kinds[k], out.mean, mean_ref, out.std, s, sn))
         return grpo_objective(torch.cat(lps), torch.cat(olds), torch.cat(advs), self.cfg.clip_range,
                               torch.cat(kls) if kls else None, self.cfg.kl_beta)

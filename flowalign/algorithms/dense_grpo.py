@@ -9,7 +9,7 @@ per step before training: `flowalign calibrate CONFIG` (flowalign/calibration.py
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ from .flow_grpo import FlowGRPO, FlowGRPOConfig, Rollout
 @dataclass
 class DenseGRPOConfig(FlowGRPOConfig):
     name: str = "dense_grpo"
+    std_scope: Literal["group", "batch"] = "group"  # the paper normalises each step's gains within the group
     completion_steps: int | None = None  # Euler steps of each latent's ODE completion; None: all remaining steps
     completion_batch_size: int = 128  # latents per model call of the completions (memory bound)
     # exploration calibration (`flowalign calibrate`), DenseGRPO's Algorithm 1

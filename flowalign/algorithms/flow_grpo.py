@@ -34,9 +34,18 @@ class FlowGRPOConfig:
     train_batch_size: int = 8  # samples per optimiser minibatch, per process
     clip_range: float = 1e-4  # PPO ratio clip epsilon
     adv_clip_max: float = 5.0  # advantages are clipped to +- this
-    std_scope: Literal["group", "batch"] = "group"  # normalise rewards by the group's or the batch's std
+    # normalise a group's rewards by the std of the whole gathered batch (Flow-GRPO's configs,
+    # global_std) or by the group's own std
+    std_scope: Literal["group", "batch"] = "batch"
     kl_beta: float = 0.04  # weight of the KL to the reference model (0: no reference pass)
-    timestep_fraction: float = 1.0  # fraction of the SDE steps trained per sample (random subset)
+    # flow_grpo: Flow-GRPO's KL, ||mean - mean_ref||^2 / (2 std_t^2) with the step's std_t (no sqrt(-dt));
+    # exact: the Gaussian transition KL, / (2 (std_t sqrt(-dt))^2), larger by 1 / (sigma - sigma_next)
+    kl_form: Literal["flow_grpo", "exact"] = "flow_grpo"
+    timestep_fraction: float = 1.0  # fraction of the SDE steps trained per sample
+    # first: the first int(K f) SDE steps, in order (Flow-GRPO); random: a random round(K f) of them per minibatch
+    timestep_selection: Literal["first", "random"] = "first"
+    # samples whose advantage is 0 on every step leave the loss (Flow-GRPO); false keeps them (KL still acts)
+    drop_zero_advantage: bool = True
     shared_noise: bool = False  # a prompt's G samples start from one initial noise (DanceGRPO), so the group's
     # spread comes from the SDE steps only
     reward_aggregation: Literal["sum", "advantage"] = "sum"  # weighted rewards: advantage of the sum, or sum of
@@ -97,7 +106,9 @@ class FlowGRPO:
         window = tuple(sampler_cfg.sde_window) if sampler_cfg.sde_window is not None else None
         self.kinds = samplers.step_kinds(K, sampler_cfg.kind, window=window)
         self.train_steps = [k for k, kind in enumerate(self.kinds) if kind != "ode"]
-        self.steps_per_update = max(1, round(len(self.train_steps) * algo_cfg.timestep_fraction))
+        n, f = len(self.train_steps), algo_cfg.timestep_fraction
+        # Flow-GRPO trains int(K f) steps (at least one here); the random option round(K f)
+        self.steps_per_update = max(1, int(n * f) if algo_cfg.timestep_selection == "first" else round(n * f))
 
     def assign(self, metas: Sequence[dict], rank: int, world: int) -> tuple[list[dict], Tensor]:
         """Each prompt's group of G samples, split over processes (a group may span processes)."""
@@ -166,23 +177,35 @@ class FlowGRPO:
             with torch.no_grad(), policy.reference():
                 v_ref = policy.velocity(x, sig, ro.cond, guidance=self.sampler.guidance, rows=idx)
                 mean_ref = step(x, v_ref, s, sn, noise_level=level, prev_sample=x_next).mean
-            kl = samplers.gaussian_mean_kl(out.mean, mean_ref, out.std)
+            kl = step_kl(self.cfg.kl_form, self.kinds[k], out.mean, mean_ref, out.std, s, sn)
         return grpo_objective(out.log_prob, traj.log_probs[idx, k], a, self.cfg.clip_range, kl, self.cfg.kl_beta)
 
     def policy_step(self, policy, ro: Rollout, advantages: Advantages, update, generator: torch.Generator) -> dict:
-        """inner_epochs passes over the rollouts in minibatches; for each minibatch a random subset of
-        the SDE steps (timestep_fraction) is trained, one gradient accumulation each, then `update()`
-        (clip + optimiser step) is called. Returns mean statistics; `first_ratio` is the ratio of the
+        """inner_epochs passes over the rollouts in minibatches (after dropping zero-advantage samples,
+        algorithm.drop_zero_advantage); for each minibatch the first int(K f) SDE steps (or a random
+        round(K f) of them, algorithm.timestep_selection) are trained, one gradient accumulation
+        each, then `update()` (clip + optimiser step) is called. Returns mean statistics; `first_ratio` is the ratio of the
         very first transition, which must be 1 (on-policy)."""
         n, adv = len(ro.prompts), advantages.local
         acc: dict[str, list[float]] = {}
         first_ratio = None
+        batches = -(-n // self.cfg.train_batch_size)
+        keep = torch.ones(n, dtype=torch.bool)
+        if self.cfg.drop_zero_advantage:
+            keep = zero_advantage_mask(adv.cpu(), batches, generator)
+        kept = torch.nonzero(keep).flatten()
         for _ in range(self.cfg.inner_epochs):
-            perm = torch.randperm(n, generator=generator)
-            for start in range(0, n, self.cfg.train_batch_size):
-                idx = perm[start:start + self.cfg.train_batch_size]
-                order = torch.randperm(len(self.train_steps), generator=generator)[: self.steps_per_update]
-                for j, k in enumerate(self.train_steps[i] for i in order.tolist()):
+            perm = kept[torch.randperm(kept.numel(), generator=generator)]
+            # Flow-GRPO splits the kept samples into the same number of minibatches; all kept: train_batch_size each
+            chunks = perm.tensor_split(batches) if self.cfg.drop_zero_advantage else \
+                perm.split(self.cfg.train_batch_size)
+            for idx in chunks:
+                if self.cfg.timestep_selection == "first":
+                    steps = self.train_steps[: self.steps_per_update]
+                else:
+                    order = torch.randperm(len(self.train_steps), generator=generator)[: self.steps_per_update]
+                    steps = [self.train_steps[i] for i in order.tolist()]
+                for j, k in enumerate(steps):
                     loss, st = self.step_loss(policy, ro, idx, k, adv)
                     if first_ratio is None:
                         first_ratio = st["ratio"]
@@ -192,5 +215,29 @@ class FlowGRPO:
                 for key, val in update.step().items():
                     acc.setdefault(key, []).append(val)
         stats = {k: sum(v) / len(v) for k, v in acc.items()}
-        stats["first_ratio"] = first_ratio
+        stats.update(first_ratio=first_ratio, samples_trained=float(kept.numel()))
         return stats
+
+
+def step_kl(form: str, kind: str, mean: Tensor, mean_ref: Tensor, std: Tensor, sigma: float,
+            sigma_next: float) -> Tensor:
+    """Per-sample KL term [B] of one transition (algorithm.kl_form): Flow-GRPO's, which divides by the
+    step's std_t without the transition's noise scale, or the exact Gaussian transition KL."""
+    if form == "exact":
+        return samplers.gaussian_mean_kl(mean, mean_ref, std)
+    return samplers.flow_grpo_kl(mean, mean_ref, std, samplers.transition_noise_scale(kind, sigma, sigma_next))
+
+
+def zero_advantage_mask(adv: Tensor, batches: int, generator: torch.Generator) -> Tensor:
+    """[n] bool: the samples that stay in the loss under Flow-GRPO's rule (scripts/train_sd3.py):
+    drop samples whose advantage is 0 on every step, then put back randomly chosen dropped ones
+    until the count divides into `batches` minibatches (when enough were dropped). Every process
+    thus keeps `batches` minibatches and makes the same number of updates; if none survives, one
+    sample per minibatch is kept (the reference would skip the update, which would stall the
+    other processes)."""
+    keep = (adv.abs().flatten(1).sum(dim=1) if adv.dim() > 1 else adv.abs()) != 0
+    need = (-int(keep.sum())) % batches if int(keep.sum()) else batches
+    dropped = torch.nonzero(~keep).flatten()
+    if need and dropped.numel() >= need:
+        keep[dropped[torch.randperm(dropped.numel(), generator=generator)[:need]]] = True
+    return keep

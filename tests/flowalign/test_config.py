@@ -44,7 +44,12 @@ def test_sd35_configs_carry_the_anchor_defaults():
     cfg = load_config(str(ROOT / "configs/flow_grpo/sd3.5-medium_geneval.yaml"))
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.optim.lr) == (32, 64, 3e-4)
     assert (cfg.sampler.num_steps, cfg.sampler.noise_level, cfg.algorithm.clip_range) == (10, 0.7, 1e-4)
-    assert cfg.algorithm.group_size == 24 and cfg.algorithm.kl_beta == 0.004
+    # Flow-GRPO's config/grpo.py geneval_sd3: beta 0.04, global_std, timestep_fraction 0.99 (the first 9 steps)
+    a = cfg.algorithm
+    assert (a.group_size, a.prompts_per_iteration, a.kl_beta, a.std_scope) == (24, 48, 0.04, "batch")
+    assert (a.timestep_fraction, a.timestep_selection, a.kl_form, a.drop_zero_advantage) == (0.99, "first", "flow_grpo",
+                                                                                             True)
+    assert load_config(str(ROOT / "configs/flow_grpo/sd3.5-medium_pickscore.yaml")).algorithm.kl_beta == 0.01
 
 
 def test_overriding_the_reward_drops_the_files_reward_args():

@@ -28,7 +28,10 @@ def test_advantages_with_groups_across_two_processes_equal_single_process(tmp_pa
     _torchrun(str(ROOT / "tests" / "flowalign" / "dist_worker.py"), str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world"] == 2 and r["backend"] == "gloo" for r in ranks)
-    single = group_advantages(torch.tensor(dist_worker.REWARDS), torch.tensor(dist_worker.GROUPS))
+    from flowalign.algorithms.flow_grpo import FlowGRPOConfig
+
+    single = group_advantages(torch.tensor(dist_worker.REWARDS), torch.tensor(dist_worker.GROUPS),
+                              std_scope=FlowGRPOConfig().std_scope)  # the batch std: over both processes
     # prompt 1's group (samples 4..7) is split 2 + 2 over the processes
     assert torch.equal(torch.tensor(ranks[0]["local"] + ranks[1]["local"]), single)
 

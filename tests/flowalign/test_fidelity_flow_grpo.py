@@ -1,0 +1,149 @@
+"""Flow-GRPO's defaults against its reference implementation, yifan123/flow_grpo:
+scripts/train_sd3.py (the KL term, the trained timesteps, dropping zero-advantage samples),
+flow_grpo/stat_tracking.py (PerPromptStatTracker with global_std) and
+flow_grpo/diffusers_patch/sd3_sde_with_logprob.py (std_dev_t). The reference formulas are
+transcribed below in numpy/torch, float64, and compared on random inputs."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import samplers
+from flowalign.advantages import group_advantages
+from flowalign.algorithms.base import Advantages
+from flowalign.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig, Rollout, step_kl, zero_advantage_mask
+from flowalign.config import SamplerConfig
+
+
+def ref_std_dev_t(sigmas: np.ndarray, k: int, noise_level: float) -> float:
+    """sd3_sde_with_logprob.py: std_dev_t = sqrt(sigma / (1 - where(sigma == 1, sigma_max, sigma))) * a,
+    sigma_max = the grid's second sigma."""
+    sigma = sigmas[k]
+    return float(np.sqrt(sigma / (1 - (sigmas[1] if sigma == 1 else sigma))) * noise_level)
+
+
+def ref_kl(mean: np.ndarray, mean_ref: np.ndarray, std_dev_t: float) -> np.ndarray:
+    """train_sd3.py: ((prev_sample_mean - prev_sample_mean_ref) ** 2).mean(dim=(1,2,3)) / (2 * std_dev_t ** 2)."""
+    return ((mean - mean_ref) ** 2).mean(axis=(1, 2, 3)) / (2 * std_dev_t**2)
+
+
+@pytest.mark.parametrize("k", [0, 1, 4, 8])
+def test_default_kl_is_flow_grpos(k):
+    g = torch.Generator().manual_seed(k)
+    sigmas = samplers.flow_match_sigmas(10, shift=3.0).double()
+    x, v = torch.randn(4, 4, 8, 8, generator=g, dtype=torch.float64), torch.randn(4, 4, 8, 8, generator=g,
+                                                                                     dtype=torch.float64)
+    v_ref = v + 0.1 * torch.randn(4, 4, 8, 8, generator=g, dtype=torch.float64)
+    s, sn = float(sigmas[k]), float(sigmas[k + 1])
+    out = samplers.flow_sde_step(x, v, s, sn, noise_level=0.7, generator=g)
+    out_ref = samplers.flow_sde_step(x, v_ref, s, sn, noise_level=0.7, prev_sample=out.prev_sample)
+    assert FlowGRPOConfig().kl_form == "flow_grpo"
+    ours = step_kl("flow_grpo", "flow_sde", out.mean, out_ref.mean, out.std, s, sn)
+    ref = ref_kl(out.mean.numpy(), out_ref.mean.numpy(), ref_std_dev_t(sigmas.numpy(), k, 0.7))
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=0)
+    exact = step_kl("exact", "flow_sde", out.mean, out_ref.mean, out.std, s, sn)
+    np.testing.assert_allclose(exact.numpy(), ref / (s - sn), rtol=1e-10)  # the exact KL: / (sigma - sigma_next)
+
+
+def ref_advantages_global_std(prompts: list[str], rewards: np.ndarray) -> np.ndarray:
+    """stat_tracking.py, PerPromptStatTracker(global_std=True).update(prompts, rewards) for 'grpo'."""
+    prompts_a = np.array(prompts)
+    adv = np.empty_like(rewards) * 0.0
+    for p in np.unique(prompts_a):
+        r = rewards[prompts_a == p]
+        std = np.std(rewards, axis=0, keepdims=True) + 1e-4
+        adv[prompts_a == p] = (r - np.mean(r, axis=0, keepdims=True)) / std
+    return adv
+
+
+def test_default_advantages_use_the_batch_std_like_global_std():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        groups = rng.integers(2, 9)
+        ids = np.repeat(np.arange(groups), rng.integers(2, 6))
+        rewards = rng.normal(size=ids.size) * rng.uniform(0.1, 3.0, size=ids.size)
+        assert FlowGRPOConfig().std_scope == "batch"
+        ours = group_advantages(torch.tensor(rewards), torch.tensor(ids), std_scope="batch", clip=float("inf"))
+        ref = ref_advantages_global_std([f"p{i}" for i in ids], rewards)
+        np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+class RecordingUpdate:
+    def __init__(self):
+        self.steps = 0
+
+    def backward(self, loss, last=True):
+        loss.backward()
+
+    def step(self):
+        self.steps += 1
+        return {}
+
+
+def algo_and_calls(**algo):
+    cfg = OmegaConf.merge(OmegaConf.structured(FlowGRPOConfig), algo)
+    a = FlowGRPO(cfg, OmegaConf.structured(SamplerConfig(num_steps=10)))
+    calls = []
+    w = torch.zeros((), requires_grad=True)
+
+    def step_loss(policy, ro, idx, k, adv):
+        calls.append((sorted(idx.tolist()), k))
+        return w * 0.0 + 1.0, {"ratio": 1.0}
+
+    a.step_loss = step_loss
+    return a, calls
+
+
+def fake_rollout(n: int) -> Rollout:
+    return Rollout([f"p{i}" for i in range(n)], [{}] * n, torch.zeros(n, dtype=torch.long), None, None)
+
+
+def test_default_trains_the_first_int_k_f_steps_in_order():
+    """train_sd3.py: num_train_timesteps = int(num_steps * timestep_fraction); each minibatch trains
+    timesteps 0 .. num_train_timesteps - 1."""
+    algo, calls = algo_and_calls(timestep_fraction=0.99, train_batch_size=4, drop_zero_advantage=False)
+    assert algo.steps_per_update == int(10 * 0.99) == 9
+    algo.policy_step(None, fake_rollout(8), Advantages(torch.ones(8), torch.ones(8)), RecordingUpdate(),
+                     torch.Generator().manual_seed(0))
+    steps_per_batch = [k for _, k in calls]
+    assert steps_per_batch == list(range(9)) * 2
+    algo, calls = algo_and_calls(timestep_fraction=0.5, timestep_selection="random", train_batch_size=8,
+                                 drop_zero_advantage=False)
+    algo.policy_step(None, fake_rollout(8), Advantages(torch.ones(8), torch.ones(8)), RecordingUpdate(),
+                     torch.Generator().manual_seed(0))
+    assert len(calls) == 5 and sorted(k for _, k in calls) != list(range(5))  # a random half (seed 0)
+
+
+def ref_zero_advantage_mask(adv: torch.Tensor, num_batches: int) -> torch.Tensor:
+    """train_sd3.py: mask = adv.abs().sum(dim=1) != 0, then random False -> True until divisible."""
+    mask = adv.abs().sum(dim=1) != 0
+    true_count = mask.sum()
+    if true_count % num_batches != 0:
+        false_indices = torch.where(~mask)[0]
+        num_to_change = num_batches - (true_count % num_batches)
+        if len(false_indices) >= num_to_change:
+            mask[false_indices[torch.randperm(len(false_indices))[:num_to_change]]] = True
+    return mask
+
+
+def test_zero_advantage_samples_leave_the_loss():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = int(torch.randint(2, 40, (1,), generator=g))
+        batches = int(torch.randint(1, n + 1, (1,), generator=g))
+        adv = torch.randn(n, 9, generator=g, dtype=torch.float64)
+        adv[torch.rand(n, generator=g) < 0.5] = 0.0
+        ours = zero_advantage_mask(adv, batches, torch.Generator().manual_seed(trial))
+        ref = ref_zero_advantage_mask(adv.clone(), batches)
+        nonzero = adv.abs().sum(dim=1) != 0
+        assert int(ours.sum()) == int(ref.sum()) or not nonzero.any()  # same count (the reference pads the same)
+        assert (ours[nonzero]).all()  # every informative sample stays
+        if nonzero.any():
+            assert int(ours.sum()) % batches == 0 or int((~nonzero).sum()) < batches - int(nonzero.sum()) % batches
+    # in training: the zero-advantage samples are never passed to the loss
+    algo, calls = algo_and_calls(train_batch_size=4)
+    adv = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.5, 0.0, 0.0, -0.5])
+    algo.policy_step(None, fake_rollout(8), Advantages(adv, adv), RecordingUpdate(), torch.Generator().manual_seed(0))
+    trained = {i for idx, _ in calls for i in idx}
+    assert trained == {1, 3, 4, 7}
