@@ -3,9 +3,9 @@ pruning.
 
 One tree per prompt: the rollout branches into `branch_factor` children at each split step, so a
 tree has branch_factor ** len(split_steps) leaves (the prompt's group). Leaf rewards are fused
-upwards (a node's reward is the softmax(beta log p_path)-weighted mean of its descendant leaves;
-beta = 0 is the plain mean), normalised per tree over the nodes at the same step (depth), and
-every edge takes its child's advantage. Pruning removes edges from the loss only:
+upwards (beta = 0: a node's reward is the mean of its descendant leaves; beta > 0: softmax-weighted
+by edge or path log-probs, `fuse_rewards`), normalised per tree over the nodes at the same step
+(depth; `depthwise_advantages`), and every edge takes its child's advantage. Pruning removes edges from the loss only:
 - width ("parent_top1"): below the last split keep, for each parent at the last split, the edges of
   its best child's branch; ("extreme"): keep the `width_keep` best and worst leaves' branches;
 - depth: the edges into the steps listed in `depth_pruning`, optionally a window sliding one step
@@ -40,7 +40,12 @@ class BranchGRPOConfig(FlowGRPOConfig):
     branch_factor: int = 2  # children per split
     split_noise_scale: float = 1.0  # s of the split noise
     split_mode: Literal["correlated", "independent"] = "correlated"  # paper | released code
-    reward_beta: float = 0.0  # reward fusion: node reward = sum_l softmax(beta log p_path)_l r_l; 0 = leaf mean
+    reward_beta: float = 0.0  # reward fusion temperature; 0 = the mean of the node's leaves
+    # beta > 0: edge = the released code's recursive softmax over the child edges' log-probs;
+    # path = a softmax over the descendant leaves' whole-path log-probs
+    reward_fusion: Literal["edge", "path"] = "edge"
+    # reference: unbiased std, eps 1e-8, zero where std < 1e-6 (the released code); population: std + 1e-4
+    depth_std: Literal["reference", "population"] = "reference"
     mix: bool = False  # BranchGRPO-Mix: ODE on every step that is neither a split nor in sampler.sde_window
     width_pruning: Literal["none", "parent_top1", "extreme"] = "none"  # on the edges below the last split
     width_keep: int = 1  # extreme: keep the b best and b worst leaves' edges per tree
@@ -93,20 +98,47 @@ def descendant_leaves(tree: TreeTrajectory) -> Tensor:
     return desc
 
 
-def fuse_rewards(tree: TreeTrajectory, leaf_rewards: Tensor, beta: float = 0.0) -> Tensor:
-    """Node rewards [N]: sum over the node's descendant leaves of w_l r_l with
-    w = softmax(beta log p_path(l)) over those leaves (beta = 0: their mean)."""
+def fuse_rewards(tree: TreeTrajectory, leaf_rewards: Tensor, beta: float = 0.0, form: str = "edge") -> Tensor:
+    """Node rewards [N] from the leaf rewards. beta = 0: the mean of the node's descendant leaves
+    (BranchGRPO's default). beta > 0, form "edge" (the released code's tree_prob_weighted, with
+    temperature beta): bottom-up, a node with several children takes sum_c softmax(beta log p(edge
+    into c)) r(c), a node with one child passes its child's reward up. Form "path": sum over the
+    node's descendant leaves of softmax(beta log p_path(l)) r_l, with the log-prob of the whole path."""
+    rewards = leaf_rewards.to(torch.float64).cpu()
+    if beta and form == "edge":
+        return _edge_softmax_fusion(tree, rewards, beta)
+    if form not in ("edge", "path"):
+        raise ValueError(f"reward fusion form {form!r} is unknown; use edge or path.")
     desc = descendant_leaves(tree)
     logits = beta * tree.leaf_log_prob().to(torch.float64) if beta else torch.zeros(tree.leaves.numel(),
                                                                                     dtype=torch.float64)
     w = torch.where(desc, logits.expand_as(desc), torch.tensor(float("-inf"), dtype=torch.float64)).softmax(dim=1)
-    return w @ leaf_rewards.to(torch.float64).cpu()
+    return w @ rewards
 
 
-def depthwise_advantages(tree: TreeTrajectory, node_rewards: Tensor, *, eps: float = 1e-4,
-                         clip: float = 5.0) -> Tensor:
+def _edge_softmax_fusion(tree: TreeTrajectory, leaf_rewards: Tensor, beta: float) -> Tensor:
+    node = torch.full((tree.num_nodes,), float("nan"), dtype=torch.float64)
+    node[tree.leaves] = leaf_rewards
+    lp = tree.log_probs.to(torch.float64).cpu()
+    for k in range(int(tree.step.max()) - 1, -1, -1):  # deepest internal level first
+        for n in torch.nonzero(tree.step == k).flatten().tolist():
+            children = torch.nonzero(tree.parent == n).flatten()
+            if children.numel() == 1:
+                node[n] = node[children[0]]
+            elif children.numel() > 1:
+                node[n] = (torch.softmax(beta * lp[children], dim=0) * node[children]).sum()
+    return node
+
+
+def depthwise_advantages(tree: TreeTrajectory, node_rewards: Tensor, *, std: str = "reference",
+                         eps: float | None = None, clip: float = 5.0) -> Tensor:
     """A(n) = (r(n) - mean_d) / (std_d + eps) over the nodes of n's tree at n's step (depth); a step
-    with a single node (before the first split, or a root) gets 0. Clipped to +-clip. [N] float32."""
+    with a single node (before the first split, or a root) gets 0. std "reference" (the released
+    code): the unbiased std, eps 1e-8, and all zeros where std < 1e-6; "population": the population
+    std, eps 1e-4. Clipped to +-clip. [N] float64."""
+    if std not in ("reference", "population"):
+        raise ValueError(f"depth-wise std {std!r} is unknown; use reference or population.")
+    eps = (1e-8 if std == "reference" else 1e-4) if eps is None else eps
     adv = torch.zeros(tree.num_nodes, dtype=torch.float64)
     key = tree.root * (int(tree.step.max()) + 1) + tree.step
     for k in torch.unique(key):
@@ -114,8 +146,11 @@ def depthwise_advantages(tree: TreeTrajectory, node_rewards: Tensor, *, eps: flo
         if idx.numel() < 2:
             continue
         r = node_rewards[idx].to(torch.float64)
-        adv[idx] = (r - r.mean()) / (r.std(unbiased=False) + eps)
-    return adv.clamp(-clip, clip).to(torch.float32)
+        sd = r.std(unbiased=std == "reference")
+        if std == "reference" and sd < 1e-6:
+            continue
+        adv[idx] = (r - r.mean()) / (sd + eps)
+    return adv.clamp(-clip, clip)
 
 
 def comparable_edges(tree: TreeTrajectory) -> Tensor:
@@ -251,8 +286,8 @@ class BranchGRPO:
         return [ro.prompts[r] for r in ro.tree.root[ro.tree.leaves].tolist()]
 
     def node_advantages(self, tree: TreeTrajectory, leaf_rewards: Tensor) -> Tensor:
-        fused = fuse_rewards(tree, leaf_rewards, self.cfg.reward_beta)
-        return depthwise_advantages(tree, fused, clip=self.cfg.adv_clip_max)
+        fused = fuse_rewards(tree, leaf_rewards, self.cfg.reward_beta, self.cfg.reward_fusion)
+        return depthwise_advantages(tree, fused, std=self.cfg.depth_std, clip=self.cfg.adv_clip_max).to(torch.float32)
 
     def edge_mask(self, tree: TreeTrajectory, node_adv: Tensor, iteration: int) -> Tensor:
         """[N] bool: the edges in this iteration's loss (comparable, not pruned)."""

@@ -73,22 +73,22 @@ def test_fusion_with_beta_zero_is_the_mean_of_descendant_leaves():
                          atol=1e-12)
     # large beta puts all weight on the most probable path below each node
     lp = t.leaf_log_prob()
-    hot = fuse_rewards(t, r, beta=1e6)
+    hot = fuse_rewards(t, r, beta=1e6, form="path")
     assert float(hot[0]) == float(r[int(torch.argmax(lp))])
     # weights are softmax(beta log p_path) over the node's leaves
     w = torch.softmax(0.5 * lp.double()[:2], 0)
-    assert_tensors_close(fuse_rewards(t, r, beta=0.5)[2], (w * r[:2].double()).sum(), atol=1e-12)
+    assert_tensors_close(fuse_rewards(t, r, beta=0.5, form="path")[2], (w * r[:2].double()).sum(), atol=1e-12)
 
 
 def test_depthwise_advantages_on_a_hand_built_tree():
     t = _hand_tree()
     fused = fuse_rewards(t, torch.tensor([1.0, 0.0, 0.5, 0.3]), beta=0.0)
-    adv = depthwise_advantages(t, fused, eps=0.0)
+    adv = depthwise_advantages(t, fused, std="population", eps=0.0)
     # steps 0 and 1 hold one node each -> 0; step 2: rewards 0.5 and 0.4 -> +1, -1;
     # step 3: 1, 0, 0.5, 0.3 (mean 0.45, population std)
     std = torch.tensor([1.0, 0.0, 0.5, 0.3]).std(unbiased=False)
     exp3 = (torch.tensor([1.0, 0.0, 0.5, 0.3]) - 0.45) / std
-    assert_tensors_close(adv, torch.cat([torch.tensor([0.0, 0.0, 1.0, -1.0]), exp3]), atol=1e-5)
+    assert_tensors_close(adv.float(), torch.cat([torch.tensor([0.0, 0.0, 1.0, -1.0]), exp3]), atol=1e-5)
     assert comparable_edges(t).tolist() == [False, False, True, True, True, True, True, True]
     assert depthwise_advantages(t, fused * 100, clip=0.5).abs().max() <= 0.5
 
