@@ -152,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-RENO_KEYS = ("model", "prompt", "prompts", "reward", "reward_args", "iters", "lr", "optimizer", "momentum",
+RENO_KEYS = ("model", "prompt", "prompts", "reward", "reward_args", "iters", "lr", "optimizer", "momentum", "adam_eps",
              "nesterov", "grad_clip", "reg_weight", "steps", "guidance", "height", "width", "seed", "out",
              "dtype", "device", "attention_backend", "max_sequence_length", "gradient_checkpointing")
 

@@ -30,11 +30,12 @@ RENO_OFFSETS = {"hps": 1.0, "pickscore": 30.0, "clip": 100.0, "shapes_soft": 1.0
 
 @dataclass
 class RenoSettings:
-    iters: int = 50
+    iters: int = 50  # reward evaluations; the last one is not followed by an update (ReNO's n_iters)
     lr: float = 5.0
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam
     momentum: float = 0.9
     nesterov: bool = True
+    adam_eps: float = 1e-2  # ReNO's Adam epsilon (training/optim.py)
     grad_clip: float = 0.1  # max gradient norm of the noise
     reg_weight: float = 0.01  # lambda of the chi regulariser
     steps: int = 1  # Euler steps of the differentiable sampler
@@ -47,9 +48,11 @@ class RenoSettings:
     def __post_init__(self):  # values from YAML or flags: 5 for 5.0, "true" for True
         for name in ("iters", "steps"):
             setattr(self, name, int(getattr(self, name)))
-        for name in ("lr", "momentum", "grad_clip", "reg_weight", "guidance"):
+        for name in ("lr", "momentum", "adam_eps", "grad_clip", "reg_weight", "guidance"):
             setattr(self, name, float(getattr(self, name)))
         self.nesterov, self.gradient_checkpointing = bool(self.nesterov), bool(self.gradient_checkpointing)
+        if self.iters < 1:
+            raise ValueError(f"iters={self.iters} must be at least 1 (the number of reward evaluations).")
 
 
 def chi_regulariser(eps: Tensor) -> Tensor:
@@ -102,7 +105,7 @@ def make_optimizer(params, settings: RenoSettings) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
                                nesterov=settings.nesterov and settings.momentum > 0)
     if settings.optimizer == "adam":
-        return torch.optim.Adam(params, lr=settings.lr)
+        return torch.optim.Adam(params, lr=settings.lr, eps=settings.adam_eps)
     raise ValueError(f"optimizer {settings.optimizer!r} is unknown; use sgd or adam.")
 
 
@@ -144,7 +147,7 @@ def optimize_noise(policy, prompt: str, rewards: dict, settings: RenoSettings, *
     opt = make_optimizer([eps], st)
     trace, best, initial = [], None, None
     nfe0, t0 = policy.nfe, time.time()
-    bar = tqdm(range(st.iters + 1), desc="flowalign reno", disable=not progress)
+    bar = tqdm(range(st.iters), desc="flowalign reno", disable=not progress)
     for it in bar:
         images = differentiable_sample(policy, eps, cond, sigmas, guidance=st.guidance,
                                        gradient_checkpointing=st.gradient_checkpointing)
@@ -159,7 +162,7 @@ def optimize_noise(policy, prompt: str, rewards: dict, settings: RenoSettings, *
                "regulariser": float(reg.detach()[0]), "noise_norm": float(eps.detach().norm()),
                **{f"reward_{k}": float(v.detach()[0]) for k, v in parts.items()}}
         bar.set_postfix(reward=f"{value:.3f}", best=f"{best['reward']:.3f}")
-        if it == st.iters:  # the last evaluation only scores the final noise
+        if it == st.iters - 1:  # the last evaluation only scores the final noise (ReNO: iters - 1 updates)
             trace.append(row)
             break
         opt.zero_grad(set_to_none=True)
@@ -170,7 +173,7 @@ def optimize_noise(policy, prompt: str, rewards: dict, settings: RenoSettings, *
     elapsed = time.time() - t0
     return {"prompt": prompt, "initial_image": initial, "best_image": best["image"], "best_reward": best["reward"],
             "initial_reward": trace[0]["reward"], "best_iteration": best["iteration"], "trace": trace,
-            "nfe": policy.nfe - nfe0, "seconds_per_iteration": elapsed / max(1, st.iters)}
+            "nfe": policy.nfe - nfe0, "seconds_per_iteration": elapsed / st.iters}
 
 
 @torch.no_grad()

@@ -72,11 +72,13 @@ def test_best_image_rule_returns_the_best_scored_image(sd3_policy):
     sd3_policy.transformer.requires_grad_(False)
     sd3_policy.pipe.vae.requires_grad_(False)
     fake = ScriptedReward([0.1, 0.7, 0.3, 0.9, 0.2, 0.5])
-    st = RenoSettings(iters=5, steps=1, weights={"fake": 1.0}, reg_weight=0.0)
+    st = RenoSettings(iters=6, steps=1, weights={"fake": 1.0}, reg_weight=0.0)
     res = optimize_noise(sd3_policy, "a red circle", {"fake": fake}, st, progress=False)
     assert res["best_iteration"] == 3 and res["best_reward"] == pytest.approx(0.9)
     assert torch.equal(res["best_image"], fake.seen[3]) and torch.equal(res["initial_image"], fake.seen[0])
-    assert [r["iteration"] for r in res["trace"]] == list(range(6))
+    # ReNO's training/trainer.py: n_iters reward evaluations, an update after each but the last
+    assert [r["iteration"] for r in res["trace"]] == list(range(6)) and len(fake.seen) == 6
+    assert ["grad_norm" in r for r in res["trace"]] == [True] * 5 + [False]
     assert not torch.equal(fake.seen[0], fake.seen[1])  # the noise moved between iterations
 
 
@@ -87,7 +89,8 @@ def test_optimiser_settings_and_gradient_clipping():
     g = opt.param_groups[0]
     assert (g["lr"], g["momentum"], g["nesterov"]) == (5.0, 0.9, True)
     opt = make_optimizer([p], RenoSettings(optimizer="adam", lr=0.01))
-    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 0.01
+    # ReNO's training/optim.py: Adam(eps=1e-2)
+    assert isinstance(opt, torch.optim.Adam) and (opt.param_groups[0]["lr"], opt.param_groups[0]["eps"]) == (0.01, 1e-2)
     with pytest.raises(ValueError, match="optimizer 'lbfgs' is unknown"):
         make_optimizer([p], RenoSettings(optimizer="lbfgs"))
 
@@ -95,7 +98,7 @@ def test_optimiser_settings_and_gradient_clipping():
 def test_one_step_moves_the_noise_by_at_most_lr_times_the_clip(sd3_policy):
     sd3_policy.transformer.requires_grad_(False)
     sd3_policy.pipe.vae.requires_grad_(False)
-    st = RenoSettings(iters=1, steps=1, lr=1.0, momentum=0.0, grad_clip=0.1, weights={"shapes_soft": 1.0})
+    st = RenoSettings(iters=2, steps=1, lr=1.0, momentum=0.0, grad_clip=0.1, weights={"shapes_soft": 1.0})
     seen = []
     rewards = build_rewards(st.weights)
     orig = sd3_policy.velocity
@@ -135,6 +138,6 @@ def test_reno_cli_writes_images_trace_and_summary(tiny_sd3_dir, tmp_path, capsys
         assert (out / "00000" / f).exists(), f
     s = json.loads((out / "summary.json").read_text())
     assert s["prompts"][0]["best_reward"] >= s["prompts"][0]["initial_reward"]
-    assert len((out / "00000" / "trace.jsonl").read_text().splitlines()) == 3
+    assert len((out / "00000" / "trace.jsonl").read_text().splitlines()) == 2  # --iters 2: two evaluations
     assert main(["reno", "--model", tiny_sd3_dir, "--prompt", "x", "--reward", "nope=1", "--out", str(out)]) == 2
     assert "reward 'nope' is unknown" in capsys.readouterr().err
