@@ -10,11 +10,12 @@ the mean over its images; the overall score is the unweighted mean of the task a
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
@@ -51,26 +52,32 @@ ColorFn = Callable[[Detection, str], str]
 
 
 def select_detections(raw: Mapping[str, Sequence[Detection]], tag: str) -> dict[str, list[Detection]]:
-    """Threshold (0.3, or 0.9 for counting), sort by confidence, keep at most 16 per class."""
+    """Threshold (0.3, or 0.9 for counting), sort by confidence, keep at most 16 per class, exactly as
+    GenEval's evaluate_images.py does on mmdet's float32 scores: a score is compared as float32 (so
+    float32(0.3) passes 0.3), and equal scores keep the order numpy's argsort reversed gives them."""
     thr = COUNTING_THRESHOLD if tag == "counting" else THRESHOLD
     out = {}
     for cls, dets in raw.items():
-        kept = sorted((d for d in dets if d.score > thr), key=lambda d: -d.score)[:MAX_OBJECTS]
-        if kept:
-            out[cls] = kept
+        scores = np.array([d.score for d in dets], dtype=np.float32)
+        order = np.argsort(scores)[::-1]
+        order = order[scores[order] > thr][:MAX_OBJECTS]
+        if order.size:
+            out[cls] = [dets[i] for i in order.tolist()]
     return out
 
 
 def relative_position(a: Detection, b: Detection) -> set[str]:
-    """Relations of A relative to B, with the 0.1 (dimA + dimB) margin; empty if too close."""
-    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a.box, b.box
-    off = ((ax1 + ax2) / 2 - (bx1 + bx2) / 2, (ay1 + ay2) / 2 - (by1 + by2) / 2)
-    dims = ((ax2 - ax1) + (bx2 - bx1), (ay2 - ay1) + (by2 - by1))
-    rev = [max(abs(o) - POSITION_THRESHOLD * d, 0.0) * math.copysign(1.0, o) if o else 0.0 for o, d in zip(off, dims)]
-    if all(abs(r) < 1e-3 for r in rev):
+    """Relations of A relative to B, with the 0.1 (dimA + dimB) margin; empty if too close. Computed
+    in float32 like GenEval (its boxes are mmdet's float32 rows), so verdicts at the 0.5 and 1e-3
+    boundaries agree with the official evaluator bit for bit."""
+    corners = np.array([a.box, b.box], dtype=np.float32).reshape(2, 2, 2)  # [box, corner, xy]
+    centre = corners.mean(axis=1)
+    dims = np.abs(corners[:, 1] - corners[:, 0])
+    offset = centre[0] - centre[1]
+    revised = np.maximum(np.abs(offset) - POSITION_THRESHOLD * (dims[0] + dims[1]), 0) * np.sign(offset)
+    if np.all(np.abs(revised) < 1e-3):
         return set()
-    norm = math.hypot(*off)
-    dx, dy = rev[0] / norm, rev[1] / norm
+    dx, dy = revised / np.linalg.norm(offset)
     rels = set()
     if dx < -0.5:
         rels.add("left of")
