@@ -40,11 +40,13 @@ class AestheticReward:
 
     def __init__(self, head: str = "sac+logos+ava1-l14-linearMSE.pth", clip: str = "ViT-L-14",
                  clip_pretrained: str | None = "openai", device: str | None = None, dtype: str = "float32",
-                 batch_size: int = 32):
+                 batch_size: int = 32, quick_gelu: bool = True):
         if not os.path.isfile(head):
             raise FileNotFoundError(f"aesthetic head {head!r} does not exist; download the LAION predictor's state "
                                     "dict (sac+logos+ava1-l14-linearMSE.pth) and pass its path as head=.")
-        self.model, _, self.preprocess, self.device = load_open_clip(clip, clip_pretrained, device=device, dtype=dtype)
+        # the predictor was trained on OpenAI's ViT-L/14 embeddings: QuickGELU, as OpenAI's CLIP
+        self.model, _, self.preprocess, self.device = load_open_clip(clip, clip_pretrained, device=device, dtype=dtype,
+                                                                     quick_gelu=quick_gelu)
         sd = torch.load(head, map_location="cpu", weights_only=True)
         self.head = AestheticMLP(AestheticMLP.dims_from_state_dict(sd))
         self.head.load_state_dict(sd)

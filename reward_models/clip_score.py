@@ -21,6 +21,7 @@ class CLIPScoreReward:
         if backend == "transformers":
             self.sim = CLIPSimilarity(model, processor, scale=1.0, **kwargs)
         elif backend == "open_clip":
+            kwargs.setdefault("quick_gelu", True)  # CLIPScore's CLIP is OpenAI's, trained with QuickGELU
             self.sim = OpenCLIPSimilarity(model, pretrained, **kwargs)
         else:
             raise ValueError(f"clip backend {backend!r} is unknown; use 'open_clip' or 'transformers'.")

@@ -122,8 +122,11 @@ class Mask2FormerDetector:
 class ColorClassifier:
     """GenEval's CLIP colour classifier (open_clip)."""
 
-    def __init__(self, model: str, pretrained: str | None = None, *, device: str | None = None):
-        self.model, self.tokenizer, self.preprocess, self.device = load_open_clip(model, pretrained, device=device)
+    def __init__(self, model: str, pretrained: str | None = None, *, device: str | None = None,
+                 quick_gelu: bool = True):
+        # GenEval builds ViT-L-14 with pretrained="openai", i.e. with OpenAI's QuickGELU
+        self.model, self.tokenizer, self.preprocess, self.device = load_open_clip(model, pretrained, device=device,
+                                                                                  quick_gelu=quick_gelu)
         self._text: dict[str, Tensor] = {}
 
     def _classifier(self, cls: str) -> Tensor:

@@ -38,14 +38,21 @@ def _resolve(model: str, pretrained: str | None) -> tuple[str, str | None]:
 
 
 def load_open_clip(model: str, pretrained: str | None = None, *, device: str | None = None,
-                   dtype: str = "float32"):
-    """-> (model in eval mode without gradients, tokenizer, torch preprocess, device)."""
+                   dtype: str = "float32", quick_gelu: bool | None = None):
+    """-> (model in eval mode without gradients, tokenizer, torch preprocess, device).
+
+    `quick_gelu`: build the towers with QuickGELU, the activation OpenAI's CLIP weights were trained
+    with (open_clip >= 2.29 builds plain GELU for e.g. 'ViT-L-14' even with OpenAI's weights, which
+    shifts every embedding). None: on for pretrained='openai', else the architecture's own choice.
+    Rewards whose reference uses OpenAI's CLIP (GenEval's colour classifier, the LAION aesthetic
+    predictor, CLIPScore) pass True."""
     import open_clip
 
     name, weights = _resolve(model, pretrained)
     dev = default_device(device)
+    force = quick_gelu if quick_gelu is not None else pretrained == "openai"
     try:
-        m = open_clip.create_model(name, pretrained=weights, device=dev)
+        m = open_clip.create_model(name, pretrained=weights, device=dev, force_quick_gelu=bool(force))
     except RuntimeError as e:
         raise FileNotFoundError(f"could not load open_clip model {model!r} (weights {pretrained!r}): "
                                 f"{str(e).splitlines()[0]}; pass a local folder or checkpoint file.") from None
@@ -88,9 +95,9 @@ class OpenCLIPSimilarity:
     differentiable = True
 
     def __init__(self, model: str, pretrained: str | None = None, *, device: str | None = None,
-                 dtype: str = "float32", batch_size: int = 32):
+                 dtype: str = "float32", batch_size: int = 32, quick_gelu: bool | None = None):
         self.model, self.tokenizer, self.preprocess, self.device = load_open_clip(model, pretrained, device=device,
-                                                                                  dtype=dtype)
+                                                                                  dtype=dtype, quick_gelu=quick_gelu)
         self.batch_size = batch_size
 
     def cosine(self, images: torch.Tensor, prompts) -> torch.Tensor:

@@ -62,10 +62,11 @@ def test_hps_is_the_cosine_and_aesthetic_the_head_on_the_normalised_embedding(oc
     ie, te = _by_hand(hps.model, images, prompts)
     assert torch.allclose(hps(images, prompts), (ie * te).sum(-1), atol=1e-5)
     clip = build_reward("clip", model=oc_dir, backend="open_clip", device="cpu")
+    ie, te = _by_hand(clip.sim.model, images, prompts)  # the QuickGELU build (OpenAI's CLIP)
     assert torch.allclose(clip(images, prompts), (2.5 * (ie * te).sum(-1)).clamp(min=0), atol=1e-5)
     aes = build_reward("aesthetic", head=head_file, clip=oc_dir, device="cpu")
     sd = torch.load(head_file, weights_only=True)
-    h = ie
+    h, _ = _by_hand(aes.model, images, prompts)
     for k in ("0", "2", "4", "6", "7"):  # Linear layers only: dropout is the identity in eval
         h = h @ sd[f"layers.{k}.weight"].T + sd[f"layers.{k}.bias"]
     assert torch.allclose(aes(images, prompts), h.squeeze(-1), atol=1e-5)
@@ -80,3 +81,23 @@ def test_missing_checkpoints(tmp_path, oc_dir):
         build_reward("aesthetic", head=str(tmp_path / "head.pth"), clip=oc_dir)
     with pytest.raises(ValueError, match="backend"):
         build_reward("clip", model=oc_dir, backend="jax")
+
+
+def test_rewards_on_openai_clip_build_quick_gelu(oc_dir, head_file):
+    """OpenAI's CLIP weights were trained with QuickGELU, which open_clip >= 2.29 no longer builds for
+    'ViT-L-14' + 'openai': GenEval's colour classifier (evaluate_images.py: ViT-L-14, pretrained='openai'),
+    the LAION aesthetic predictor and CLIPScore must build it; HPSv2.1 (a laion2b ViT-H-14) must not."""
+    from open_clip.transformer import QuickGELU
+
+    from reward_models.geneval import ColorClassifier
+    from reward_models.open_clip_common import load_open_clip
+
+    def act(model):
+        return type(model.visual.transformer.resblocks[0].mlp.gelu)
+
+    assert act(load_open_clip(oc_dir)[0]) is torch.nn.GELU  # the saved architecture's own choice
+    assert act(load_open_clip(oc_dir, quick_gelu=True)[0]) is QuickGELU
+    assert act(build_reward("clip", model=oc_dir, backend="open_clip").sim.model) is QuickGELU
+    assert act(build_reward("aesthetic", head=head_file, clip=oc_dir).model) is QuickGELU
+    assert act(ColorClassifier(oc_dir).model) is QuickGELU
+    assert act(build_reward("hps", model=oc_dir).model) is torch.nn.GELU
