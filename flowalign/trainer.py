@@ -60,6 +60,31 @@ class Updater:
         return {"grad_norm": norm, "lr": self.scheduler.get_last_lr()[0]}
 
 
+def load_state(path: str):
+    """A checkpoint state written by torch.save, read with weights_only=True: tensors and plain
+    containers only, so a crafted file in a folder a user points at cannot run code."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"checkpoint file {path!r} holds objects other than tensors and plain containers "
+                         f"({str(e).splitlines()[0][:120]}); flowalign never unpickles code from a checkpoint: "
+                         "resume from a checkpoint flowalign wrote, or start a fresh run.") from None
+
+
+def numpy_rng_state() -> dict:
+    """numpy's global RNG state as tensors and numbers (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def set_numpy_rng_state(state: dict) -> None:
+    np.random.set_state((state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+                         state["cached_gaussian"]))
+
+
 def _checkpoints(root: str) -> list[str]:
     if not os.path.isdir(root):
         return []
@@ -148,7 +173,7 @@ class Trainer:
             with open(os.path.join(tmp, "state.json"), "w") as f:
                 json.dump({"iteration": self.iteration, "data_position": self.iteration, "seed": self.cfg.run.seed,
                            "world_size": self.world}, f)
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_rng_state()},
                    os.path.join(tmp, f"rng_{self.rank}.pt"))
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
@@ -180,16 +205,16 @@ class Trainer:
         with torch.no_grad():
             for n, p in zip(self.param_names, self.params):
                 p.copy_(tensors[n])
-        self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=False))
-        self.scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=False))
+        self.optimizer.load_state_dict(load_state(os.path.join(path, "optimizer.pt")))
+        self.scheduler.load_state_dict(load_state(os.path.join(path, "scheduler.pt")))
         if self.ema is not None:
-            self.ema.load_state_dict(torch.load(os.path.join(path, "ema.pt"), weights_only=False))
+            self.ema.load_state_dict(load_state(os.path.join(path, "ema.pt")))
         if self.learned_reward is not None and os.path.isfile(os.path.join(path, "reward.pt")):
-            self.learned_reward.load_state_dict(torch.load(os.path.join(path, "reward.pt"), weights_only=False))
+            self.learned_reward.load_state_dict(load_state(os.path.join(path, "reward.pt")))
         rng_file = os.path.join(path, f"rng_{self.rank}.pt")
         if os.path.isfile(rng_file):
-            rng = torch.load(rng_file, weights_only=False)
-            torch.set_rng_state(rng["torch"]), random.setstate(rng["python"]), np.random.set_state(rng["numpy"])
+            rng = load_state(rng_file)
+            torch.set_rng_state(rng["torch"]), random.setstate(rng["python"]), set_numpy_rng_state(rng["numpy"])
         self.iteration = state["iteration"]
         self._truncate_metrics(self.iteration)
         self.acc.print(f"resumed from {path} at iteration {self.iteration}")

@@ -8,12 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 from safetensors.torch import load_file
 
 from flowalign.config import load_config
-from flowalign.trainer import Trainer
+from flowalign.trainer import Trainer, load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -190,3 +192,38 @@ def test_ema_weights_are_the_ones_evaluated_and_saved(tiny_sd3_dir, tmp_path, pr
         b = next(n for n in named if "lora_B" in n and named[n].abs().sum() > 0)
         key = "transformer." + b.replace(".default", "")  # diffusers' LoRA key of that peft parameter
         assert torch.equal(saved[key], named[b].detach().to(saved[key].dtype)), (b, key)
+
+
+class _Planted:
+    """Unpickling this object creates a file: what a crafted checkpoint would do."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_never_runs_code_from_a_crafted_checkpoint(tiny_sd3_dir, tmp_path, prompts_file):
+    """Every checkpoint state loads with weights_only=True: a crafted optimizer.pt (or RNG file) makes
+    the resume stop with one sentence, and its code does not run."""
+    out = tmp_path / "run"
+    cfg = load_config(None, overrides(tiny_sd3_dir, str(out), prompts_file,
+                                      **{"run.max_iterations": 1, "run.sample_every": 0}))
+    Trainer(cfg).train()
+    ckpt = out / "checkpoints" / "iter_000001"
+    for name in ("optimizer.pt", "rng_0.pt"):
+        marker = tmp_path / f"pwned_{name}"
+        original = (ckpt / name).read_bytes()
+        torch.save({"state": _Planted(str(marker))}, ckpt / name)
+        resumed = load_config(None, overrides(tiny_sd3_dir, str(out), prompts_file,
+                                              **{"run.max_iterations": 2, "run.sample_every": 0, "run.resume": True}))
+        with pytest.raises(ValueError, match="never unpickles code"):
+            Trainer(resumed).resume()
+        assert not marker.exists()
+        (ckpt / name).write_bytes(original)
+    t = Trainer(resumed)  # the genuine files still resume, the numpy RNG included
+    np.random.seed(123)
+    t.resume()
+    saved = load_state(str(ckpt / "rng_0.pt"))["numpy"]
+    assert t.iteration == 1 and np.array_equal(np.random.get_state()[1], saved["keys"].numpy())
