@@ -12,6 +12,28 @@ import sys
 from . import shapes
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (0 would silently mean 'the default')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def guidance_scale(text: str) -> float:
+    """argparse type: a CFG scale >= 1 (1 turns classifier-free guidance off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1 (1 turns classifier-free guidance off)")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required,
                    help="diffusers pipeline directory or hub id" + ("" if required else " (default: the shapes model)"))
@@ -19,7 +41,7 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--attention-backend", default="sdpa",
                    help="sdpa (default) | math | flash | efficient | cudnn | xformers")
-    p.add_argument("--max-sequence-length", type=int, default=None,
+    p.add_argument("--max-sequence-length", type=positive_int, default=None,
                    help="T5 tokens per prompt (default: the checkpoint's flowalign.json, else 256)")
 
 
@@ -240,12 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate images with a pipeline and write a PNG grid")
     _add_model_args(p)
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
-    p.add_argument("--images-per-prompt", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None, help="ODE steps (default: the checkpoint's, else 28)")
-    p.add_argument("--guidance", type=float, default=None,
+    p.add_argument("--images-per-prompt", type=positive_int, default=1)
+    p.add_argument("--steps", type=positive_int, default=None, help="ODE steps (default: the checkpoint's, else 28)")
+    p.add_argument("--guidance", type=guidance_scale, default=None,
                    help="classifier-free guidance scale, 1 = off (default: the checkpoint's, else 7)")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help="output PNG grid")
     p.set_defaults(func=cmd_sample)
@@ -256,12 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, required=False)
     p.add_argument("--lora", default=None, help="a LoRA folder (pytorch_lora_weights.safetensors) for --model")
     p.add_argument("--prompts", default="held-out", help="held-out | train | a GenEval-format JSONL file")
-    p.add_argument("--images-per-prompt", type=int, default=4)
-    p.add_argument("--per-task", type=int, default=None, help="evaluate only the first N prompts of each task")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--images-per-prompt", type=positive_int, default=4)
+    p.add_argument("--per-task", type=positive_int, default=None, help="evaluate only the first N prompts of each task")
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--guidance", type=guidance_scale, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_eval_shapes)
 
@@ -276,14 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", default=None, help="open_clip model for colours: a folder with open_clip_config.json, "
                                                "hf-hub:ID, or an architecture name with --clip-pretrained")
     p.add_argument("--clip-pretrained", default=None, help="checkpoint file or tag for --clip (e.g. ViT-L-14 weights)")
-    p.add_argument("--images-per-prompt", type=int, default=4)
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--guidance", type=float, default=4.5)
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--images-per-prompt", type=positive_int, default=4)
+    p.add_argument("--steps", type=positive_int, default=40)
+    p.add_argument("--guidance", type=guidance_scale, default=4.5)
+    p.add_argument("--height", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16, help="images per generation batch")
-    p.add_argument("--limit", type=int, default=None, help="only the first N prompts of the metadata file")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per generation batch")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts of the metadata file")
     p.set_defaults(func=cmd_eval_geneval)
 
     p = bench.add_parser("densealign", help="DenseAlignBench-style net win rate of --model over --baseline")
@@ -292,18 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="pipeline directory (default: the shapes model)")
     p.add_argument("--baseline-lora", default=None)
     p.add_argument("--prompts", default="shapes", help="'shapes' (generated dense captions) or a GenEval JSONL")
-    p.add_argument("--num-prompts", type=int, default=48)
+    p.add_argument("--num-prompts", type=positive_int, default=48)
     p.add_argument("--judge", default="shapes",
                    help="shapes (the procedural clause judge) or a VLM folder/hub id (image-text-to-text model)")
     p.add_argument("--judge-question", default=None,
                    help="the judge's question with {caption} (default: which image matches the caption better)")
-    p.add_argument("--images-per-prompt", type=int, default=2)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--images-per-prompt", type=positive_int, default=2)
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--guidance", type=guidance_scale, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default=None)
-    p.add_argument("--max-sequence-length", type=int, default=None)
+    p.add_argument("--max-sequence-length", type=positive_int, default=None)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_eval_densealign)
 
@@ -319,21 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="one prompt")
     p.add_argument("--prompts", default=None, help="a prompt file: GenEval JSONL (gives metadata), .txt, or held-out")
     p.add_argument("--reward", default=None, help="weighted rewards, e.g. hps=5,pickscore=0.05 or shapes_soft=1")
-    p.add_argument("--iters", type=int, default=None, help="optimisation steps (default 50)")
+    p.add_argument("--iters", type=positive_int, default=None, help="optimisation steps (default 50)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 5)")
     p.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="sgd (Nesterov momentum 0.9) or adam")
     p.add_argument("--momentum", type=float, default=None)
     p.add_argument("--grad-clip", dest="grad_clip", type=float, default=None, help="noise gradient-norm clip (0.1)")
     p.add_argument("--reg-weight", dest="reg_weight", type=float, default=None, help="chi regulariser weight (0.01)")
-    p.add_argument("--steps", type=int, default=None, help="Euler steps of the differentiable sampler (1)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (1 = off)")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None, help="Euler steps of the differentiable sampler (1)")
+    p.add_argument("--guidance", type=guidance_scale, default=None, help="CFG scale (1 = off)")
+    p.add_argument("--height", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output folder (default runs/reno)")
     p.add_argument("--dtype", default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--max-sequence-length", dest="max_sequence_length", type=int, default=None)
+    p.add_argument("--max-sequence-length", dest="max_sequence_length", type=positive_int, default=None)
     p.set_defaults(func=cmd_reno)
 
     p = sub.add_parser("calibrate", help="DenseGRPO's exploration calibration: write psi(t) to "

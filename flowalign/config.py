@@ -163,10 +163,22 @@ def validate(cfg) -> None:
         raise ValueError(f"sampler.psi is set but sampler.kind={s.kind!r}; calibrated psi drives the flow_sde step, "
                          "so set sampler.kind=flow_sde or sampler.psi=null.")
     registered(a.name).schema.validate(cfg)
+    _validate_prompt_files(cfg)
     if o.ema_decay is not None and not 0 < o.ema_decay < 1:
         raise ValueError(f"optim.ema_decay={o.ema_decay} must be in (0, 1), or null to turn EMA off.")
     if r.max_iterations < 1 or r.checkpoint_every < 1:
         raise ValueError("run.max_iterations and run.checkpoint_every must be at least 1.")
+    if r.keep_checkpoints < 1:
+        raise ValueError(f"run.keep_checkpoints={r.keep_checkpoints} must be at least 1 (the checkpoints kept; the "
+                         "latest is always among them).")
+    if not s.guidance >= 1:
+        raise ValueError(f"sampler.guidance={s.guidance} must be at least 1 (1 turns classifier-free guidance off).")
+    for key, value in (("model.height", cfg.model.height), ("model.width", cfg.model.width),
+                       ("model.num_frames", cfg.model.num_frames), ("sampler.eval_num_steps", s.eval_num_steps),
+                       ("eval.num_steps", cfg.eval.num_steps), ("model.max_sequence_length",
+                                                               cfg.model.max_sequence_length)):
+        if value is not None and value < 1:
+            raise ValueError(f"{key}={value} must be at least 1, or null for the checkpoint's default.")
     if cfg.lora.enabled and cfg.lora.rank < 1:
         raise ValueError(f"lora.rank={cfg.lora.rank} must be at least 1 (or set lora.enabled=false).")
     if cfg.eval.every < 0 or cfg.eval.images_per_prompt < 1 or cfg.eval.batch_size < 1:
@@ -174,3 +186,24 @@ def validate(cfg) -> None:
     if not isinstance(r.resume, (bool, str)):
         raise ValueError(f"run.resume={r.resume!r} must be true, false or a checkpoint path.")
 
+
+GENEVAL_REWARDS = ("shapes_geneval", "geneval")  # rewards that read GenEval clauses from the prompt rows
+
+
+def _reward_names(name: str, args) -> list[str]:
+    return [name] + (list((args.get("weights") or {}).keys()) if name == "weighted" else [])
+
+
+def _validate_prompt_files(cfg) -> None:
+    """A GenEval reward scores a prompt's clauses; a .txt prompt file has none (every image would
+    score 1), so it needs a GenEval-format .jsonl file."""
+    checks = [("data.train_prompts", cfg.data.train_prompts, "reward.name", _reward_names(cfg.reward.name,
+                                                                                           cfg.reward.args))]
+    if cfg.eval.every:
+        checks.append(("eval.prompts", cfg.eval.prompts, "eval.reward", _reward_names(cfg.eval.reward,
+                                                                                       cfg.eval.reward_args)))
+    for key, path, reward_key, names in checks:
+        hit = [n for n in names if n in GENEVAL_REWARDS]
+        if hit and not str(path).endswith(".jsonl"):
+            raise ValueError(f"{key}={path!r} is not a GenEval-format .jsonl file, but {reward_key} uses {hit[0]}, "
+                             "which scores each prompt's GenEval clauses; give a .jsonl prompt file or another reward.")

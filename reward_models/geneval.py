@@ -189,9 +189,7 @@ class GenEvalReward:
 
     def __call__(self, images: Tensor, prompts: Sequence[str], *, metadata: Sequence[dict] | None = None,
                  **context) -> Tensor:
-        if metadata is None or len(metadata) != len(images):
-            raise ValueError("the geneval reward needs GenEval metadata (one row per image); train with a "
-                             "GenEval-format JSONL prompt file.")
+        scoring.require_clauses(metadata, len(images), "geneval")
         vs = self.evaluator.verdicts(to_uint8_hwc(images), metadata)
         return torch.tensor([float(v.correct) if self.mode == "strict" else v.partial for v, _ in vs],
                             dtype=torch.float32)

@@ -138,6 +138,19 @@ def evaluate(raw: Mapping[str, Sequence[Detection]], metadata: Mapping, color_fn
     return v
 
 
+def require_clauses(metadata: Sequence[Mapping] | None, n: int, reward: str) -> None:
+    """A GenEval reward needs one metadata row with 'include' clauses per image: without clauses (the
+    rows of a plain-text prompt file) every image would score 1."""
+    if metadata is None or len(metadata) != n:
+        raise ValueError(f"the {reward} reward needs GenEval metadata (one row per image); train with a "
+                         "GenEval-format JSONL prompt file.")
+    bare = next((m for m in metadata if not m.get("include")), None)
+    if bare is not None:
+        raise ValueError(f"the {reward} reward got the prompt {bare.get('prompt')!r} without GenEval clauses "
+                         "('include'); plain-text prompt files carry none, so every image would score 1: use a "
+                         "GenEval-format JSONL prompt file.")
+
+
 def summarize(results: Iterable[Mapping]) -> dict:
     """results: dicts with 'tag' and 'correct' -> {"overall", "tasks": {tag: acc}, "n_images"}.
     The overall score is the unweighted mean over the tasks present."""

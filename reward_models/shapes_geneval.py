@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reward_models.geneval_rules import evaluate
+from reward_models.geneval_rules import evaluate, require_clauses
 from reward_models.shapes.detector import detect
 
 from .base import to_uint8_hwc
@@ -29,9 +29,7 @@ class ShapesGenEvalReward:
 
     def __call__(self, images: Tensor, prompts: Sequence[str], *, metadata: Sequence[dict] | None = None,
                  **context) -> Tensor:
-        if metadata is None or len(metadata) != len(images):
-            raise ValueError("the shapes_geneval reward needs GenEval metadata (one row per image); "
-                             "train with a GenEval-format JSONL prompt file.")
+        require_clauses(metadata, len(images), "shapes_geneval")
         arr = to_uint8_hwc(images)
         scores = []
         for img, meta in zip(arr, metadata):

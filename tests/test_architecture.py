@@ -96,6 +96,7 @@ def test_tree_advantages_leave_the_rollout_untouched(tiny_sd3_dir, tmp_path, pro
     from reward_models import build_reward
 
     cfg = load_config(None, [f"model.path={tiny_sd3_dir}", "sampler.num_steps=4", "algorithm.name=branch_grpo",
+                             "reward.name=jpeg_compressibility",
                              "algorithm.split_steps=[0,1]", "algorithm.group_size=4", "algorithm.depth_pruning=[2]",
                              "algorithm.depth_pruning_slide=true", "algorithm.depth_pruning_stop=1",
                              f"data.train_prompts={prompts_file}", f"run.output_dir={tmp_path}"])

@@ -52,7 +52,7 @@ def test_reno_step_runs_on_flux(flux_dir):
     pol.transformer.requires_grad_(False)
     pol.pipe.vae.requires_grad_(False)
     meta = {"prompt": "a red circle", "include": [{"class": "circle", "count": 1, "color": "red"}]}
-    st = RenoSettings(iters=2, steps=1, guidance=3.5, weights={"shapes_soft": 1.0})
+    st = RenoSettings(iters=3, steps=1, guidance=3.5, weights={"shapes_soft": 1.0})  # 3 evaluations, 2 updates
     res = optimize_noise(pol, meta["prompt"], build_rewards(st.weights), st, metadata=meta, progress=False)
     assert len(res["trace"]) == 3 and res["trace"][0]["grad_norm"] > 0
     assert res["best_image"].shape == (1, 3, 32, 32)
