@@ -110,6 +110,8 @@ class Trainer:
         self.ckpt_root = os.path.join(self.out, "checkpoints")
         torch.manual_seed(run.seed)
         self.rows = load_prompt_rows(cfg.data.train_prompts)
+        # every input file is read before the model loads, so a bad one costs seconds, not minutes
+        self.eval_rows = load_prompt_rows(cfg.eval.prompts, key="eval.prompts") if cfg.eval.every else None
 
         m = cfg.model
         self.policy = load_policy(m.path, dtype=m.dtype, device=self.acc.device, attention_backend=m.attention_backend,
@@ -145,9 +147,8 @@ class Trainer:
         self.learned_reward = learned(self.reward)  # trained after every batch, saved with checkpoints
         self.iteration = 0
         self.writer = None
-        self.eval_rows = self.eval_reward = None
+        self.eval_reward = None
         if cfg.eval.every:
-            self.eval_rows = load_prompt_rows(cfg.eval.prompts, key="eval.prompts")
             args = OmegaConf.to_container(cfg.eval.reward_args)
             if cfg.eval.reward in ("shapes_geneval", "geneval"):
                 args.setdefault("mode", "strict")  # GenEval's accuracy: 0/1 correctness per image

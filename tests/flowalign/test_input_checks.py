@@ -50,3 +50,40 @@ def test_cli_numbers_fail_before_any_model_loads(argv, flag):
     p = subprocess.run([sys.executable, "-m", "flowalign.cli", *argv], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert f"argument {flag}" in p.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("empty.txt", "\n\n", "holds no prompt"),
+    ("empty.jsonl", "", "holds no prompt"),
+    ("broken.jsonl", '{"prompt": "a red circle"}\n{"prompt": "a blue\n', r"broken.jsonl:2: not valid JSON"),
+    ("string.jsonl", '{"prompt": "a"}\n"a red circle"\n', r"string.jsonl:2: a row needs a non-empty 'prompt'"),
+    ("null.jsonl", '{"prompt": null}\n', r"null.jsonl:1: a row needs a non-empty 'prompt'"),
+    ("blank.jsonl", '{"prompt": "  "}\n', r"blank.jsonl:1: a row needs"),
+])
+def test_prompt_files_are_checked_line_by_line(tmp_path, name, content, match):
+    from flowalign.data import load_prompt_rows
+
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_prompt_rows(str(path))
+
+
+def test_non_utf8_prompt_file(tmp_path):
+    from flowalign.data import load_prompt_rows
+
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("a caf\xe9 circle\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        load_prompt_rows(str(path), key="eval.prompts")
+
+
+def test_a_bad_prompt_file_stops_training_before_the_model_loads(tmp_path, monkeypatch):
+    from flowalign import trainer
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a red circle"}\nnot json\n')
+    monkeypatch.setattr(trainer, "load_policy", lambda *a, **k: pytest.fail("the model loaded first"))
+    cfg = load_config(None, [f"eval.prompts={bad}", "eval.every=1", f"run.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        trainer.Trainer(cfg)
