@@ -85,6 +85,17 @@ def set_numpy_rng_state(state: dict) -> None:
                          state["cached_gaussian"]))
 
 
+def check_fresh_run_dir(out: str) -> None:
+    """A run folder belongs to one run: a fresh run (run.resume=false) in a folder that holds an
+    earlier run's checkpoints or metrics would prune the new checkpoints by name and append to the
+    old metrics, so it stops here, before anything is written."""
+    used = [n for n in ("metrics.jsonl",) if os.path.isfile(os.path.join(out, n))] + \
+        (["checkpoints"] if _checkpoints(os.path.join(out, "checkpoints")) else [])
+    if used:
+        raise ValueError(f"run.output_dir={out!r} already holds a run ({' and '.join(used)}); continue it with "
+                         "run.resume=true, or give a new run.output_dir.")
+
+
 def _checkpoints(root: str) -> list[str]:
     if not os.path.isdir(root):
         return []
@@ -321,6 +332,8 @@ class Trainer:
 
     def train(self) -> str:
         cfg = self.cfg
+        if cfg.run.resume in (False, "false"):
+            check_fresh_run_dir(self.out)
         if self.acc.is_main_process:
             os.makedirs(self.out, exist_ok=True)
             OmegaConf.save(cfg, os.path.join(self.out, "config.yaml"), resolve=True)

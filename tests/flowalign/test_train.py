@@ -227,3 +227,26 @@ def test_resume_never_runs_code_from_a_crafted_checkpoint(tiny_sd3_dir, tmp_path
     t.resume()
     saved = load_state(str(ckpt / "rng_0.pt"))["numpy"]
     assert t.iteration == 1 and np.array_equal(np.random.get_state()[1], saved["keys"].numpy())
+
+
+def test_a_fresh_run_does_not_reuse_a_run_folder(tiny_sd3_dir, tmp_path, prompts_file, monkeypatch):
+    """A run folder belongs to one run: a second fresh run there stops before writing anything (it
+    would prune the first run's checkpoints by name and append to its metrics); resume continues."""
+    out = tmp_path / "run"
+    args = overrides(tiny_sd3_dir, str(out), prompts_file, **{"run.max_iterations": 1, "run.sample_every": 0})
+    Trainer(load_config(None, args)).train()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    metrics = (out / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="already holds a run .*run.resume=true"):
+        Trainer(load_config(None, args)).train()
+    assert (out / "metrics.jsonl").read_text() == metrics and {p.name for p in out.iterdir()} == set(before)
+    assert (out / "config.yaml").stat().st_mtime_ns == before["config.yaml"]  # not rewritten
+    # `flowalign demo` takes the next free folder instead of failing
+    from flowalign import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_train", lambda a: seen.append(a.overrides[0]) or 0)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "metrics.jsonl").write_text("")
+    assert cli.main(["demo"]) == 0 and seen == ["run.output_dir=runs/demo_2"]
