@@ -101,3 +101,13 @@ def test_rewards_on_openai_clip_build_quick_gelu(oc_dir, head_file):
     assert act(build_reward("aesthetic", head=head_file, clip=oc_dir).model) is QuickGELU
     assert act(ColorClassifier(oc_dir).model) is QuickGELU
     assert act(build_reward("hps", model=oc_dir).model) is torch.nn.GELU
+
+
+def test_clipscore_reference_prefix(oc_dir):
+    """Hessel et al. score 'A photo depicts ' + caption: `prefix` gives that setting."""
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    plain = build_reward("clip", model=oc_dir, backend="open_clip", clip=False)
+    ref = build_reward("clip", model=oc_dir, backend="open_clip", clip=False, prefix="A photo depicts ")
+    assert torch.allclose(ref(images, ["a red circle", "a cat"]), plain(images, ["A photo depicts a red circle",
+                                                                                  "A photo depicts a cat"]))
+    assert not torch.allclose(ref(images, ["a red circle", "a cat"]), plain(images, ["a red circle", "a cat"]))
