@@ -204,6 +204,7 @@ class Trainer:
             found = _checkpoints(self.ckpt_root)
             if not found:
                 self.acc.print(f"run.resume=true but {self.ckpt_root} has no checkpoint: starting fresh.")
+                self._truncate_metrics(-1)  # a fresh start redoes everything an earlier attempt logged
                 return
             path = found[-1]
         else:
@@ -232,20 +233,36 @@ class Trainer:
         self.acc.print(f"resumed from {path} at iteration {self.iteration}")
 
     def _truncate_metrics(self, upto: int) -> None:
+        """Keep the metrics of iterations <= upto, atomically (a kill leaves the old file or the new
+        one); a torn line (a kill in the middle of a write) is dropped, not fatal."""
         path = os.path.join(self.out, "metrics.jsonl")
         if not self.acc.is_main_process or not os.path.isfile(path):
             return
+        keep = []
         with open(path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["iteration"] <= upto]
-        with open(path, "w") as f:
+            for line in f:
+                try:
+                    if json.loads(line)["iteration"] <= upto:
+                        keep.append(line if line.endswith("\n") else line + "\n")
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a torn or foreign line
+        tmp = path + f".tmp{os.getpid()}"
+        with open(tmp, "w") as f:
             f.writelines(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     # -- logging -------------------------------------------------------------------------------
     def log(self, metrics: dict) -> None:
         if not self.acc.is_main_process:
             return
-        with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        line = (json.dumps(metrics) + "\n").encode()
+        fd = os.open(os.path.join(self.out, "metrics.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one append of the whole line: lines never interleave or split
+        finally:
+            os.close(fd)
         if self.writer is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and k != "iteration" and v is not None:

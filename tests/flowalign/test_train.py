@@ -250,3 +250,23 @@ def test_a_fresh_run_does_not_reuse_a_run_folder(tiny_sd3_dir, tmp_path, prompts
     (tmp_path / "runs" / "demo").mkdir(parents=True)
     (tmp_path / "runs" / "demo" / "metrics.jsonl").write_text("")
     assert cli.main(["demo"]) == 0 and seen == ["run.output_dir=runs/demo_2"]
+
+
+def test_metrics_survive_a_torn_line_and_a_resume_without_checkpoint(tiny_sd3_dir, tmp_path, prompts_file):
+    """A kill in the middle of a metrics write leaves a torn last line: resume drops it instead of
+    failing; a resume that finds no checkpoint starts over without duplicating iterations."""
+    out = tmp_path / "run"
+    args = overrides(tiny_sd3_dir, str(out), prompts_file, **{"run.max_iterations": 2, "run.sample_every": 0})
+    Trainer(load_config(None, args)).train()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 3, "reward_me')  # torn
+    Trainer(load_config(None, args + ["run.max_iterations=3", "run.resume=true"])).train()
+    iters = [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert iters == [1, 2, 3]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "metrics.jsonl").write_text('{"iteration": 1, "reward_mean": 0.5}\n')  # an attempt killed before its checkpoint
+    args = overrides(tiny_sd3_dir, str(fresh), prompts_file, **{"run.max_iterations": 1, "run.sample_every": 0,
+                                                                 "run.resume": True})
+    Trainer(load_config(None, args)).train()
+    assert [json.loads(x)["iteration"] for x in (fresh / "metrics.jsonl").read_text().splitlines()] == [1]
