@@ -72,8 +72,13 @@ def test_every_adapter_is_a_diffusers_policy_and_no_family_subclasses_another():
     from flowalign.policies import ADAPTERS
     from flowalign.policies.diffusers_base import DiffusersPolicy
 
+    import inspect
+
+    # the base leaves exactly the family's parts to each adapter, which implements all of them
+    assert inspect.isabstract(DiffusersPolicy)
+    assert DiffusersPolicy.__abstractmethods__ == {"_encode_uncached", "encode", "velocity", "latent_shape", "sigmas"}
     for cls in ADAPTERS.values():
-        assert cls.__mro__[1] is DiffusersPolicy, cls
+        assert cls.__mro__[1] is DiffusersPolicy and not inspect.isabstract(cls), cls
 
 
 def test_a_loaded_policy_fulfils_the_whole_protocol(sd3_policy):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -71,7 +72,7 @@ def read_defaults(path: str) -> dict:
     return {k: info[k] for k in keys if k in info}
 
 
-class DiffusersPolicy:
+class DiffusersPolicy(ABC):
     """A diffusers pipeline seen as a FlowPolicy (flowalign/policies/base.py). Log-prob maths stay
     in samplers (fp32); the transformer runs in `dtype`. Subclasses set `family`,
     `pipeline_class`, `lora_targets`, `base_defaults` and implement `_encode_uncached`, `encode`,
@@ -157,9 +158,9 @@ class DiffusersPolicy:
 
     # -- conditioning ----------------------------------------------------------------------------
     # -- conditioning ----------------------------------------------------------------------------
+    @abstractmethod
     def _encode_uncached(self, prompts: list[str]) -> None:
         """Encode each prompt alone into self._cache (a batch must not change an embedding)."""
-        raise NotImplementedError
 
     def _cached(self, prompts: Sequence[str] | str) -> list[str]:
         """Encode what is not cached yet (the prompts and the negative prompt); returns the prompt list."""
@@ -170,13 +171,15 @@ class DiffusersPolicy:
             self._encode_uncached(todo)
         return list(prompts)
 
+    @abstractmethod
     def encode(self, prompts: Sequence[str]) -> Any:
-        raise NotImplementedError
+        """The family's conditioning for `prompts` and the negative prompt (cached per text)."""
 
     # -- model -----------------------------------------------------------------------------------
+    @abstractmethod
     def velocity(self, x: Tensor, sigma: Tensor, cond: Any, *, guidance: float = 1.0,
                  rows: Tensor | None = None) -> Tensor:
-        raise NotImplementedError
+        """The family's transformer call: v at x [B, *S] and sigma [B], CFG when guidance > 1; fp32."""
 
     def _guided_forward(self, x: Tensor, sigma: Tensor, guidance: float, cond: dict[str, Tensor],
                         neg: dict[str, Tensor]) -> Tensor:
@@ -212,11 +215,13 @@ class DiffusersPolicy:
 
     # -- schedule and noise ----------------------------------------------------------------------
     # -- schedule and noise ----------------------------------------------------------------------
+    @abstractmethod
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
-        raise NotImplementedError
+        """The shape of one latent at this image size."""
 
+    @abstractmethod
     def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
-        raise NotImplementedError
+        """The family pipeline's [num_steps + 1] sigma grid."""
 
     def initial_noise(self, n: int, height: int | None = None, width: int | None = None,
                       generator: torch.Generator | None = None) -> Tensor:
