@@ -69,10 +69,10 @@ def test_shipped_configs_load():
 
 
 def test_every_adapter_is_a_diffusers_policy_and_no_family_subclasses_another():
+    import inspect
+
     from flowalign.policies import ADAPTERS
     from flowalign.policies.diffusers_base import DiffusersPolicy
-
-    import inspect
 
     # the base leaves exactly the family's parts to each adapter, which implements all of them
     assert inspect.isabstract(DiffusersPolicy)
