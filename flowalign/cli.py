@@ -249,8 +249,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def cmd_demo(args: argparse.Namespace) -> int:
     """Flow-GRPO on the committed shapes model (the README's demo), from any working directory."""
     args.config = os.path.join(REPO, "configs", "shapes", "flow_grpo.yaml")
+    from .trainer import run_dir_in_use
+
     out, n = "runs/demo", 2
-    while os.path.exists(os.path.join(out, "metrics.jsonl")) or os.path.isdir(os.path.join(out, "checkpoints")):
+    while run_dir_in_use(out):
         out, n = f"runs/demo_{n}", n + 1  # a run folder belongs to one run: the next free one
     args.overrides = [f"run.output_dir={out}", f"model.path={shapes.MODEL_DIR}",
                       f"data.train_prompts={shapes.TRAIN_PROMPTS}", f"eval.prompts={shapes.HELDOUT_PROMPTS}",

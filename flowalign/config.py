@@ -10,6 +10,7 @@ from typing import Any, Literal
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from reward_models import reward_names
 from samplers import STEP_KINDS
 
 from . import shapes
@@ -190,17 +191,13 @@ def validate(cfg) -> None:
 GENEVAL_REWARDS = ("shapes_geneval", "geneval")  # rewards that read GenEval clauses from the prompt rows
 
 
-def _reward_names(name: str, args) -> list[str]:
-    return [name] + (list((args.get("weights") or {}).keys()) if name == "weighted" else [])
-
-
 def _validate_prompt_files(cfg) -> None:
     """A GenEval reward scores a prompt's clauses; a .txt prompt file has none (every image would
     score 1), so it needs a GenEval-format .jsonl file."""
-    checks = [("data.train_prompts", cfg.data.train_prompts, "reward.name", _reward_names(cfg.reward.name,
+    checks = [("data.train_prompts", cfg.data.train_prompts, "reward.name", reward_names(cfg.reward.name,
                                                                                            cfg.reward.args))]
     if cfg.eval.every:
-        checks.append(("eval.prompts", cfg.eval.prompts, "eval.reward", _reward_names(cfg.eval.reward,
+        checks.append(("eval.prompts", cfg.eval.prompts, "eval.reward", reward_names(cfg.eval.reward,
                                                                                        cfg.eval.reward_args)))
     for key, path, reward_key, names in checks:
         hit = [n for n in names if n in GENEVAL_REWARDS]

@@ -85,12 +85,17 @@ def set_numpy_rng_state(state: dict) -> None:
                          state["cached_gaussian"]))
 
 
+def run_dir_in_use(out: str) -> list[str]:
+    """What of an earlier run a run folder holds: its metrics and/or checkpoints (empty if none)."""
+    return [n for n in ("metrics.jsonl",) if os.path.isfile(os.path.join(out, n))] + \
+        (["checkpoints"] if _checkpoints(os.path.join(out, "checkpoints")) else [])
+
+
 def check_fresh_run_dir(out: str) -> None:
     """A run folder belongs to one run: a fresh run (run.resume=false) in a folder that holds an
     earlier run's checkpoints or metrics would prune the new checkpoints by name and append to the
     old metrics, so it stops here, before anything is written."""
-    used = [n for n in ("metrics.jsonl",) if os.path.isfile(os.path.join(out, n))] + \
-        (["checkpoints"] if _checkpoints(os.path.join(out, "checkpoints")) else [])
+    used = run_dir_in_use(out)
     if used:
         raise ValueError(f"run.output_dir={out!r} already holds a run ({' and '.join(used)}); continue it with "
                          "run.resume=true, or give a new run.output_dir.")

@@ -40,4 +40,9 @@ def build_reward(name: str, **kwargs) -> Reward:
     return klass(**kwargs)
 
 
-__all__ = ["REWARDS", "Reward", "build_reward"]
+def reward_names(name: str, args) -> list[str]:
+    """The registered rewards a reward config (name, args) uses: the name, plus a weighted reward's parts."""
+    return [name] + (list((args.get("weights") or {}).keys()) if name == "weighted" else [])
+
+
+__all__ = ["REWARDS", "Reward", "build_reward", "reward_names"]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from flowalign.testing import TinySD3Config, tiny_sd3_pipeline
+from flowalign.trainer import load_state
 from reward_models.shapes.prompts import prompt_set
 from reward_models.shapes.render import render_prompt
 
@@ -89,7 +90,7 @@ def main(argv=None):
     opt = torch.optim.AdamW(tr.parameters(), lr=args.lr, weight_decay=0.0)
     state = {"stage": "vae", "vae_steps": 0, "steps": 0, "elapsed": 0.0, "losses": [], "model_config": model_config}
     if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, weights_only=True)  # tensors and plain containers: never code
+        ck = load_state(ckpt_path)  # tensors and plain containers: never code
         saved = ck["state"].get("model_config")
         if saved is not None and saved != model_config:
             sys.exit(f"{ckpt_path} holds a run with model config {saved}, not {model_config}: rerun with the "

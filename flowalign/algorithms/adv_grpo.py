@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reward_models import reward_names
+
 from .flow_grpo import FlowGRPO, FlowGRPOConfig
 
 
@@ -19,9 +21,7 @@ class AdvGRPOConfig(FlowGRPOConfig):
     @classmethod
     def validate(cls, cfg) -> None:
         super().validate(cfg)
-        names = [cfg.reward.name] + (list((cfg.reward.args.get("weights") or {}).keys())
-                                     if cfg.reward.name == "weighted" else [])
-        if "adversarial_dino" not in names:
+        if "adversarial_dino" not in reward_names(cfg.reward.name, cfg.reward.args):
             raise ValueError(f"algorithm.name=adv_grpo needs the adversarial_dino reward (reward.name="
                              f"{cfg.reward.name!r}); set reward.name=adversarial_dino or add it to reward.args.weights.")
 
