@@ -45,6 +45,10 @@ class SamplerConfig:
     kind: str = "flow_sde"  # SDE step kind on trained steps: flow_sde | dance_sde | cps
     noise_level: float = 0.7  # a of Flow-GRPO's SDE (eta for dance_sde)
     sde_window: list[int] | None = None  # [start, end): SDE (and training) only there, ODE elsewhere
+    # Flow-GRPO-Fast: a window of sde_window_size steps placed at random in sde_window_range = [lo, hi]
+    # on every rollout (start uniform in lo..hi - size, as in the reference)
+    sde_window_size: int | None = None
+    sde_window_range: list[int] | None = None
     psi: Any = None  # DenseGRPO's calibrated std per step: a list of num_steps floats or a psi.json path (flow_sde)
     eval_num_steps: int | None = None  # steps of sample grids / evaluation (default: num_steps)
 
@@ -148,6 +152,24 @@ def load_config(path: str | None = None, overrides: list[str] | None = None):
     return cfg
 
 
+def _validate_random_window(s, algorithm: str) -> None:
+    if (s.sde_window_size is None) != (s.sde_window_range is None):
+        raise ValueError("sampler.sde_window_size and sampler.sde_window_range go together (Flow-GRPO-Fast's random "
+                         "window); set both, or neither.")
+    if s.sde_window_size is None:
+        return
+    rng = list(s.sde_window_range)
+    if s.sde_window is not None:
+        raise ValueError(f"sampler.sde_window={list(s.sde_window)} and sampler.sde_window_range={rng} both place the "
+                         "SDE window; keep one (fixed or random).")
+    if len(rng) != 2 or not 0 <= rng[0] <= rng[1] <= s.num_steps or not 1 <= s.sde_window_size <= rng[1] - rng[0]:
+        raise ValueError(f"sampler.sde_window_range={rng} with sde_window_size={s.sde_window_size} must satisfy "
+                         f"0 <= lo, lo + size <= hi <= sampler.num_steps={s.num_steps}.")
+    if algorithm not in ("flow_grpo", "adv_grpo"):
+        raise ValueError(f"sampler.sde_window_range (a random window per rollout) is Flow-GRPO-Fast's; "
+                         f"algorithm.name={algorithm!r} needs a fixed sampler.sde_window.")
+
+
 def validate(cfg) -> None:
     """Cross-field checks, each failing with one sentence naming the key and the fix."""
     a, s, r, o = cfg.algorithm, cfg.sampler, cfg.run, cfg.optim
@@ -160,6 +182,7 @@ def validate(cfg) -> None:
         if len(w) != 2 or not 0 <= w[0] < w[1] <= s.num_steps:
             raise ValueError(f"sampler.sde_window={w} must be [start, end) with 0 <= start < end <= "
                              f"sampler.num_steps={s.num_steps}.")
+    _validate_random_window(s, a.name)
     if s.psi is not None and s.kind != "flow_sde":
         raise ValueError(f"sampler.psi is set but sampler.kind={s.kind!r}; calibrated psi drives the flow_sde step, "
                          "so set sampler.kind=flow_sde or sampler.psi=null.")

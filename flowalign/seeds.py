@@ -21,5 +21,10 @@ def group_noise_seed(seed: int, iteration: int, group: int) -> int:
     return iteration_seed(seed, iteration) * 100_003 + group
 
 
+def sde_window_seed(seed: int, iteration: int) -> int:
+    """The seed of Flow-GRPO-Fast's random SDE window at `iteration` (the same on every process)."""
+    return iteration_seed(seed, iteration) * 7 + 3
+
+
 SAMPLE_GRID_OFFSET = 12345  # sample grids use run.seed + this, the same noise at every grid
 CALIBRATION_PROMPT_OFFSET = 7919  # DenseGRPO's calibration draws prompts with run.seed + this

@@ -19,7 +19,7 @@ from samplers import Trajectory
 
 from ..advantages import group_advantages, multi_reward_advantages
 from ..losses import grpo_objective
-from ..seeds import group_noise_seed
+from ..seeds import group_noise_seed, sde_window_seed
 from .base import Advantages, decode_rewards, expand_groups, gathered, sde_noise_levels
 
 
@@ -83,6 +83,7 @@ class Rollout:
     group_ids: Tensor  # [n] global prompt index of each sample
     cond: object  # the policy's conditioning for `prompts`
     traj: Trajectory
+    kinds: list[str] | None = None  # the step kinds of this rollout (a random SDE window), else the algorithm's
 
 
 def group_noise(policy, group_ids: Tensor, seed: int, iteration: int, height: int | None, width: int | None) -> Tensor:
@@ -104,11 +105,28 @@ class FlowGRPO:
             raise ValueError("algorithm.reward_aggregation=advantage needs the weighted reward's part weights.")
         K = sampler_cfg.num_steps
         window = tuple(sampler_cfg.sde_window) if sampler_cfg.sde_window is not None else None
+        self.random_window = getattr(sampler_cfg, "sde_window_size", None) is not None
+        if self.random_window:  # Flow-GRPO-Fast: placed per rollout; this is the first possible placement
+            lo = sampler_cfg.sde_window_range[0]
+            window = (lo, lo + sampler_cfg.sde_window_size)
         self.kinds = samplers.step_kinds(K, sampler_cfg.kind, window=window)
         self.train_steps = [k for k, kind in enumerate(self.kinds) if kind != "ode"]
         n, f = len(self.train_steps), algo_cfg.timestep_fraction
         # Flow-GRPO trains int(K f) steps (at least one here); the random option round(K f)
         self.steps_per_update = max(1, int(n * f) if algo_cfg.timestep_selection == "first" else round(n * f))
+
+    def rollout_kinds(self, seed: int, iteration: int) -> list[str]:
+        """The step kinds of the rollout at `iteration`: the fixed ones, or with sampler.sde_window_range
+        Flow-GRPO-Fast's window [start, start + size) with start uniform in lo..hi - size (both ends
+        included, as Python's random.randint in the reference), drawn from (seed, iteration) so that
+        every process and a resumed run place it alike."""
+        if not self.random_window:
+            return self.kinds
+        lo, hi = self.sampler.sde_window_range
+        size = self.sampler.sde_window_size
+        g = torch.Generator().manual_seed(sde_window_seed(seed, iteration))
+        start = lo + int(torch.randint(hi - size - lo + 1, (1,), generator=g))
+        return samplers.step_kinds(self.sampler.num_steps, self.sampler.kind, window=(start, start + size))
 
     def assign(self, metas: Sequence[dict], rank: int, world: int) -> tuple[list[dict], Tensor]:
         """Each prompt's group of G samples, split over processes (a group may span processes)."""
@@ -130,10 +148,11 @@ class FlowGRPO:
         else:
             noise = policy.initial_noise(len(prompts), height, width, generator)
         sigmas = policy.sigmas(self.sampler.num_steps, height, width)
-        traj = samplers.rollout(policy.velocity_fn(cond, guidance=self.sampler.guidance), noise, sigmas, self.kinds,
+        kinds = self.rollout_kinds(seed, iteration)
+        traj = samplers.rollout(policy.velocity_fn(cond, guidance=self.sampler.guidance), noise, sigmas, kinds,
                                 noise_level=sde_noise_levels(self.sampler, sigmas) if noise_level is None else noise_level,
                                 generator=generator)
-        return Rollout(prompts, list(metadata), group_ids.to(noise.device), cond, traj)
+        return Rollout(prompts, list(metadata), group_ids.to(noise.device), cond, traj, list(kinds))
 
     def score(self, policy, ro: Rollout, reward) -> Tensor:
         """Reward of each final image, [n]; with algorithm.reward_aggregation=advantage, [n, P + 1]
@@ -167,7 +186,8 @@ class FlowGRPO:
         x, x_next = traj.latents[idx, k], traj.latents[idx, k + 1]
         s, sn = float(traj.sigmas[k]), float(traj.sigmas[k + 1])
         sig = torch.full((len(idx),), s, device=x.device)
-        step = samplers.step_fn(self.kinds[k])
+        kinds = ro.kinds or self.kinds
+        step = samplers.step_fn(kinds[k])
         level = float(traj.noise_level[k])
         v = policy.velocity(x, sig, ro.cond, guidance=self.sampler.guidance, rows=idx)
         out = step(x, v, s, sn, noise_level=level, prev_sample=x_next)
@@ -177,7 +197,7 @@ class FlowGRPO:
             with torch.no_grad(), policy.reference():
                 v_ref = policy.velocity(x, sig, ro.cond, guidance=self.sampler.guidance, rows=idx)
                 mean_ref = step(x, v_ref, s, sn, noise_level=level, prev_sample=x_next).mean
-            kl = step_kl(self.cfg.kl_form, self.kinds[k], out.mean, mean_ref, out.std, s, sn)
+            kl = step_kl(self.cfg.kl_form, kinds[k], out.mean, mean_ref, out.std, s, sn)
         return grpo_objective(out.log_prob, traj.log_probs[idx, k], a, self.cfg.clip_range, kl, self.cfg.kl_beta)
 
     def policy_step(self, policy, ro: Rollout, advantages: Advantages, update, generator: torch.Generator) -> dict:
@@ -194,6 +214,7 @@ class FlowGRPO:
         if self.cfg.drop_zero_advantage:
             keep = zero_advantage_mask(adv.cpu(), batches, generator)
         kept = torch.nonzero(keep).flatten()
+        train_steps = [k for k, kind in enumerate(ro.kinds or self.kinds) if kind != "ode"]
         for _ in range(self.cfg.inner_epochs):
             perm = kept[torch.randperm(kept.numel(), generator=generator)]
             # Flow-GRPO splits the kept samples into the same number of minibatches; all kept: train_batch_size each
@@ -201,10 +222,10 @@ class FlowGRPO:
                 perm.split(self.cfg.train_batch_size)
             for idx in chunks:
                 if self.cfg.timestep_selection == "first":
-                    steps = self.train_steps[: self.steps_per_update]
+                    steps = train_steps[: self.steps_per_update]
                 else:
-                    order = torch.randperm(len(self.train_steps), generator=generator)[: self.steps_per_update]
-                    steps = [self.train_steps[i] for i in order.tolist()]
+                    order = torch.randperm(len(train_steps), generator=generator)[: self.steps_per_update]
+                    steps = [train_steps[i] for i in order.tolist()]
                 for j, k in enumerate(steps):
                     loss, st = self.step_loss(policy, ro, idx, k, adv)
                     if first_ratio is None:

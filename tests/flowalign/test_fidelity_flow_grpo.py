@@ -147,3 +147,71 @@ def test_zero_advantage_samples_leave_the_loss():
     algo.policy_step(None, fake_rollout(8), Advantages(adv, adv), RecordingUpdate(), torch.Generator().manual_seed(0))
     trained = {i for idx, _ in calls for i in idx}
     assert trained == {1, 3, 4, 7}
+
+
+def test_fast_random_window_is_placed_per_rollout_like_the_reference():
+    """Flow-GRPO-Fast (flow_grpo scripts/train_sd3_fast.py; the same draw in showlab/Adv-GRPO
+    adv_grpo/diffusers_patch/sd3_pipeline_with_logprob_fast.py): start = random.randint(lo, hi - size),
+    both ends included, SDE on [start, start + size), ODE elsewhere, and only the window is trained."""
+    lo, hi, size = 1, 7, 2
+    sampler = OmegaConf.structured(SamplerConfig(num_steps=10, sde_window_size=size, sde_window_range=[lo, hi]))
+    cfg = OmegaConf.merge(OmegaConf.structured(FlowGRPOConfig), {"timestep_fraction": 0.99})
+    algo = FlowGRPO(cfg, sampler)
+    assert algo.steps_per_update == 1  # int(2 * 0.99), as the reference
+    starts = []
+    for it in range(600):
+        kinds = algo.rollout_kinds(0, it)
+        sde = [k for k, kind in enumerate(kinds) if kind != "ode"]
+        assert sde == list(range(sde[0], sde[0] + size))
+        starts.append(sde[0])
+        assert algo.rollout_kinds(0, it) == kinds  # the same on every process and after a resume
+    counts = np.bincount(starts, minlength=hi)
+    assert set(np.nonzero(counts)[0].tolist()) == set(range(lo, hi - size + 1))  # lo .. hi - size inclusive
+    assert counts[lo:hi - size + 1].min() > 600 / 5 * 0.7  # uniform over the 5 starts
+    # training uses the rollout's own window
+    algo2, calls = algo_and_calls(timestep_fraction=1.0, train_batch_size=4, drop_zero_advantage=False)
+    ro = fake_rollout(4)
+    ro.kinds = ["ode"] * 5 + ["flow_sde"] * 2 + ["ode"] * 3
+    algo2.policy_step(None, ro, Advantages(torch.ones(4), torch.ones(4)), RecordingUpdate(),
+                      torch.Generator().manual_seed(0))
+    assert [k for _, k in calls] == [5, 6]
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"sampler.sde_window_size": 2}, "go together"),
+    ({"sampler.sde_window_size": 4, "sampler.sde_window_range": [0, 3]}, "must satisfy"),
+    ({"sampler.sde_window_size": 2, "sampler.sde_window_range": [0, 5], "sampler.sde_window": [0, 2]}, "keep one"),
+    ({"sampler.sde_window_size": 2, "sampler.sde_window_range": [0, 5], "algorithm.name": "dense_grpo"},
+     "needs a fixed sampler.sde_window"),
+])
+def test_random_window_config_errors(keys, message):
+    from flowalign.config import load_config
+
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [f"{k}={v}" for k, v in keys.items()])
+
+
+def test_random_window_rollout_and_step_on_the_tiny_model(tiny_sd3_dir, tmp_path, prompts_file):
+    """A real rollout: SDE (non-zero log-probs) only inside that iteration's window, and the first
+    trained transition is on-policy (ratio 1)."""
+    from flowalign.config import load_config
+    from flowalign.policies import load_policy
+    from tests.flowalign.test_train import overrides
+
+    cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **{
+        "sampler.num_steps": 4, "sampler.sde_window_size": 1, "sampler.sde_window_range": "[0,4]",
+        "algorithm.kl_beta": 0.0}))
+    policy = load_policy(cfg.model.path, max_sequence_length=8)
+    algo = FlowGRPO(cfg.algorithm, cfg.sampler)
+    seen = set()
+    for it in range(6):
+        ro = algo.rollout(policy, [{"prompt": "a red circle"}] * 2, torch.tensor([0, 0]),
+                          torch.Generator().manual_seed(it), 32, 32, seed=0, iteration=it)
+        window = [k for k, kind in enumerate(ro.kinds) if kind != "ode"]
+        assert ro.kinds == algo.rollout_kinds(0, it) and len(window) == 1
+        assert (ro.traj.log_probs[:, window[0]] != 0).all()
+        assert (ro.traj.log_probs[:, [k for k in range(4) if k not in window]] == 0).all()
+        seen.add(window[0])
+    assert len(seen) > 1
+    loss, st = algo.step_loss(policy, ro, torch.tensor([0, 1]), window[0], torch.ones(2))
+    assert abs(st["ratio"] - 1) < 1e-5
