@@ -329,10 +329,16 @@ class Trainer:
             # so this is a second VAE decode of the finals, the price of an algorithm-independent score()
             with torch.no_grad():
                 images = self.policy.decode(self.algo.final_latents(ro))
-            reward_stats = self.learned_reward.update(images, self.algo.final_prompts(ro))
+            reward_stats = self.learned_reward.update(images, self.algo.final_prompts(ro), iteration=self.iteration)
         adv = self.algo.advantages(ro, rewards, self.acc, iteration=self.iteration)
         all_rewards, adv_all = adv.all_rewards, self.acc.gather(adv.local.contiguous())
-        stats = self.algo.policy_step(self.policy, ro, adv, self.updater, gen)
+        # Adv-GRPO's alternate schedule reserves iterations for the discriminator: no policy update then
+        if self.learned_reward is None:
+            stats = self.algo.policy_step(self.policy, ro, adv, self.updater, gen)
+        elif self.learned_reward.trains_generator(self.iteration):
+            stats = {**self.algo.policy_step(self.policy, ro, adv, self.updater, gen), "generator_step": 1.0}
+        else:
+            stats = {"generator_step": 0.0}
         self.iteration += 1
         final_rewards = all_rewards if all_rewards.dim() == 1 else all_rewards[:, -1]  # dense: the final image's
         metrics = {

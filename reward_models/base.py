@@ -33,8 +33,12 @@ class LearnedReward(Reward, Protocol):
 
     learns: bool
 
-    def update(self, images: Tensor, prompts: Sequence[str] | None = None, **context) -> dict:
-        """One training round on a batch of generated images; returns statistics to log."""
+    def update(self, images: Tensor, prompts: Sequence[str] | None = None, *, iteration: int = 0, **context) -> dict:
+        """One training round on a batch of generated images (when the reward's schedule trains at
+        `iteration`); returns statistics to log."""
+
+    def trains_generator(self, iteration: int) -> bool:
+        """Whether the policy is updated at `iteration` (a schedule may reserve iterations for the reward)."""
 
     def state_dict(self) -> dict: ...
 

@@ -28,11 +28,16 @@ class WeightedReward:
         self.learned = [k for k, p in self.parts.items() if learned(p) is not None]
         self.learns = bool(self.learned)  # the engine trains and checkpoints learned parts (a LearnedReward)
 
-    def update(self, images: Tensor, prompts: Sequence[str] | None = None, **context) -> dict:
+    def update(self, images: Tensor, prompts: Sequence[str] | None = None, *, iteration: int = 0, **context) -> dict:
         stats = {}
         for k in self.learned:
-            stats.update({f"{k}/{s}": v for s, v in self.parts[k].update(images, prompts, **context).items()})
+            part = self.parts[k].update(images, prompts, iteration=iteration, **context)
+            stats.update({f"{k}/{s}": v for s, v in part.items()})
         return stats
+
+    def trains_generator(self, iteration: int) -> bool:
+        """The policy is updated when every learned part's schedule allows it."""
+        return all(self.parts[k].trains_generator(iteration) for k in self.learned)
 
     def state_dict(self) -> dict:
         return {k: self.parts[k].state_dict() for k in self.learned}

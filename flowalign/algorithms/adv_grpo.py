@@ -2,8 +2,9 @@
 registers the FlowGRPO algorithm under its own schema); the reward is the DINO discriminator of
 reward_models/adversarial.py (alone or inside a weighted reward; the schema requires it), a
 `LearnedReward` whose head the engine trains after every batch (`reward.update`: hinge loss,
-reference images positive, the batch's images negative, k head steps per generator step or while
-the references score lower) and saves with every checkpoint (`reward.pt`)."""
+reference images positive, the batch's images negative) on the iterations its schedule gives it
+(the reference's: 9 head iterations, then 1 policy iteration; `reward.trains_generator`), and
+saves with every checkpoint (`reward.pt`)."""
 
 from __future__ import annotations
 

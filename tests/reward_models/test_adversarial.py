@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from reward_models import build_reward
-from reward_models.adversarial import DiscriminatorHead, adversarial_scores, hinge_loss
+from reward_models.adversarial import (
+    DiscriminatorHead,
+    adversarial_scores,
+    normalized_hinge_loss,
+    pick_patches,
+    reference_hinge_loss,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,27 +37,88 @@ def ref_dir(tmp_path):
     return str(d)
 
 
-def test_head_hinge_loss_decreases_on_separable_features():
+@pytest.mark.parametrize("form", ["reference", "normalized"])
+def test_head_hinge_loss_decreases_on_separable_features(form):
     torch.manual_seed(0)
     head = DiscriminatorHead(8, hidden=16)
     opt = torch.optim.Adam(head.parameters(), lr=1e-2, betas=(0.5, 0.999))
     real_c, fake_c = torch.randn(16, 8) + 2.0, torch.randn(16, 8) - 2.0
     real_p, fake_p = torch.randn(16, 5, 8) + 2.0, torch.randn(16, 5, 8) - 2.0
-    idx = torch.arange(5)
+    loss_fn = reference_hinge_loss if form == "reference" else normalized_hinge_loss
     losses = []
     for _ in range(60):
-        loss = hinge_loss(adversarial_scores(head, real_c, real_p, idx), adversarial_scores(head, fake_c, fake_p, idx))
+        loss = loss_fn(head, (real_c, real_p), (fake_c, fake_p))
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
-    g, loc = adversarial_scores(head, real_c, real_p, idx)
+    g, loc = adversarial_scores(head, real_c, real_p, torch.arange(5).expand(16, 5))
     assert (g > 0).all() and (loc > 0).all()
+
+
+class RefDINOHead(torch.nn.Module):
+    """scripts/train_sd3_fast_dino_patch.py's DINOHead: Linear(in, 512)-GELU-Linear(512, 1)."""
+
+    def __init__(self, in_dim, hidden_dim):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(in_dim, hidden_dim), torch.nn.GELU(),
+                                          torch.nn.Linear(hidden_dim, 1))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def ref_train_dino_loss(head, out_real, out_fake, idx_real, idx_fake, patch_loss_weight=0.3):
+    """showlab/Adv-GRPO scripts/train_sd3_fast_dino_patch.py, train_dino: hinge on raw
+    forward_features tokens, image_loss + patch_loss_weight * patch_loss."""
+    cls_real, patch_real = out_real[:, 0], out_real[:, 1:]
+    cls_fake, patch_fake = out_fake[:, 0], out_fake[:, 1:]
+    logits_real_cls = head(cls_real).squeeze(-1)
+    logits_fake_cls = head(cls_fake).squeeze(-1)
+    image_loss = 0.5 * (torch.mean(torch.relu(1.0 - logits_real_cls)) + torch.mean(torch.relu(1.0 + logits_fake_cls)))
+    D = patch_real.shape[-1]
+    sampled_real = torch.gather(patch_real, 1, idx_real.unsqueeze(-1).expand(-1, -1, D))
+    sampled_fake = torch.gather(patch_fake, 1, idx_fake.unsqueeze(-1).expand(-1, -1, D))
+    logits_real_patch = head(sampled_real).squeeze(-1)
+    logits_fake_patch = head(sampled_fake).squeeze(-1)
+    patch_loss = 0.5 * (torch.mean(torch.relu(1.0 - logits_real_patch)) + torch.mean(torch.relu(1.0 + logits_fake_patch)))
+    return image_loss + patch_loss_weight * patch_loss
+
+
+def ref_dino_patch_cotrain_score(head, feats, idx, cls_weight=0.7):
+    """showlab/Adv-GRPO adv_grpo/rewards.py, dino_patch_cotrain_score._fn after forward_features."""
+    cls_emb, patch_emb = feats[:, 0, :], feats[:, 1:, :]
+    D = patch_emb.shape[-1]
+    sampled = torch.gather(patch_emb, 1, idx.unsqueeze(-1).expand(-1, -1, D))
+    cls_emb = cls_emb / (cls_emb.norm(dim=-1, keepdim=True) + 1e-6)
+    sampled = sampled / (sampled.norm(dim=-1, keepdim=True) + 1e-6)
+    cls_score = head(cls_emb).squeeze(-1)
+    patch_score_mean = head(sampled).squeeze(-1).mean(dim=1)
+    return cls_weight * cls_score + (1 - cls_weight) * patch_score_mean
+
+
+def test_default_loss_and_reward_match_adv_grpo_float64():
+    g = torch.Generator().manual_seed(0)
+    B, N, D, n = 5, 37, 24, 64
+    ours = DiscriminatorHead(D, hidden=16).double()
+    ref = RefDINOHead(D, 16).double()
+    ref.layers.load_state_dict(ours.net.state_dict())
+    out_real = 3 * torch.randn(B, N + 1, D, generator=g, dtype=torch.float64)
+    out_fake = 3 * torch.randn(B, N + 1, D, generator=g, dtype=torch.float64)
+    idx_r, idx_f = torch.randint(0, N, (B, n), generator=g), torch.randint(0, N, (B, n), generator=g)
+    want = ref_train_dino_loss(ref, out_real, out_fake, idx_r, idx_f)
+    got = reference_hinge_loss(ours, (out_real[:, 0], pick_patches(out_real[:, 1:], idx_r)),
+                               (out_fake[:, 0], pick_patches(out_fake[:, 1:], idx_f)))
+    assert abs(float((got - want).detach())) < 1e-10
+    gl, loc = adversarial_scores(ours, out_real[:, 0], out_real[:, 1:], idx_r)
+    assert torch.allclose(0.7 * gl + 0.3 * loc, ref_dino_patch_cotrain_score(ref, out_real, idx_r), rtol=0, atol=1e-10)
 
 
 def test_reward_shape_gradients_update_and_checkpoint_round_trip(dino_dir, ref_dir):
     r = build_reward("adversarial_dino", backbone=dino_dir, reference_dir=ref_dir, k=3, device="cpu", num_patches=4)
+    assert (r.schedule, r.d_times, r.disc_loss) == ("alternate", 10, "reference")  # the defaults are the reference's
+    r.schedule = "k_steps"
     images = torch.rand(3, 3, 40, 40, generator=torch.Generator().manual_seed(0), requires_grad=True)
     v = r(images, ["a", "b", "c"])
     assert v.shape == (3,) and v.dtype == torch.float32
@@ -63,7 +130,8 @@ def test_reward_shape_gradients_update_and_checkpoint_round_trip(dino_dir, ref_d
     torch.save(r.state_dict(), buf)  # as the trainer's checkpoint does
     buf.seek(0)
     state = torch.load(buf, weights_only=False)
-    r2 = build_reward("adversarial_dino", backbone=dino_dir, reference_dir=ref_dir, k=3, device="cpu", num_patches=4)
+    r2 = build_reward("adversarial_dino", backbone=dino_dir, reference_dir=ref_dir, schedule="k_steps", k=3,
+                      device="cpu", num_patches=4)
     r2.load_state_dict(state)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     assert torch.equal(r(x, ["a", "b"]), r2(x, ["a", "b"]))
@@ -79,6 +147,31 @@ def test_errors(tmp_path, dino_dir):
         build_reward("adversarial_dino", backbone=dino_dir, reference_dir=str(tmp_path / "none"), device="cpu")
     with pytest.raises(ValueError, match="schedule 'often'"):
         build_reward("adversarial_dino", backbone=dino_dir, schedule="often", device="cpu")
+    with pytest.raises(ValueError, match="disc_loss 'l2'"):
+        build_reward("adversarial_dino", backbone=dino_dir, disc_loss="l2", device="cpu")
+    with pytest.raises(FileNotFoundError, match="reference_map"):
+        build_reward("adversarial_dino", backbone=dino_dir, reference_dir=str(tmp_path),
+                     reference_map=str(tmp_path / "none.json"), device="cpu")
+
+
+def test_reference_map_pairs_each_image_with_its_prompts_references(dino_dir, ref_dir, tmp_path):
+    """As the reference's prompt2img json: the positives of a batch are its prompts' own images."""
+    import json
+
+    mapping = tmp_path / "prompt2img.json"
+    mapping.write_text(json.dumps({"a red cat": ["0.png", "1.png"], "a dog": ["3.png"]}))
+    r = build_reward("adversarial_dino", backbone=dino_dir, reference_dir=ref_dir, reference_map=str(mapping),
+                     device="cpu", num_patches=4)
+    fake = torch.rand(4, 3, 16, 16)
+    real = r.real_images(fake, ["a red cat", "a dog", "a red cat", "a red cat"])
+    assert real.shape == (4, 3, 16, 16)
+    greens = [round(float(x[1].mean()) * 255) for x in real]  # ref image i has green 30 i
+    assert greens == [0, 90, 30, 0]
+    with pytest.raises(KeyError, match="'a cow' has no reference images"):
+        r.real_images(fake[:1], ["a cow"])
+    mapping.write_text(json.dumps({"a red cat": ["9.png"]}))
+    with pytest.raises(FileNotFoundError, match="'9.png'"):
+        build_reward("adversarial_dino", backbone=dino_dir, reference_dir=ref_dir, reference_map=str(mapping))
 
 
 def test_engine_trains_the_discriminator_and_checkpoints_it(dino_dir, ref_dir, tiny_sd3_dir, tmp_path, prompts_file):
@@ -91,7 +184,8 @@ def test_engine_trains_the_discriminator_and_checkpoints_it(dino_dir, ref_dir, t
 
     cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **{
         "reward.name": "adversarial_dino", "run.max_iterations": 2, "run.sample_every": 0,
-        "reward.args": f"{{backbone: {dino_dir}, reference_dir: {ref_dir}, k: 2, device: cpu, num_patches: 4}}"}))
+        "reward.args": f"{{backbone: {dino_dir}, reference_dir: {ref_dir}, schedule: k_steps, k: 2, device: cpu, "
+                       "num_patches: 4}"}))
     t = Trainer(cfg)
     t.train()
     assert t.reward.updates == 4  # k = 2 head updates per generator iteration
@@ -101,11 +195,36 @@ def test_engine_trains_the_discriminator_and_checkpoints_it(dino_dir, ref_dir, t
     assert os.path.isfile(ckpt)
     t2 = Trainer(load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **{
         "reward.name": "adversarial_dino", "run.max_iterations": 2, "run.resume": True,
-        "reward.args": f"{{backbone: {dino_dir}, reference_dir: {ref_dir}, k: 2, device: cpu, num_patches: 4}}"})))
+        "reward.args": f"{{backbone: {dino_dir}, reference_dir: {ref_dir}, schedule: k_steps, k: 2, device: cpu, "
+                       "num_patches: 4}"})))
     t2.resume()
     assert t2.reward.updates == 4
     for a, b in zip(t.reward.head.parameters(), t2.reward.head.parameters()):
         assert torch.equal(a, b)
+
+
+def test_alternate_schedule_trains_the_head_or_the_generator(dino_dir, ref_dir, tiny_sd3_dir, tmp_path, prompts_file):
+    """The reference's schedule (train_sd3_fast_dino_patch.py: `if train_d and (epoch + 1) % d_times != 0`):
+    d_times - 1 iterations train the head once on their fresh rollout and leave the policy alone, the
+    d_times-th updates the policy only."""
+    from flowalign.config import load_config
+    from flowalign.trainer import Trainer
+    from tests.flowalign.test_train import overrides
+
+    cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **{
+        "reward.name": "adversarial_dino", "run.max_iterations": 4, "run.sample_every": 0,
+        "reward.args": f"{{backbone: {dino_dir}, reference_dir: {ref_dir}, d_times: 2, device: cpu, num_patches: 4}}"}))
+    t = Trainer(cfg)
+    ms = []
+    for _ in range(4):
+        before = [p.detach().clone() for p in t.params]
+        ms.append(t.iterate())
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, t.params))
+        assert unchanged == (ms[-1]["generator_step"] == 0.0)  # a head iteration leaves the policy alone
+    assert [x["generator_step"] for x in ms] == [0.0, 1.0, 0.0, 1.0]
+    assert ["disc_loss" in x for x in ms] == [True, False, True, False]
+    assert "first_ratio" in ms[1] and "first_ratio" not in ms[0]
+    assert t.reward.updates == 2
 
 
 def test_adv_grpo_algorithm_with_a_weighted_reward_and_per_reward_advantages(dino_dir, ref_dir, tiny_sd3_dir,
@@ -120,7 +239,8 @@ def test_adv_grpo_algorithm_with_a_weighted_reward_and_per_reward_advantages(din
     from tests.flowalign.test_train import overrides
 
     args = (f"{{weights: {{adversarial_dino: 1.0, jpeg_compressibility: 0.5}}, args: {{adversarial_dino: "
-            f"{{backbone: {dino_dir}, reference_dir: {ref_dir}, k: 1, device: cpu, num_patches: 4}}}}}}")
+            f"{{backbone: {dino_dir}, reference_dir: {ref_dir}, schedule: k_steps, k: 1, device: cpu, "
+            "num_patches: 4}}}")
     kw = {"algorithm.name": "adv_grpo", "reward.name": "weighted", "reward.args": args, "run.max_iterations": 1,
           "run.sample_every": 0, "algorithm.reward_aggregation": "advantage"}
     t = Trainer(load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **kw)))
