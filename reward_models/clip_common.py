@@ -41,13 +41,18 @@ def features(out) -> Tensor:
 
 
 class CLIPPreprocess:
-    """Resize the shortest side to the crop size (bicubic, antialiased), centre-crop, normalise:
-    CLIPImageProcessor's steps in torch, differentiable. images [B, 3, H, W] in [0, 1]."""
+    """Differentiable CLIP preprocessing in torch, images [B, 3, H, W] in [0, 1] -> normalised pixels.
+    `resize='crop'`: resize the shortest side to the crop size (bicubic, antialiased) and centre-crop,
+    CLIPImageProcessor's steps. `resize='pad'`: resize the longest side to the size and pad black to a
+    square, centred (HPSv2's `ResizeMaxSize` with `light_augmentation`), so a non-square image is
+    scored whole. float64 images stay float64."""
 
-    def __init__(self, size: int, mean, std):
-        self.size = int(size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    def __init__(self, size: int, mean, std, resize: str = "crop"):
+        if resize not in ("crop", "pad"):
+            raise ValueError(f"resize {resize!r} is unknown; use 'crop' or 'pad'.")
+        self.size, self.resize = int(size), resize
+        self.mean = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
 
     @classmethod
     def from_processor(cls, image_processor) -> CLIPPreprocess:
@@ -57,13 +62,22 @@ class CLIPPreprocess:
         return cls(size, image_processor.image_mean, image_processor.image_std)
 
     def __call__(self, images: Tensor) -> Tensor:
-        _, _, h, w = images.shape
-        s = self.size / min(h, w)
-        nh, nw = max(self.size, round(h * s)), max(self.size, round(w * s))
-        x = F.interpolate(images.float(), size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
-        top, left = (nh - self.size) // 2, (nw - self.size) // 2
-        x = x[:, :, top:top + self.size, left:left + self.size]
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        x = images if images.dtype == torch.float64 else images.float()
+        _, _, h, w = x.shape
+        if self.resize == "pad":
+            s = self.size / max(h, w)
+            nh, nw = round(h * s), round(w * s)
+            if (nh, nw) != (h, w):
+                x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
+            ph, pw = self.size - nh, self.size - nw
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
+        else:
+            s = self.size / min(h, w)
+            nh, nw = max(self.size, round(h * s)), max(self.size, round(w * s))
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
+            top, left = (nh - self.size) // 2, (nw - self.size) // 2
+            x = x[:, :, top:top + self.size, left:left + self.size]
+        return (x - self.mean.to(x)) / self.std.to(x)
 
 
 class CLIPSimilarity:

@@ -38,8 +38,9 @@ def _resolve(model: str, pretrained: str | None) -> tuple[str, str | None]:
 
 
 def load_open_clip(model: str, pretrained: str | None = None, *, device: str | None = None,
-                   dtype: str = "float32", quick_gelu: bool | None = None):
-    """-> (model in eval mode without gradients, tokenizer, torch preprocess, device).
+                   dtype: str = "float32", quick_gelu: bool | None = None, resize: str = "crop"):
+    """-> (model in eval mode without gradients, tokenizer, torch preprocess, device). `resize`: the
+    preprocess's 'crop' (shortest side, centre crop) or 'pad' (longest side, black pad; HPSv2).
 
     `quick_gelu`: build the towers with QuickGELU, the activation OpenAI's CLIP weights were trained
     with (open_clip >= 2.29 builds plain GELU for e.g. 'ViT-L-14' even with OpenAI's weights, which
@@ -59,7 +60,7 @@ def load_open_clip(model: str, pretrained: str | None = None, *, device: str | N
     m = m.to(dtype=getattr(torch, dtype)).eval().requires_grad_(False)
     cfg = m.visual.preprocess_cfg
     size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
-    return m, open_clip.get_tokenizer(name), CLIPPreprocess(size, cfg["mean"], cfg["std"]), dev
+    return m, open_clip.get_tokenizer(name), CLIPPreprocess(size, cfg["mean"], cfg["std"], resize), dev
 
 
 def save_open_clip(model, model_cfg: dict, path: str, preprocess_cfg: dict | None = None) -> str:
@@ -95,9 +96,10 @@ class OpenCLIPSimilarity:
     differentiable = True
 
     def __init__(self, model: str, pretrained: str | None = None, *, device: str | None = None,
-                 dtype: str = "float32", batch_size: int = 32, quick_gelu: bool | None = None):
-        self.model, self.tokenizer, self.preprocess, self.device = load_open_clip(model, pretrained, device=device,
-                                                                                  dtype=dtype, quick_gelu=quick_gelu)
+                 dtype: str = "float32", batch_size: int = 32, quick_gelu: bool | None = None,
+                 resize: str = "crop"):
+        self.model, self.tokenizer, self.preprocess, self.device = load_open_clip(
+            model, pretrained, device=device, dtype=dtype, quick_gelu=quick_gelu, resize=resize)
         self.batch_size = batch_size
 
     def cosine(self, images: torch.Tensor, prompts) -> torch.Tensor:

@@ -111,3 +111,40 @@ def test_clipscore_reference_prefix(oc_dir):
     assert torch.allclose(ref(images, ["a red circle", "a cat"]), plain(images, ["A photo depicts a red circle",
                                                                                   "A photo depicts a cat"]))
     assert not torch.allclose(ref(images, ["a red circle", "a cat"]), plain(images, ["a red circle", "a cat"]))
+
+
+def ref_resize_max_size(img, max_size, fill=0):
+    """tgxs002/HPSv2 hpsv2/src/open_clip/transform.py, ResizeMaxSize.forward on a tensor image
+    (img_score.py builds preprocess_val with light_augmentation=True -> resize_longest_max)."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    height, width = img.shape[1:]
+    scale = max_size / float(max(height, width))
+    if scale != 1.0:
+        new_size = tuple(round(dim * scale) for dim in (height, width))
+        img = TF.resize(img, new_size, InterpolationMode.BICUBIC)
+        pad_h = max_size - new_size[0]
+        pad_w = max_size - new_size[1]
+        img = TF.pad(img, padding=[pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=fill)
+    return img
+
+
+@pytest.mark.parametrize("hw", [(48, 80), (80, 48), (33, 70), (64, 64)])
+def test_hps_pads_non_square_images_like_hpsv2(oc_dir, hw):
+    from reward_models.clip_common import CLIPPreprocess
+
+    hps = build_reward("hps", model=oc_dir, device="cpu")
+    assert hps.preprocess.resize == "pad"
+    pre = hps.preprocess
+    images = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean, std = pre.mean.view(3, 1, 1), pre.std.view(3, 1, 1)
+    want = torch.stack([(ref_resize_max_size(im, pre.size) - mean) / std for im in images])
+    got = pre(images)
+    assert got.shape == want.shape == (2, 3, pre.size, pre.size)
+    assert torch.allclose(got, want, rtol=0, atol=1e-10)
+    crop = CLIPPreprocess(pre.size, pre.mean.flatten().tolist(), pre.std.flatten().tolist(), "crop")
+    if hw[0] != hw[1]:
+        assert not torch.allclose(crop(images), want)  # the shortest-side crop sees a different view
+    with pytest.raises(ValueError, match="resize 'stretch'"):
+        CLIPPreprocess(32, [0.5] * 3, [0.5] * 3, "stretch")
