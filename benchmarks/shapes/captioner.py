@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from flowalign.shapes import CAPTIONER_DIR
-from reward_models.prompt_echo import PromptEchoReward, answer_token_losses, query_prefix
+from reward_models.prompt_echo import PromptEchoReward, answer_texts, answer_token_losses, query_prefix
 from reward_models.shapes.prompts import all_prompts
 from reward_models.shapes.render import render_prompt
 
@@ -87,7 +87,7 @@ def batch(rows, rng: random.Random, n: int, augment: bool = False):
 def caption_loss(model, proc, prefix: str, images, captions) -> torch.Tensor:
     """Mean cross-entropy over every caption token (and </s>) of the batch: PromptEcho's masked
     token losses, trained."""
-    ce, mask = answer_token_losses(model, proc, images, prefix, captions, eos=proc.tokenizer.eos_token)
+    ce, mask = answer_token_losses(model, proc, images, prefix, answer_texts(proc, prefix, captions, QUERY))
     return (ce * mask).sum() / mask.sum()
 
 

@@ -71,3 +71,57 @@ def test_frozen_in_eval_mode_and_errors(vlm_dir, tmp_path):
         build_reward("prompt_echo", model=vlm_dir, reduction="max")
     with pytest.raises(ValueError, match="video_segmental"):
         r(torch.rand(1, 2, 3, 32, 32), ["x"])
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+          "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # Qwen2.5-VL's form
+
+
+def chatml_tokenizer():
+    """A byte-level BPE tokenizer (a leading space is part of a token, as in Qwen's) with a ChatML template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["a red circle", "a photo of a red circle", "user assistant", "Describe the image."] * 20,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+def test_answer_is_the_chat_templates_assistant_turn():
+    """Issue item: the answer is rendered by the chat template, not `prefix + " " + prompt`: with ChatML
+    the first answer token is "a", not " a", and the turn ends with <|im_end|>."""
+    from reward_models.prompt_echo import answer_texts, query_prefix
+
+    tok = chatml_tokenizer()
+    q = "Describe the image."
+    prefix = query_prefix(tok, q)
+    assert prefix.endswith("<|im_start|>assistant\n")
+    [text] = answer_texts(tok, prefix, ["a red circle"], q)
+    assert text == prefix + "a red circle<|im_end|>"
+    n = len(tok(prefix)["input_ids"])
+    ids = tok(text)["input_ids"]
+    assert ids[n:] == tok("a red circle")["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    old = tok(prefix + " a red circle")["input_ids"]
+    assert old[n] != ids[n]  # the old form's first answer token was " a"
+    assert answer_texts(tok, prefix, ["a red circle"], q, append_eos=False) == [prefix + "a red circle"]
+
+
+def test_llava_style_answer_keeps_its_separator_and_eos(vlm_dir):
+    from transformers import AutoProcessor
+
+    from reward_models.prompt_echo import answer_texts, query_prefix
+
+    proc = AutoProcessor.from_pretrained(vlm_dir)
+    prefix = query_prefix(proc, "Describe the image.")
+    assert answer_texts(proc, prefix, ["two squares"], "Describe the image.") == [prefix + " two squares</s>"]
+    bad = chatml_tokenizer()
+    bad.chat_template = "{% for m in messages %}{{ m['role'] }}{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    with pytest.raises(ValueError, match="does not render an assistant answer"):
+        answer_texts(bad, query_prefix(bad, "q"), ["x"], "q")
