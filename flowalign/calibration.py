@@ -47,6 +47,7 @@ def calibrate(cfg, progress: bool = True) -> str:
     device = default_device(cfg.run.device)
     policy = load_policy(m.path, dtype=m.dtype, device=device, attention_backend=m.attention_backend,
                          max_sequence_length=m.max_sequence_length)
+    policy.sigma_shift = cfg.sampler.shift
     height, width = m.height or policy.defaults.get("height"), m.width or policy.defaults.get("width")
     reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
     algo = DenseGRPO(a, cfg.sampler)

@@ -49,6 +49,7 @@ class SamplerConfig:
     # on every rollout (start uniform in lo..hi - size, as in the reference)
     sde_window_size: int | None = None
     sde_window_range: list[int] | None = None
+    shift: float | None = None  # a static shift of the linear sigma grid (DanceGRPO/BranchGRPO); None: the model's grid
     psi: Any = None  # DenseGRPO's calibrated std per step: a list of num_steps floats or a psi.json path (flow_sde)
     eval_num_steps: int | None = None  # steps of sample grids / evaluation (default: num_steps)
 
@@ -183,6 +184,9 @@ def validate(cfg) -> None:
             raise ValueError(f"sampler.sde_window={w} must be [start, end) with 0 <= start < end <= "
                              f"sampler.num_steps={s.num_steps}.")
     _validate_random_window(s, a.name)
+    if s.shift is not None and s.shift <= 0:
+        raise ValueError(f"sampler.shift={s.shift} must be > 0 (1 is the unshifted linear grid), or null for the "
+                         "model's own grid.")
     if s.psi is not None and s.kind != "flow_sde":
         raise ValueError(f"sampler.psi is set but sampler.kind={s.kind!r}; calibrated psi drives the flow_sde step, "
                          "so set sampler.kind=flow_sde or sampler.psi=null.")

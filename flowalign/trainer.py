@@ -132,6 +132,7 @@ class Trainer:
         m = cfg.model
         self.policy = load_policy(m.path, dtype=m.dtype, device=self.acc.device, attention_backend=m.attention_backend,
                                   max_sequence_length=m.max_sequence_length)
+        self.policy.sigma_shift = cfg.sampler.shift
         if m.num_frames is not None:
             if self.policy.num_frames is None:
                 raise ValueError(f"model.num_frames={m.num_frames} is set but {m.path!r} is an image model; remove it.")

@@ -76,7 +76,7 @@ def test_every_adapter_is_a_diffusers_policy_and_no_family_subclasses_another():
 
     # the base leaves exactly the family's parts to each adapter, which implements all of them
     assert inspect.isabstract(DiffusersPolicy)
-    assert DiffusersPolicy.__abstractmethods__ == {"_encode_uncached", "encode", "velocity", "latent_shape", "sigmas"}
+    assert DiffusersPolicy.__abstractmethods__ == {"_encode_uncached", "encode", "velocity", "latent_shape", "family_sigmas"}
     for cls in ADAPTERS.values():
         assert cls.__mro__[1] is DiffusersPolicy and not inspect.isabstract(cls), cls
 

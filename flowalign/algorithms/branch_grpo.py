@@ -6,14 +6,22 @@ tree has branch_factor ** len(split_steps) leaves (the prompt's group). Leaf rew
 upwards (beta = 0: a node's reward is the mean of its descendant leaves; beta > 0: softmax-weighted
 by edge or path log-probs, `fuse_rewards`), normalised per tree over the nodes at the same step
 (depth; `depthwise_advantages`), and every edge takes its child's advantage. Pruning removes edges from the loss only:
-- width ("parent_top1"): below the last split keep, for each parent at the last split, the edges of
-  its best child's branch; ("extreme"): keep the `width_keep` best and worst leaves' branches;
+- width, on the transitions whose parent lies below the last split (the split edges stay), as the
+  released code: "branch_top" (its mode 1) keeps the best `width_pruning_ratio` of the transitions in
+  each chain below the last split, "batch_extreme" (mode 2) the best and worst ratio / 2 of them over
+  the process's batch; flowalign's "parent_top1" keeps, for each parent at the last split, only its
+  best child's whole branch (the split edges included) and "extreme" the `width_keep` best and worst
+  leaves' branches of each tree;
 - depth: the edges into the steps listed in `depth_pruning`, optionally a window sliding one step
   earlier every `depth_pruning_interval` iterations until `depth_pruning_stop`.
 BranchGRPO-Mix (`mix`): ODE on every step that is neither a split step nor in sampler.sde_window,
-so only stochastic edges are trained. Training computes one velocity per parent node and scores all
-of its children with it; a rollout makes one model call per node per step, batched over the
-frontier (samplers.tree_rollout)."""
+so only stochastic edges are trained. Updates (`update_schedule`): "transitions" (the released
+code's) shuffles the kept transitions and steps the optimiser after every `gradient_accumulation_steps`
+of them (and after the remainder), each transition's clipped loss divided by
+(gradient_accumulation_steps x transitions per tree), so later transitions are off-policy and the
+clip acts; "epoch" accumulates every transition into one update per inner epoch. Training computes
+one velocity per parent node and scores all of its children with it; a rollout makes one model call
+per node per step, batched over the frontier (samplers.tree_rollout)."""
 
 from __future__ import annotations
 
@@ -47,8 +55,16 @@ class BranchGRPOConfig(FlowGRPOConfig):
     # reference: unbiased std, eps 1e-8, zero where std < 1e-6 (the released code); population: std + 1e-4
     depth_std: Literal["reference", "population"] = "reference"
     mix: bool = False  # BranchGRPO-Mix: ODE on every step that is neither a split nor in sampler.sde_window
-    width_pruning: Literal["none", "parent_top1", "extreme"] = "none"  # on the edges below the last split
+    kl_beta: float = 0.0  # the released code has no KL term
+    # width pruning below the last split: branch_top / batch_extreme (the released code's modes 1 / 2) keep
+    # width_pruning_ratio of the transitions; parent_top1 / extreme drop whole branches (flowalign's)
+    width_pruning: Literal["none", "branch_top", "batch_extreme", "parent_top1", "extreme"] = "none"
+    width_pruning_ratio: float = 0.5
     width_keep: int = 1  # extreme: keep the b best and b worst leaves' edges per tree
+    # transitions: an optimiser step every gradient_accumulation_steps shuffled transitions (the released
+    # code); epoch: one optimiser step per inner epoch over all transitions
+    update_schedule: Literal["transitions", "epoch"] = "transitions"
+    gradient_accumulation_steps: int = 1  # transitions per optimiser step (the released FLUX script: 12)
     depth_pruning: list[int] = field(default_factory=list)  # steps whose incoming edges leave the loss
     depth_pruning_slide: bool = False  # slide the pruned steps one earlier every depth_pruning_interval iterations
     depth_pruning_interval: int = 1
@@ -81,6 +97,10 @@ class BranchGRPOConfig(FlowGRPOConfig):
                              "its group from one noise, so remove algorithm.shared_noise.")
         if a.width_keep < 1:
             raise ValueError(f"algorithm.width_keep={a.width_keep} must be at least 1.")
+        if not 0 < a.width_pruning_ratio <= 1:
+            raise ValueError(f"algorithm.width_pruning_ratio={a.width_pruning_ratio} must be in (0, 1].")
+        if a.gradient_accumulation_steps < 1:
+            raise ValueError(f"algorithm.gradient_accumulation_steps={a.gradient_accumulation_steps} must be at least 1.")
         if a.depth_pruning_interval < 1:
             raise ValueError(f"algorithm.depth_pruning_interval={a.depth_pruning_interval} must be at least 1.")
         bad = [k for k in a.depth_pruning if not 1 <= k <= s.num_steps]
@@ -153,6 +173,11 @@ def depthwise_advantages(tree: TreeTrajectory, node_rewards: Tensor, *, std: str
     return adv.clamp(-clip, clip)
 
 
+def stochastic_edges(tree: TreeTrajectory) -> Tensor:
+    """[N] bool: edges (into node n) sampled with noise, so with a log-probability."""
+    return (tree.parent >= 0) & tree.sde_mask
+
+
 def comparable_edges(tree: TreeTrajectory) -> Tensor:
     """[N] bool: edges (into node n) that can carry a policy gradient: stochastic, and n has other
     nodes at its step in its tree (a lone node has no advantage)."""
@@ -161,23 +186,21 @@ def comparable_edges(tree: TreeTrajectory) -> Tensor:
     return (tree.parent >= 0) & tree.sde_mask & (counts > 1)
 
 
-def _last_layer(tree: TreeTrajectory, split_steps: Sequence[int]) -> tuple[Tensor, int]:
-    last = max(split_steps)
-    return tree.step > last, last
-
-
 def width_prune(tree: TreeTrajectory, node_adv: Tensor, split_steps: Sequence[int], mode: str,
-                keep: int = 1) -> Tensor:
-    """[N] bool keep-mask of edges after width pruning. Only edges below the last split (into nodes
-    at steps > last split) can be dropped; the leaf at the end of such a branch decides:
-    parent_top1 keeps, for every parent at the last split, only its best child's branch (ties: the
-    first child); extreme keeps the `keep` best and `keep` worst branches of each tree."""
+                keep: int = 1, ratio: float = 0.5) -> Tensor:
+    """[N] bool keep-mask of edges (edge n: parent(n) -> n) after width pruning."""
     mask = torch.ones(tree.num_nodes, dtype=torch.bool)
     if mode == "none":
         return mask
+    if mode in ("branch_top", "batch_extreme"):
+        return _reference_width_prune(tree, node_adv, max(split_steps), mode, ratio)
     if mode not in ("parent_top1", "extreme"):
-        raise ValueError(f"width pruning {mode!r} is unknown; use none, parent_top1 or extreme.")
-    below, last = _last_layer(tree, split_steps)
+        raise ValueError(f"width pruning {mode!r} is unknown; use none, branch_top, batch_extreme, parent_top1 "
+                         "or extreme.")
+    # flowalign's: whole branches below the last split (edges into steps > last split, so the last
+    # split's own edges too); the leaf at the end of a branch decides
+    last = max(split_steps)
+    below = tree.step > last
     leaves = tree.leaves.tolist()
     paths = {leaf: tree.leaf_path(leaf) for leaf in leaves}
     kept: set[int] = set()
@@ -200,6 +223,51 @@ def width_prune(tree: TreeTrajectory, node_adv: Tensor, split_steps: Sequence[in
             for n in paths[leaf]:
                 if below[n]:
                     mask[n] = False
+    return mask
+
+
+def dfs_order(tree: TreeTrajectory) -> list[int]:
+    """Nodes in the released code's collection order: depth-first from each root, children in order."""
+    children: dict[int, list[int]] = {}
+    for n, p in enumerate(tree.parent.tolist()):
+        children.setdefault(p, []).append(n)
+    out, stack = [], list(reversed(children.get(-1, [])))
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(reversed(children.get(n, [])))
+    return out
+
+
+def _reference_width_prune(tree: TreeTrajectory, node_adv: Tensor, last: int, mode: str, ratio: float) -> Tensor:
+    """The released code's width pruning (train_branchgrpo_flux.py, width_pruning_mode 1 / 2) on the
+    transitions whose parent's step is after the last split (the split's own edges are kept), ranked
+    by advantage, descending, ties in depth-first order. branch_top: in each chain below the last split (the
+    descendants of one child of the split) keep the best max(1, int(n ratio)) of its n transitions;
+    batch_extreme: over all such transitions keep the best k // 2 and the worst k - k // 2,
+    k = max(2, int(n ratio))."""
+    mask = torch.ones(tree.num_nodes, dtype=torch.bool)
+    last_layer = [n for n in dfs_order(tree) if tree.parent[n] >= 0 and int(tree.step[tree.parent[n]]) > last]
+    if not last_layer:
+        return mask
+
+    def ranked(edges: list[int]) -> list[int]:
+        return sorted(edges, key=lambda n: -float(node_adv[n]))  # stable: ties keep the depth-first order
+
+    if mode == "branch_top":
+        groups: dict[int, list[int]] = {}
+        for n in last_layer:
+            head = n
+            while int(tree.step[head]) != last + 1:  # climb to the split's child heading this chain
+                head = int(tree.parent[head])
+            groups.setdefault(head, []).append(n)
+        kept = [e for g in groups.values() for e in ranked(g)[:max(1, int(len(g) * ratio))]]
+    else:
+        order = ranked(last_layer)
+        k = max(2, int(len(order) * ratio))
+        kept = order[:k // 2] + (order[-(k - k // 2):] if k - k // 2 > 0 else [])
+    mask[last_layer] = False
+    mask[kept] = True
     return mask
 
 
@@ -254,7 +322,13 @@ class BranchGRPO:
         return list(metas[rank * n:(rank + 1) * n]), torch.arange(rank * n, (rank + 1) * n)
 
     def updates_per_iteration(self, n_local: int) -> int:
-        return self.cfg.inner_epochs
+        """Optimiser steps per iteration (for the warm-up length): one per inner epoch, or with the
+        transitions schedule one per gradient_accumulation_steps of a full tree's edges."""
+        if self.cfg.update_schedule == "epoch":
+            return self.cfg.inner_epochs
+        c, K = self.cfg, self.sampler.num_steps
+        nodes = sum(c.branch_factor ** sum(1 for s in c.split_steps if s < k) for k in range(1, K + 1))
+        return c.inner_epochs * -(-(nodes * n_local) // c.gradient_accumulation_steps)  # n_local: trees
 
     @torch.no_grad()
     def rollout(self, policy, metadata: Sequence[dict], group_ids: Tensor, generator: torch.Generator,
@@ -292,8 +366,10 @@ class BranchGRPO:
     def edge_mask(self, tree: TreeTrajectory, node_adv: Tensor, iteration: int) -> Tensor:
         """[N] bool: the edges in this iteration's loss (comparable, not pruned)."""
         c = self.cfg
-        mask = comparable_edges(tree)
-        mask &= width_prune(tree, node_adv, list(c.split_steps), c.width_pruning, c.width_keep)
+        # the released code's transitions are every stochastic edge (those into a node alone at its
+        # step carry zero advantage but count in its accumulation schedule); epoch: comparable ones only
+        mask = stochastic_edges(tree) if c.update_schedule == "transitions" else comparable_edges(tree)
+        mask &= width_prune(tree, node_adv, list(c.split_steps), c.width_pruning, c.width_keep, c.width_pruning_ratio)
         stop = c.depth_pruning_stop if c.depth_pruning_stop is not None else max(c.split_steps)
         mask &= depth_prune(tree, pruned_depths(list(c.depth_pruning), iteration, slide=c.depth_pruning_slide,
                                                 interval=c.depth_pruning_interval, stop=stop))
@@ -308,18 +384,24 @@ class BranchGRPO:
 
     def policy_step(self, policy, ro: TreeRollout, advantages: Advantages, update,
                     generator: torch.Generator) -> dict:
-        """inner_epochs passes; each pass accumulates the gradient of every kept edge, computing one
-        velocity per parent node (train_batch_size parents per forward) for all its children, then
-        calls update() once. Returns mean statistics; first_ratio must be 1 (on-policy)."""
-        t, adv = ro.tree, advantages.local
+        """Train on the kept edges (algorithm.update_schedule). Returns mean statistics; first_ratio,
+        the ratio of the first transition trained, must be 1 (on-policy)."""
+        t = ro.tree
         mask = advantages.train_mask if advantages.train_mask is not None else comparable_edges(t)
         edges = torch.nonzero(mask).flatten()
-        stats: dict[str, list[float]] = {}
-        first_ratio = None
         if edges.numel() == 0:
             return {"edges_trained": 0.0}
+        if self.cfg.update_schedule == "transitions":
+            return self._transition_updates(policy, ro, edges, advantages.local.cpu(), update, generator)
+        return self._epoch_updates(policy, ro, edges, advantages.local.cpu(), update, generator)
+
+    def _epoch_updates(self, policy, ro, edges, adv, update, generator) -> dict:
+        """inner_epochs passes; each accumulates the gradient of every kept edge (one velocity per parent
+        node, train_batch_size parents per forward), then calls update() once."""
+        t = ro.tree
+        stats: dict[str, list[float]] = {}
+        first_ratio = None
         parents = torch.unique(t.parent[edges])
-        adv = adv.cpu()
         for _ in range(self.cfg.inner_epochs):
             order = parents[torch.randperm(parents.numel(), generator=generator)]
             chunks = list(order.split(self.cfg.train_batch_size))
@@ -335,6 +417,43 @@ class BranchGRPO:
                 stats.setdefault(key, []).append(val)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out.update(first_ratio=first_ratio, edges_trained=float(edges.numel()), parents_trained=float(parents.numel()))
+        return out
+
+    def _transition_updates(self, policy, ro, edges, adv, update, generator) -> dict:
+        """The released code's schedule (train_branchgrpo_flux.py): per inner epoch, shuffle the kept
+        transitions and take them in windows of G = gradient_accumulation_steps; transition i adds
+        max(-A r, -A clip(r)) / (G x transitions per tree) (+ beta KL) to the gradient; an optimiser
+        step follows every window (the last may be shorter). Within a window the parameters do not
+        change, so its transitions are computed together, one velocity per parent. Without KL a
+        zero-advantage transition adds exactly nothing and is not computed, but it counts in the
+        windows; a window with none to compute still runs one (zero-gradient) transition so that every
+        process calls backward and step alike."""
+        t, G = ro.tree, self.cfg.gradient_accumulation_steps
+        per_tree = max(1, edges.numel() // max(1, len(ro.prompts)))
+        stats: dict[str, list[float]] = {}
+        first_ratio = None
+        computed = 0
+        for _ in range(self.cfg.inner_epochs):
+            for window in edges[torch.randperm(edges.numel(), generator=generator)].split(G):
+                active = window if self.cfg.kl_beta > 0 else window[adv[window] != 0]
+                if active.numel() == 0:
+                    active = window[:1]
+                parents = torch.unique(t.parent[active])
+                chunks = list(parents.split(self.cfg.train_batch_size))
+                for ci, chunk in enumerate(chunks):
+                    child = active[torch.isin(t.parent[active], chunk)]
+                    loss, st = self._edges_loss(policy, ro, chunk, child, adv)
+                    if first_ratio is None:
+                        first_ratio = st["ratio"]
+                    update.backward(loss * child.numel() / (G * per_tree), last=ci == len(chunks) - 1)
+                    computed += child.numel()
+                    for key, val in st.items():
+                        stats.setdefault(key, []).append(val)
+                for key, val in update.step().items():
+                    stats.setdefault(key, []).append(val)
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out.update(first_ratio=first_ratio, edges_trained=float(edges.numel()), edges_computed=float(computed),
+                   optimizer_steps=float(len(stats.get("grad_norm", []))))
         return out
 
     def _edges_loss(self, policy, ro: TreeRollout, parents: Tensor, child: Tensor, adv: Tensor):

@@ -76,7 +76,7 @@ class DiffusersPolicy(ABC):
     """A diffusers pipeline seen as a FlowPolicy (flowalign/policies/base.py). Log-prob maths stay
     in samplers (fp32); the transformer runs in `dtype`. Subclasses set `family`,
     `pipeline_class`, `lora_targets`, `base_defaults` and implement `_encode_uncached`, `encode`,
-    `velocity`, `latent_shape` and `sigmas`."""
+    `velocity`, `latent_shape` and `family_sigmas`."""
 
     family = ""
     pipeline_class = ""
@@ -220,8 +220,17 @@ class DiffusersPolicy(ABC):
         """The shape of one latent at this image size."""
 
     @abstractmethod
-    def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
+    def family_sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
         """The family pipeline's [num_steps + 1] sigma grid."""
+
+    sigma_shift: float | None = None  # sampler.shift: a static shift of the linear grid instead
+
+    def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
+        """The [num_steps + 1] sigma grid: the family pipeline's, or with `sigma_shift` set the linear
+        grid 1 .. 0 shifted statically, shift t / (1 + (shift - 1) t) (DanceGRPO's and BranchGRPO's)."""
+        if self.sigma_shift is not None:
+            return samplers.linear_sigmas(num_steps, shift=self.sigma_shift, dtype=torch.float32)
+        return self.family_sigmas(num_steps, height, width)
 
     def initial_noise(self, n: int, height: int | None = None, width: int | None = None,
                       generator: torch.Generator | None = None) -> Tensor:

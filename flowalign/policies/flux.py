@@ -112,7 +112,7 @@ class FluxPolicy(DiffusersPolicy):
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         return packed_latent_shape(self, height, width)
 
-    def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
+    def family_sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
         return shifted_linspace_sigmas(self, num_steps, height, width)
 
 

@@ -82,7 +82,7 @@ class SD3Policy(DiffusersPolicy):
                              f"{f * self.transformer.config.patch_size} for this model.")
         return self.transformer.config.in_channels, height // f, width // f
 
-    def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
+    def family_sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
         """The pipeline scheduler's [num_steps + 1] sigmas (static shift or resolution-dependent mu)."""
         cfg = self.pipe.scheduler.config
         if cfg.get("use_dynamic_shifting", False):

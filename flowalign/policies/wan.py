@@ -87,7 +87,7 @@ class WanPolicy(DiffusersPolicy):
             raise ValueError(f"num_frames={frames} must be 1 + a multiple of {tp} (e.g. {tp * ((frames - 1) // tp) + 1}).")
         return self.transformer.config.in_channels, (frames - 1) // tp + 1, height // sp, width // sp
 
-    def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
+    def family_sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> Tensor:
         cfg = self.pipe.scheduler.config
         shift = cfg.get("shift", None) or cfg.get("flow_shift", None) or 1.0
         return samplers.flow_match_sigmas(num_steps, shift=shift, num_train_timesteps=cfg.num_train_timesteps)

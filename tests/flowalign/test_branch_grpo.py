@@ -132,7 +132,9 @@ def _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **extra):
 def test_branch_training_iteration_nfe_and_on_policy(tiny_sd3_dir, tmp_path, prompts_file):
     from flowalign.trainer import Trainer
 
-    cfg = _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"run.max_iterations": 1, "run.sample_every": 0})
+    cfg = _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"run.max_iterations": 1, "run.sample_every": 0,
+                                                                "algorithm.update_schedule": "epoch",
+                                                                "algorithm.kl_beta": 0.01})
     Trainer(cfg).train()
     m = json.loads(open(os.path.join(cfg.run.output_dir, "metrics.jsonl")).readline())
     assert abs(m["first_ratio"] - 1) < 1e-5
@@ -142,6 +144,21 @@ def test_branch_training_iteration_nfe_and_on_policy(tiny_sd3_dir, tmp_path, pro
     # (1 + 2 + 4 a tree) each get one velocity, plus one reference velocity for the KL
     assert m["edges_trained"] == 2 * 10 and m["parents_trained"] == 2 * 7
     assert m["nfe_train"] == 2 * 7 * 2 * 2
+
+
+def test_branch_transition_schedule_steps_every_g_transitions(tiny_sd3_dir, tmp_path, prompts_file):
+    """The default (the released code's): every stochastic edge (1 + 2 + 4 + 4 a tree) in windows of
+    gradient_accumulation_steps, one optimiser step per window, no KL (no reference forward)."""
+    from flowalign.trainer import Trainer
+
+    cfg = _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"run.max_iterations": 1, "run.sample_every": 0,
+                                                                "algorithm.gradient_accumulation_steps": 4,
+                                                                "algorithm.kl_beta": 0.0})  # the default; overrides() sets one
+    Trainer(cfg).train()
+    m = json.loads(open(os.path.join(cfg.run.output_dir, "metrics.jsonl")).readline())
+    assert abs(m["first_ratio"] - 1) < 1e-5
+    assert m["edges_trained"] == 2 * 11 and m["optimizer_steps"] == 6  # ceil(22 / 4)
+    assert m["kl"] == 0.0 and m["edges_computed"] <= 22
 
 
 def test_branch_mix_trains_only_stochastic_edges(tiny_sd3_dir, tmp_path, prompts_file):

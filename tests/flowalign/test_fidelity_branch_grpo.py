@@ -101,3 +101,156 @@ def test_fusion_and_depthwise_advantages_match_the_released_code(R, K, splits, n
             np.testing.assert_allclose(ours_r[idx].numpy(), [ref_r[i] for i in idx], rtol=1e-10, atol=1e-12)
             ref_a = ref_advantages(by_depth)
             np.testing.assert_allclose(ours_a[idx].numpy(), [ref_a[i] for i in idx], rtol=1e-10, atol=1e-10)
+
+
+def ref_training_samples(tree, node_adv):
+    """collect_all_transitions: depth-first from each root, one sample per parent -> child edge with
+    the parent's step and the child's advantage."""
+    out = []
+    for r in range(int(tree.root.max()) + 1):
+        root, _ = ref_tree(tree, r)
+
+        def collect(node):
+            for child in node.children:
+                out.append({"step": int(tree.step[node.idx]), "parent_id": node.idx, "child_id": child.idx,
+                            "advantage": float(node_adv[child.idx]), "node": node})
+                collect(child)
+        collect(root)
+    return out
+
+
+def ref_width_pruning(samples, last_split_step, mode, ratio):
+    """train_branchgrpo_flux.py, width_pruning_mode 1 and 2 -> the child ids kept."""
+    last_layer = [s for s in samples if s["step"] > last_split_step]
+    other = [s for s in samples if s["step"] <= last_split_step]
+    if mode == 1:
+        def branch(s):
+            node = s["node"]
+            while node.parent is not None:
+                if node.depth == last_split_step + 1:
+                    return node.idx
+                node = node.parent
+            return f"unknown_{s['parent_id']}"
+        groups = {}
+        for s in last_layer:
+            groups.setdefault(branch(s), []).append(s)
+        kept = []
+        for g in groups.values():
+            keep_count = max(1, int(len(g) * ratio))
+            kept += sorted(g, key=lambda x: x["advantage"], reverse=True)[:keep_count]
+    else:
+        ordered = sorted(last_layer, key=lambda x: x["advantage"], reverse=True)
+        keep_count = max(2, int(len(ordered) * ratio))
+        best, worst = keep_count // 2, keep_count - keep_count // 2
+        kept = ordered[:best] + (ordered[-worst:] if worst > 0 else [])
+    return {s["child_id"] for s in other + kept}
+
+
+@pytest.mark.parametrize("K,splits,nb", [(6, (0, 2), 2), (8, (1, 3), 2), (7, (0, 2), 3), (5, (3,), 2)])
+@pytest.mark.parametrize("mode,ratio", [(1, 0.5), (2, 0.5), (1, 0.3), (2, 0.25)])
+def test_width_pruning_matches_the_released_code(K, splits, nb, mode, ratio):
+    from flowalign.algorithms.branch_grpo import width_prune
+
+    g = torch.Generator().manual_seed(K * 10 + mode)
+    for trial in range(6):
+        tree = samplers.tree_rollout(gaussian_velocity(0.3, 0.5), torch.randn(2, 3, generator=g, dtype=torch.float64),
+                                     samplers.linear_sigmas(K), split_steps=splits, branch_factor=nb, generator=g)
+        adv = torch.randn(tree.num_nodes, generator=g, dtype=torch.float64)
+        if trial % 2:
+            adv = (adv * 2).round() / 2  # ties: the depth-first order decides, as in the reference
+        name = "branch_top" if mode == 1 else "batch_extreme"
+        keep = width_prune(tree, adv, list(splits), name, ratio=ratio)
+        ours = {n for n in range(tree.num_nodes) if keep[n] and tree.parent[n] >= 0}
+        assert ours == ref_width_pruning(ref_training_samples(tree, adv), max(splits), mode, ratio)
+        split_edges = {n for n in range(tree.num_nodes) if tree.parent[n] >= 0 and int(tree.step[n]) == max(splits) + 1}
+        assert split_edges <= ours  # the last split's own edges always stay
+
+
+def ref_transition_loop(order, adv, old_lp, coef, theta0, lr, G, per_tree, clip_range):
+    """The released code's update loop (train_branchgrpo_flux.py, after random.shuffle): one transition
+    at a time, loss = max(-A r, -A clip(r)) / (G * per_tree), optimizer.step() when (i + 1) % G == 0 and
+    once more for a remainder; here the policy is one scalar theta with log p_i = old_i + theta c_i,
+    optimised by plain SGD."""
+    theta = torch.tensor(theta0, dtype=torch.float64, requires_grad=True)
+    for i, e in enumerate(order):
+        ratio = torch.exp(old_lp[e] + theta * coef[e] - old_lp[e])
+        a = torch.clamp(adv[e], -5.0, 5.0)
+        loss = torch.maximum(-a * ratio, -a * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)) / (G * per_tree)
+        loss.backward()
+        if (i + 1) % G == 0:
+            with torch.no_grad():
+                theta -= lr * theta.grad
+            theta.grad = None
+    if len(order) % G:
+        with torch.no_grad():
+            theta -= lr * (theta.grad if theta.grad is not None else 0.0)
+    return float(theta.detach())
+
+
+@pytest.mark.parametrize("G", [1, 3, 5, 40])
+def test_transition_schedule_matches_the_released_loop(G):
+    """Default update_schedule=transitions: the same optimiser steps, on the same shuffled transitions,
+    with the same loss scale, as the reference; later windows are off-policy, so clipping acts."""
+    from omegaconf import OmegaConf
+
+    from flowalign.algorithms.base import Advantages
+    from flowalign.algorithms.branch_grpo import BranchGRPO, TreeRollout, stochastic_edges
+    from flowalign.config import SamplerConfig
+    from flowalign.losses import grpo_objective
+
+    assert BranchGRPOConfig().update_schedule == "transitions" and BranchGRPOConfig().kl_beta == 0.0
+    g = torch.Generator().manual_seed(G)
+    tree = samplers.tree_rollout(gaussian_velocity(0.3, 0.5), torch.randn(2, 3, generator=g, dtype=torch.float64),
+                                 samplers.linear_sigmas(6), split_steps=(0, 2), branch_factor=2, generator=g)
+    cfg = OmegaConf.merge(OmegaConf.structured(BranchGRPOConfig), {
+        "gradient_accumulation_steps": G, "clip_range": 0.05, "split_steps": [0, 2], "group_size": 4,
+        "train_batch_size": 3})
+    algo = BranchGRPO(cfg, OmegaConf.structured(SamplerConfig(num_steps=6)))
+    adv = torch.randn(tree.num_nodes, generator=g, dtype=torch.float64)
+    adv[torch.rand(tree.num_nodes, generator=g) < 0.3] = 0.0  # zero advantages: counted, not computed
+    coef = torch.randn(tree.num_nodes, generator=g, dtype=torch.float64)
+    theta = torch.zeros((), dtype=torch.float64, requires_grad=True)
+
+    def edges_loss(policy, ro, parents, child, a):
+        lp = tree.log_probs[child] + theta * coef[child]
+        return grpo_objective(lp, tree.log_probs[child], a[child], 0.05)
+
+    algo._edges_loss = edges_loss
+
+    class SGD:
+        steps = 0
+
+        def backward(self, loss, last=True):
+            loss.backward()
+
+        def step(self):
+            with torch.no_grad():
+                theta.sub_(0.5 * (theta.grad if theta.grad is not None else 0.0))
+            theta.grad = None
+            SGD.steps += 1
+            return {"grad_norm": 0.0}
+
+    ro = TreeRollout(["p", "q"], [{}, {}], torch.tensor([0, 1]), None, tree, algo.kinds, torch.ones(6))
+    edges = torch.nonzero(stochastic_edges(tree)).flatten()
+    perm_gen = torch.Generator().manual_seed(7)
+    order = edges[torch.randperm(edges.numel(), generator=torch.Generator().set_state(perm_gen.get_state()))]
+    stats = algo.policy_step(None, ro, Advantages(None, adv, stochastic_edges(tree)), SGD(), perm_gen)
+    per_tree = edges.numel() // 2
+    want = ref_transition_loop(order.tolist(), adv, tree.log_probs.double(), coef, 0.0, 0.5, G, per_tree, 0.05)
+    assert abs(float(theta.detach()) - want) < 1e-10
+    assert SGD.steps == -(-edges.numel() // G) == stats["optimizer_steps"]
+    if G in (3, 5):  # windows mixing zero and non-zero advantages skip the zero ones
+        assert stats["edges_computed"] < edges.numel()
+
+
+def test_sampler_shift_gives_the_released_codes_sigma_schedule(tiny_sd3_dir):
+    """train_branchgrpo_flux.py: sigma_schedule = sd3_time_shift(shift, linspace(1, 0, steps + 1)),
+    sd3_time_shift(shift, t) = shift t / (1 + (shift - 1) t)."""
+    from flowalign.policies import load_policy
+
+    policy = load_policy(tiny_sd3_dir, max_sequence_length=8)
+    own = policy.sigmas(20)
+    policy.sigma_shift = 3.0
+    t = torch.linspace(1, 0, 21)
+    want = (3.0 * t) / (1 + (3.0 - 1) * t)
+    assert torch.allclose(policy.sigmas(20), want, atol=1e-6) and not torch.allclose(own, want)
