@@ -46,8 +46,10 @@ class BranchGRPOConfig(FlowGRPOConfig):
     group_size: int = 8  # leaves per tree: must equal branch_factor ** len(split_steps)
     split_steps: list[int] = field(default_factory=lambda: [2, 5, 8])  # steps at which every node branches
     branch_factor: int = 2  # children per split
-    split_noise_scale: float = 1.0  # s of the split noise
-    split_mode: Literal["correlated", "independent"] = "correlated"  # paper | released code
+    # the split noise: independent (the released code: fresh noise x s per child; its default s = 0.3, its
+    # FLUX script 4) or correlated (the paper: (xi_0 + s eta_b) / sqrt(1 + s^2), each child's marginal kept)
+    split_noise_scale: float = 0.3
+    split_mode: Literal["correlated", "independent"] = "independent"
     reward_beta: float = 0.0  # reward fusion temperature; 0 = the mean of the node's leaves
     # beta > 0: edge = the released code's recursive softmax over the child edges' log-probs;
     # path = a softmax over the descendant leaves' whole-path log-probs
