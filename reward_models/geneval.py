@@ -9,7 +9,10 @@ sigmoid inside the mask, box = the mask's bounding box. Class index i is GenEval
 (object_names.txt, COCO order).
 
 Colour: the object's masked crop over a #999 background, classified by CLIP among GenEval's ten
-colours with the mean of three prompt templates per colour.
+colours with the mean of three prompt templates per colour. `preprocess: pil` (the default) is
+GenEval's pipeline: PIL composite and crop (box rounded as PIL does), then open_clip's eval
+transform (PIL bicubic resize of the uint8 crop, centre crop, normalise); on CUDA the CLIP forwards
+run under fp16 autocast as there (`autocast`). `preprocess: torch` resizes float crops in torch.
 
 GenEvalReward: mode="strict" gives 1 for a correct image, mode="partial" the fraction of clauses
 satisfied; it needs the GenEval metadata row of each image (`metadata=` in the context)."""
@@ -28,7 +31,7 @@ from reward_models.geneval_rules import Detection, evaluate
 
 from .base import default_device, to_uint8_hwc
 from .clip_common import check_local
-from .open_clip_common import encode_images, encode_texts, load_open_clip
+from .open_clip_common import encode_texts, load_open_clip
 
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 COLOR_TEMPLATES = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}", "a photo of a {c} object")
@@ -123,25 +126,40 @@ class ColorClassifier:
     """GenEval's CLIP colour classifier (open_clip)."""
 
     def __init__(self, model: str, pretrained: str | None = None, *, device: str | None = None,
-                 quick_gelu: bool = True):
+                 quick_gelu: bool = True, preprocess: str = "pil", autocast: bool = True):
+        import open_clip
+
+        if preprocess not in ("pil", "torch"):
+            raise ValueError(f"colour preprocess {preprocess!r} is unknown; use 'pil' (GenEval's) or 'torch'.")
         # GenEval builds ViT-L-14 with pretrained="openai", i.e. with OpenAI's QuickGELU
         self.model, self.tokenizer, self.preprocess, self.device = load_open_clip(model, pretrained, device=device,
                                                                                   quick_gelu=quick_gelu)
+        self.mode = preprocess
+        cfg = self.model.visual.preprocess_cfg
+        self.pil_transform = open_clip.image_transform(self.preprocess.size, is_train=False, mean=cfg["mean"],
+                                                       std=cfg["std"])
+        self.autocast = autocast and self.device.type == "cuda"  # GenEval's zsc runs under CUDA autocast
         self._text: dict[str, Tensor] = {}
+
+    def _amp(self):
+        import contextlib
+
+        return torch.autocast("cuda", dtype=torch.float16) if self.autocast else contextlib.nullcontext()
 
     def _classifier(self, cls: str) -> Tensor:
         if cls not in self._text:
             rows = []
-            for c in COLORS:
-                e = encode_texts(self.model, self.tokenizer, [t.format(c=c, cls=cls) for t in COLOR_TEMPLATES],
-                                 self.device).mean(0)
-                rows.append(e / e.norm())
+            with self._amp():
+                for c in COLORS:
+                    e = encode_texts(self.model, self.tokenizer, [t.format(c=c, cls=cls) for t in COLOR_TEMPLATES],
+                                     self.device).mean(0)
+                    rows.append(e / e.norm())
             self._text[cls] = torch.stack(rows)  # [10, D]
         return self._text[cls]
 
     @staticmethod
     def crop(image: np.ndarray, det: Detection) -> Tensor:
-        """The masked crop over #999 as a [3, h, w] float tensor in [0, 1]."""
+        """The masked crop over #999 as a [3, h, w] float tensor in [0, 1] (the torch path)."""
         x = torch.from_numpy(image).permute(2, 0, 1).float() / 255
         if det.mask is not None:
             m = torch.as_tensor(np.asarray(det.mask), dtype=torch.bool)
@@ -151,12 +169,33 @@ class ColorClassifier:
         x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
         return x[:, y1:y2, x1:x2]
 
+    @staticmethod
+    def pil_crop(image: np.ndarray, det: Detection):
+        """GenEval's ImageCrops item: the image composited over a #999 canvas through the mask, then
+        PIL's crop of the box (coordinates rounded by PIL)."""
+        from PIL import Image
+
+        img = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+        if det.mask is not None:
+            img = Image.composite(img, Image.new("RGB", img.size, color="#999"),
+                                  Image.fromarray(np.asarray(det.mask, dtype=bool)))
+        return img.crop(tuple(float(v) for v in det.box[:4]))
+
+    def pixels(self, image: np.ndarray, dets: Sequence[Detection]) -> Tensor:
+        """The CLIP input [n, 3, S, S] of each detection's crop."""
+        if self.mode == "pil":
+            return torch.stack([self.pil_transform(self.pil_crop(image, d)) for d in dets])
+        return torch.cat([self.preprocess(self.crop(image, d)[None]) for d in dets])
+
     @torch.no_grad()
     def __call__(self, image: np.ndarray, dets: Sequence[Detection], cls: str) -> list[str]:
         if not dets:
             return []
-        emb = torch.cat([encode_images(self.model, self.preprocess, self.crop(image, d)[None]) for d in dets])
-        return [COLORS[i] for i in (emb @ self._classifier(cls).T).argmax(-1).tolist()]
+        x = self.pixels(image, dets).to(self.device, next(self.model.parameters()).dtype)
+        with self._amp():
+            e = self.model.encode_image(x).float()
+        emb = e / e.norm(dim=-1, keepdim=True)
+        return [COLORS[i] for i in (emb @ self._classifier(cls).float().T).argmax(-1).tolist()]
 
 
 class GenEvalEvaluator:

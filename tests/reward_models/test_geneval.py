@@ -71,6 +71,41 @@ def test_colour_crop_puts_the_object_on_grey():
     assert torch.allclose(crop[:, 0, 0], torch.full((3,), BACKGROUND))  # outside: #999
 
 
+def ref_image_crop(image, box, mask, transform):
+    """djghosh13/geneval evaluation/evaluate_images.py, ImageCrops.__getitem__ with the default options
+    (bgcolor '#999', crop '1'), then open_clip's eval transform from create_model_and_transforms."""
+    from PIL import Image
+
+    pil = Image.fromarray(image).convert("RGB")
+    blank = Image.new("RGB", pil.size, color="#999")
+    if mask is not None:
+        pil = Image.composite(pil, blank, Image.fromarray(mask))
+    pil = pil.crop(box[:4])
+    return transform(pil)
+
+
+def test_colour_preprocess_is_genevals_pil_pipeline(tiny_geneval):
+    import open_clip
+
+    _, clip = tiny_geneval
+    cc = ColorClassifier(clip, device="cpu")
+    assert cc.mode == "pil" and not cc.autocast  # autocast only on CUDA, as GenEval's zsc
+    cfg = cc.model.visual.preprocess_cfg
+    transform = open_clip.image_transform(cc.preprocess.size, is_train=False, mean=cfg["mean"], std=cfg["std"])
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        img = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+        mask = rng.random((48, 40)) > 0.4 if trial % 2 else None
+        box = (2.5, 3.49, 30.5, 41.7) if trial < 3 else (0.0, 0.0, 40.0, 48.0)  # PIL rounds half to even
+        det = Detection(box=box, score=1.0, mask=mask)
+        want = ref_image_crop(img, box, mask, transform)
+        assert torch.equal(cc.pixels(img, [det])[0], want)
+    torch_path = ColorClassifier(clip, device="cpu", preprocess="torch")
+    assert not torch.equal(torch_path.pixels(img, [det])[0], want)  # float resize: a different input
+    with pytest.raises(ValueError, match="preprocess 'cv2'"):
+        ColorClassifier(clip, device="cpu", preprocess="cv2")
+
+
 def test_evaluator_end_to_end_on_tiny_models(tiny_geneval):
     m2f, clip = tiny_geneval
     ev = GenEvalEvaluator(m2f, clip, device="cpu")
