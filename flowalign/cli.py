@@ -34,6 +34,14 @@ def guidance_scale(text: str) -> float:
     return value
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (`flowalign sample: error: ...`), like
+    every other flowalign error; `--help` still prints the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required,
                    help="diffusers pipeline directory or hub id" + ("" if required else " (default: the shapes model)"))
@@ -45,9 +53,34 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="T5 tokens per prompt (default: the checkpoint's flowalign.json, else 256)")
 
 
+def check_out_file(path: str, flag: str, extensions: tuple[str, ...]) -> None:
+    """An output file path that can be written: not a folder, a known image extension, its folder not a file."""
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder; pass a file path such as {os.path.join(path, 'grid.png')!r}.")
+    if not path.lower().endswith(extensions):
+        raise ValueError(f"{flag} {path!r} has no image extension; end it with one of {', '.join(extensions)}.")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path!r} lies under {parent!r}, which is a file; pass a path in a folder.")
+
+
+def check_out_dir(path: str, flag: str = "--out") -> None:
+    """An output folder path: not an existing file, and no file on the way to it."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    if not os.path.isdir(p):
+        raise ValueError(f"{flag} {path!r} is (or lies under) the file {p!r}; pass a folder path.")
+
+
 def _device(name: str | None) -> str:
     from reward_models.base import default_device
 
+    from .config import check_device
+
+    check_device(name)
     return str(default_device(name))
 
 
@@ -62,7 +95,11 @@ def _load_policy(args: argparse.Namespace, path: str, lora: str | None = None):
         if not os.path.isfile(os.path.join(lora, "pytorch_lora_weights.safetensors")):
             raise FileNotFoundError(f"--lora {lora!r} has no pytorch_lora_weights.safetensors; pass the lora/ folder "
                                     "of a training run.")
-        policy.pipe.load_lora_weights(lora)
+        try:
+            policy.pipe.load_lora_weights(lora)
+        except Exception as e:  # noqa: BLE001 - safetensors, peft and diffusers each raise their own
+            raise ValueError(f"--lora {lora!r}: its weights cannot be loaded ({(str(e).splitlines() or [''])[0][:160]}); "
+                             "pass the lora/ folder a training run wrote.") from None
     return policy
 
 
@@ -72,6 +109,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .images import save_grid
 
     prompts = [p for p in args.prompt for _ in range(args.images_per_prompt)]
+    check_out_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
     policy = _load_policy(args, args.model)
     with torch.no_grad():
         images = policy.generate(prompts, num_steps=args.steps, guidance=args.guidance, height=args.height,
@@ -88,6 +126,7 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
     from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 
     metas = first_per_task(load_prompts(args.prompts), args.per_task)
+    check_out_dir(args.out)
     policy = _load_policy(args, args.model or DEFAULT_MODEL, args.lora)
     summary = evaluate_policy(policy, metas, images_per_prompt=args.images_per_prompt, num_steps=args.steps,
                               guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, out=args.out)
@@ -102,6 +141,7 @@ def cmd_eval_geneval(args: argparse.Namespace) -> int:
     from flowalign.evaluation.geneval import (
         METADATA_FILE,
         ShapesEvaluator,
+        check_generation_settings,
         generate_layout,
         read_metadata,
         score_layout,
@@ -117,6 +157,11 @@ def cmd_eval_geneval(args: argparse.Namespace) -> int:
         if not args.model:
             raise ValueError("--model is missing: pass a diffusers pipeline directory, or --score-only DIR.")
         metas = read_metadata(args.metadata or METADATA_FILE)[: args.limit]
+        check_generation_settings(out, {
+            "model": os.path.abspath(args.model) if os.path.exists(args.model) else args.model,
+            "lora": os.path.abspath(args.lora) if args.lora else None, "dtype": args.dtype, "steps": args.steps,
+            "guidance": args.guidance, "seed": args.seed, "height": args.height, "width": args.width,
+            "images_per_prompt": args.images_per_prompt, "metadata": os.path.abspath(args.metadata or METADATA_FILE)})
         policy = _load_policy(args, args.model, args.lora)
         n = generate_layout(policy, metas, out, images_per_prompt=args.images_per_prompt, num_steps=args.steps,
                             guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, height=args.height,
@@ -243,6 +288,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_detector(args: argparse.Namespace) -> int:
+    from reward_models.geneval_convert import convert_checkpoint
+
+    out = convert_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {out}; score with flowalign eval geneval --detector {out}")
+    return 0
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -261,7 +314,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowalign", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="flowalign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sample", help="generate images with a pipeline and write a PNG grid")
@@ -369,18 +422,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.calib_rounds=5")
     p.set_defaults(func=cmd_calibrate)
 
+    p = sub.add_parser("convert-detector", help="convert GenEval's mmdetection Mask2Former checkpoint (.pth) into a "
+                                                "transformers folder for --detector")
+    p.add_argument("checkpoint", help="mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco_*.pth (mmdetection 2.x)")
+    p.add_argument("out", help="output folder")
+    p.set_defaults(func=cmd_convert_detector)
+
     p = sub.add_parser("demo", help="the README's demo: Flow-GRPO on the shapes testbed (runs/demo)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of configs/shapes/flow_grpo.yaml")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
+def user_error(e: BaseException) -> str | None:
+    """One line for an error caused by the user's input or machine (bad files, folders, devices, disk),
+    or None for a bug (which keeps its traceback)."""
+    import errno
+
+    first = (str(e).strip().splitlines() or [""])[0]
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        return first or type(e).__name__
+    if isinstance(e, OSError):
+        what = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+        if e.errno == errno.ENOSPC:
+            return f"no space left on the device writing{what}; free space or write elsewhere (--out / run.output_dir)."
+        if isinstance(e, (IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)):
+            return f"cannot use{what}: {e.strerror or first}; pass a writable file or folder path."
+        return first or f"{type(e).__name__}{what}"
+    name = type(e).__name__
+    if name in ("SafetensorError", "HeaderTooLarge", "MetadataIncompleteBuffer", "UnpicklingError"):
+        return f"a weights file is damaged or not a safetensors file ({first}); re-download or re-save it."
+    if name.endswith(("YAMLError", "ScannerError", "ParserError")) or type(e).__module__.startswith("omegaconf"):
+        return f"the configuration cannot be read ({first})."
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one sentence, no traceback
-        print(f"flowalign: error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - user errors: one sentence, no traceback
+        msg = user_error(e)
+        if msg is None:
+            raise
+        print(f"flowalign: error: {msg}", file=sys.stderr)
         return 2
 
 

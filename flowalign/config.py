@@ -4,6 +4,7 @@ that names the key and the fix."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -91,6 +92,7 @@ class RunConfig:
     sample_every: int = 10  # iterations between sample grids (0: never)
     device: str | None = None  # default: accelerate's choice
     progress: bool = True
+    max_weight_abs: float | None = 1.0e4  # a trainable weight beyond this is divergence: stop before checkpointing it
 
 
 @dataclass
@@ -120,6 +122,48 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def check_device(device: str | None, key: str = "--device") -> None:
+    """A device string that exists here: cpu, mps, or cuda[:N] with a visible GPU."""
+    if device is None or device in ("cpu", "auto"):
+        return
+    import torch
+
+    if str(device).startswith("cuda"):
+        n = torch.cuda.device_count()
+        idx = str(device).split(":", 1)[1] if ":" in str(device) else "0"
+        if n == 0 or not idx.isdigit() or int(idx) >= n:
+            raise ValueError(f"{key}={device!r}: this machine has {n} visible CUDA GPU(s); use {key}=cpu"
+                             + (f" or cuda:0..{n - 1}." if n else "."))
+        return
+    if device == "mps" and torch.backends.mps.is_available():
+        return
+    raise ValueError(f"{key}={device!r} is not a device here; use cpu or cuda[:N].")
+
+
+def _read_yaml(path: str):
+    """A config file as a mapping, with one sentence for a missing file, bad YAML or a non-mapping."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist; pass a YAML file such as "
+                                "configs/shapes/flow_grpo.yaml.")
+    try:
+        user = OmegaConf.load(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path!r} is not UTF-8 text; pass a YAML file.") from None
+    except Exception as e:  # yaml's scanner/parser errors and omegaconf's
+        where = str(e).replace("\n", " ").strip()
+        raise ValueError(f"config file {path!r} is not valid YAML ({where[:160]}); fix it, or start from "
+                         "configs/shapes/flow_grpo.yaml.") from None
+    if not OmegaConf.is_dict(user):
+        raise ValueError(f"config file {path!r} holds a {type(user).__name__}, not a mapping of sections "
+                         "(model:, sampler:, algorithm:, ...); see docs/configuration.md.")
+    for key, value in user.items():
+        if value is None or (not OmegaConf.is_dict(value) and key in ("algorithm", "reward", "model", "sampler",
+                                                                      "optim", "run", "data", "eval", "lora")):
+            raise ValueError(f"config file {path!r}: section {key}: is {value!r}, not a mapping of keys; "
+                             "see docs/configuration.md.")
+    return user
+
+
 def _schema(algorithm: str):
     base = OmegaConf.structured(TrainConfig)
     base.algorithm = OmegaConf.structured(registered(algorithm).schema)
@@ -132,8 +176,16 @@ def load_config(path: str | None = None, overrides: list[str] | None = None):
     for o in overrides:
         if "=" not in o:
             raise ValueError(f"override {o!r} is not key=value; write e.g. run.max_iterations=10.")
-    user = OmegaConf.load(path) if path else OmegaConf.create()
-    cli = OmegaConf.from_dotlist(overrides)
+    user = _read_yaml(path) if path else OmegaConf.create()
+    try:
+        cli = OmegaConf.from_dotlist(overrides)
+    except Exception as e:  # omegaconf's grammar errors, e.g. an unbalanced bracket
+        raise ValueError(f"overrides {overrides} cannot be parsed ({str(e).splitlines()[0]}); write key=value, "
+                         "quoting lists: 'sampler.sde_window=[0,4]'.") from None
+    for key in ("algorithm", "reward", "model", "sampler", "optim", "run", "data", "eval", "lora"):
+        if key in cli and not isinstance(cli[key], dict) and not OmegaConf.is_dict(cli[key]):
+            raise ValueError(f"override {key}={cli[key]!r} replaces a whole section; set one of its keys, e.g. "
+                             f"{key}.name=... (docs/configuration.md).")
     name = OmegaConf.select(cli, "algorithm.name") or OmegaConf.select(user, "algorithm.name") or "flow_grpo"
     for name_key, args_key in (("reward.name", "reward.args"), ("eval.reward", "eval.reward_args")):
         new_reward = OmegaConf.select(cli, name_key)
@@ -190,12 +242,16 @@ def validate(cfg) -> None:
     if s.psi is not None and s.kind != "flow_sde":
         raise ValueError(f"sampler.psi is set but sampler.kind={s.kind!r}; calibrated psi drives the flow_sde step, "
                          "so set sampler.kind=flow_sde or sampler.psi=null.")
+    check_device(r.device, "run.device")
+    if r.max_weight_abs is not None and not r.max_weight_abs > 0:
+        raise ValueError(f"run.max_weight_abs={r.max_weight_abs} must be > 0, or null to turn the check off.")
     registered(a.name).schema.validate(cfg)
     _validate_prompt_files(cfg)
     if o.ema_decay is not None and not 0 < o.ema_decay < 1:
         raise ValueError(f"optim.ema_decay={o.ema_decay} must be in (0, 1), or null to turn EMA off.")
-    if r.max_iterations < 1 or r.checkpoint_every < 1:
-        raise ValueError("run.max_iterations and run.checkpoint_every must be at least 1.")
+    for key in ("max_iterations", "checkpoint_every"):
+        if r[key] < 1:
+            raise ValueError(f"run.{key}={r[key]} must be at least 1.")
     if r.keep_checkpoints < 1:
         raise ValueError(f"run.keep_checkpoints={r.keep_checkpoints} must be at least 1 (the checkpoints kept; the "
                          "latest is always among them).")

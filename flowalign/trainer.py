@@ -101,10 +101,128 @@ def check_fresh_run_dir(out: str) -> None:
                          "run.resume=true, or give a new run.output_dir.")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_run_lock(out: str) -> str:
+    """Create OUT/.lock holding this process's id; a live process's lock stops this run with one
+    sentence, a dead one's (a killed run) is taken over. Returns the lock's path."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, ".lock")
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise ValueError(f"run.output_dir={out!r} is in use by process {pid} (its .lock); wait for that run "
+                                 "to end, or give another run.output_dir.") from None
+            try:
+                os.remove(path)  # left by a run that was killed
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return path
+    raise ValueError(f"could not lock run.output_dir={out!r} (.lock keeps reappearing); is another run starting there?")
+
+
+def check_run_lock(out: str) -> None:
+    """Stop early (before any model loads) when a live process holds OUT/.lock."""
+    path = os.path.join(out, ".lock")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return
+    if pid and pid != os.getpid() and _alive(pid):
+        raise ValueError(f"run.output_dir={out!r} is in use by process {pid} (its .lock); wait for that run to end, "
+                         "or give another run.output_dir.")
+
+
+def release_run_lock(path: str | None) -> None:
+    if path and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                mine = f.read().strip() == str(os.getpid())
+            if mine:
+                os.remove(path)
+        except OSError:
+            pass
+
+
 def _checkpoints(root: str) -> list[str]:
     if not os.path.isdir(root):
         return []
-    return sorted(os.path.join(root, d) for d in os.listdir(root) if d.startswith("iter_") and not d.endswith(".tmp"))
+    return sorted(os.path.join(root, d) for d in os.listdir(root) if d.startswith("iter_") and ".tmp" not in d)
+
+
+# keys a resumed run may change; every other key must equal the checkpoint's (it changes what is trained)
+RESUMABLE_PREFIXES = ("run.output_dir", "run.max_iterations", "run.resume", "run.checkpoint_every",
+                      "run.keep_checkpoints", "run.sample_every", "run.device", "run.progress", "run.max_weight_abs",
+                      "eval.", "data.sample_prompts", "optim.lr", "model.attention_backend",
+                      "model.gradient_checkpointing")
+
+
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def resume_checkpoint(cfg) -> str | None:
+    """The checkpoint folder run.resume points at (None: a fresh start), checked before any model
+    loads: it exists, and the config it was made with agrees with `cfg` on every key that changes
+    what is trained. A fresh run (run.resume=false) in a used folder stops here too."""
+    r, out = cfg.run.resume, cfg.run.output_dir
+    if r is False or r == "false":
+        check_fresh_run_dir(out)
+        return None
+    if r is True or r == "true":
+        found = _checkpoints(os.path.join(out, "checkpoints"))
+        if not found:
+            return None
+        path = found[-1]
+    else:
+        path = str(r)
+        if not os.path.isfile(os.path.join(path, "state.json")):
+            raise FileNotFoundError(f"run.resume={path!r} is not a checkpoint folder (no state.json); "
+                                    f"pass one of {os.path.join(out, 'checkpoints')}/iter_*.")
+    saved = os.path.join(path, "config.yaml")
+    if os.path.isfile(saved):
+        try:
+            old = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+        except Exception as e:  # a damaged file: say so instead of resuming blind
+            raise ValueError(f"the checkpoint's config {saved!r} cannot be read ({str(e).splitlines()[0]}); "
+                             "resume from an earlier checkpoint or start a new run.output_dir.") from None
+        new = _flat(OmegaConf.to_container(cfg, resolve=True))
+        fixed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                       and not any(k == p or k.startswith(p) for p in RESUMABLE_PREFIXES))
+        if fixed:
+            diffs = "; ".join(f"{k}: checkpoint {old.get(k)!r}, config {new.get(k)!r}" for k in fixed[:4])
+            raise ValueError(f"run.resume: the config differs from the checkpoint {path!r} in keys a resumed run cannot "
+                             f"change ({diffs}{'; ...' if len(fixed) > 4 else ''}); restore them, or start a new "
+                             "run.output_dir. optim.lr, eval.* and run.* but run.seed may change.")
+    return path
 
 
 class Trainer:
@@ -113,6 +231,9 @@ class Trainer:
 
         self.cfg = cfg
         run = cfg.run
+        if int(os.environ.get("RANK", "0")) == 0:  # the main process takes the lock; the others follow it
+            check_run_lock(run.output_dir)
+        resume_checkpoint(cfg)  # a used folder without run.resume, or a config the checkpoint disagrees with, stop here
         self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision, cpu=run.device == "cpu")
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         a = cfg.algorithm
@@ -174,12 +295,14 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> str:
         name = os.path.join(self.ckpt_root, f"iter_{self.iteration:06d}")
-        tmp = name + ".tmp"
+        tmp = f"{name}.tmp{os.getpid()}"  # the main process's name, shared with the other processes below
         if self.acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
+        tmp = self._broadcast_str(tmp)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
+            OmegaConf.save(self.cfg, os.path.join(tmp, "config.yaml"), resolve=True)  # what resume compares
             tensors = {n: p.detach().cpu().contiguous() for n, p in zip(self.param_names, self.params)}
             save_file(tensors, os.path.join(tmp, "trainable.safetensors"))
             torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
@@ -202,22 +325,23 @@ class Trainer:
         self.acc.wait_for_everyone()
         return name
 
+    def _broadcast_str(self, text: str) -> str:
+        """The main process's `text` on every process."""
+        if self.world == 1:
+            return text
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([text])[0]
+
     def resume(self) -> None:
         r = self.cfg.run.resume
         if r is False or r == "false":
             return
-        if r is True or r == "true":
-            found = _checkpoints(self.ckpt_root)
-            if not found:
-                self.acc.print(f"run.resume=true but {self.ckpt_root} has no checkpoint: starting fresh.")
-                self._truncate_metrics(-1)  # a fresh start redoes everything an earlier attempt logged
-                return
-            path = found[-1]
-        else:
-            path = str(r)
-            if not os.path.isfile(os.path.join(path, "state.json")):
-                raise FileNotFoundError(f"run.resume={path!r} is not a checkpoint folder (no state.json); "
-                                        f"pass one of {self.ckpt_root}/iter_*.")
+        path = resume_checkpoint(self.cfg)
+        if path is None:
+            self.acc.print(f"run.resume=true but {self.ckpt_root} has no checkpoint: starting fresh.")
+            self._truncate_metrics(-1)  # a fresh start redoes everything an earlier attempt logged
+            return
         with open(os.path.join(path, "state.json")) as f:
             state = json.load(f)
         tensors = load_file(os.path.join(path, "trainable.safetensors"))
@@ -235,8 +359,19 @@ class Trainer:
             rng = load_state(rng_file)
             torch.set_rng_state(rng["torch"]), random.setstate(rng["python"]), set_numpy_rng_state(rng["numpy"])
         self.iteration = state["iteration"]
+        self._apply_lr(float(self.cfg.optim.lr))
         self._truncate_metrics(self.iteration)
-        self.acc.print(f"resumed from {path} at iteration {self.iteration}")
+        self.acc.print(f"resumed from {path} at iteration {self.iteration} (optim.lr {self.cfg.optim.lr})")
+
+    def _apply_lr(self, lr: float) -> None:
+        """The config's learning rate over the restored optimiser and schedule: the schedule keeps its
+        position (warm-up), its base becomes `lr` (a resume after divergence with a lower optim.lr
+        uses it)."""
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+        for g, fn in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            g["initial_lr"] = lr
+            g["lr"] = lr * fn(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _truncate_metrics(self, upto: int) -> None:
         """Keep the metrics of iterations <= upto, atomically (a kill leaves the old file or the new
@@ -310,6 +445,11 @@ class Trainer:
         self.log(metrics)
         return metrics
 
+    def _weight_abs_max(self) -> float:
+        """The largest |w| of the trainable weights (inf or nan if any is not finite)."""
+        with torch.no_grad():
+            return max(float(p.detach().abs().max()) for p in self.params) if self.params else 0.0
+
     # -- the loop ------------------------------------------------------------------------------
     def iterate(self) -> dict:
         a, seed = self.cfg.algorithm, self.cfg.run.seed
@@ -351,15 +491,27 @@ class Trainer:
             "nfe_train": (self.policy.nfe - nfe2) * self.world, "iteration_time": time.time() - t0,
         }
         metrics["nfe"] = metrics["nfe_rollout"] + metrics["nfe_reward"] + metrics["nfe_train"]
+        metrics["weight_abs_max"] = self._weight_abs_max()
+        limit = self.cfg.run.max_weight_abs
         if not math.isfinite(metrics["reward_mean"]) or not math.isfinite(metrics.get("loss", 0.0)) \
-                or not math.isfinite(metrics.get("grad_norm", 0.0)):
+                or not math.isfinite(metrics.get("grad_norm", 0.0)) or not math.isfinite(metrics["weight_abs_max"]) \
+                or (limit is not None and metrics["weight_abs_max"] > limit):
             last = _checkpoints(self.ckpt_root)
-            raise TrainingError(f"non-finite loss or reward at iteration {self.iteration} (reward "
-                                f"{metrics['reward_mean']}, loss {metrics.get('loss')}, grad norm {metrics.get('grad_norm')}); "
-                                f"the last good checkpoint is {last[-1] if last else 'none'}: lower optim.lr and resume.")
+            raise TrainingError(f"divergence at iteration {self.iteration} (reward {metrics['reward_mean']}, loss "
+                                f"{metrics.get('loss')}, grad norm {metrics.get('grad_norm')}, largest trainable weight "
+                                f"{metrics['weight_abs_max']:.3g}, run.max_weight_abs {limit}); nothing of it was "
+                                f"checkpointed; the last good checkpoint is {last[-1] if last else 'none'}: resume it with "
+                                "run.resume=true and a lower optim.lr (the resumed run uses the new rate).")
         return metrics
 
     def train(self) -> str:
+        lock = acquire_run_lock(self.out) if self.acc.is_main_process else None
+        try:
+            return self._train()
+        finally:
+            release_run_lock(lock)
+
+    def _train(self) -> str:
         cfg = self.cfg
         if cfg.run.resume in (False, "false"):
             check_fresh_run_dir(self.out)

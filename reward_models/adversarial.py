@@ -229,7 +229,7 @@ class AdversarialDinoReward:
         for p in prompts:
             files = self.reference_map.get(p)
             if not files:
-                raise KeyError(f"prompt {p!r} has no reference images in reward.args.reference_map; add it, or "
+                raise ValueError(f"prompt {p!r} has no reference images in reward.args.reference_map; add it, or "
                                "drop reference_map to use random references.")
             j = seen.get(p, 0)
             seen[p] = j + 1

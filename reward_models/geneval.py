@@ -78,10 +78,22 @@ class Mask2FormerDetector:
     """A local Mask2Former COCO-instance checkpoint -> GenEval detections per class name."""
 
     def __init__(self, path: str, *, device: str | None = None, names: Sequence[str] | None = None,
-                 batch_size: int = 8):
+                 batch_size: int = 8, preprocess: str | None = None):
+        """`preprocess`: 'mmdet' (GenEval's test pipeline: fit 1333 x 800, pad to 32;
+        reward_models/geneval_convert.py), 'processor' (the folder's image processor), or None: 'mmdet'
+        for a folder written by the converter, else 'processor'."""
+        import json
+        import os
+
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         check_local(path, "Mask2Former")
+        marker = os.path.join(path, "flowalign_detector.json")
+        if preprocess is None:
+            preprocess = json.load(open(marker)).get("preprocess", "processor") if os.path.isfile(marker) else "processor"
+        if preprocess not in ("mmdet", "processor"):
+            raise ValueError(f"detector preprocess {preprocess!r} is unknown; use 'mmdet' or 'processor'.")
+        self.preprocess = preprocess
         self.device = default_device(device)
         try:
             self.model = Mask2FormerForUniversalSegmentation.from_pretrained(path).to(self.device).eval()
@@ -102,7 +114,13 @@ class Mask2FormerDetector:
         out = []
         for s in range(0, len(images), self.batch_size):
             chunk = list(images[s:s + self.batch_size])
-            inp = self.processor(images=chunk, return_tensors="pt")
+            if self.preprocess == "mmdet":
+                from .geneval_convert import mmdet_preprocess
+
+                pv_, pm_ = mmdet_preprocess(np.stack(chunk))
+                inp = {"pixel_values": pv_, "pixel_mask": pm_}
+            else:
+                inp = self.processor(images=chunk, return_tensors="pt")
             pv = inp["pixel_values"].to(self.device)
             pm = inp.get("pixel_mask")
             res = self.model(pixel_values=pv, pixel_mask=pm.to(self.device) if pm is not None else None)

@@ -1,4 +1,7 @@
-"""DenseGRPO (dense step rewards for flow-matching GRPO): every intermediate latent x_k gets a
+"""DenseGRPO (Deng et al., "DenseGRPO: From Sparse to Dense Reward for Flow Matching Model Alignment",
+arXiv 2601.20218, ICLR 2026; no released code, so the formulas below are the paper's, as the
+project's design notes transcribe them; equation numbers are not cited because the paper could not
+be read from this machine): every intermediate latent x_k gets a
 reward R_k = R(ODE_n(x_k)) from its ODE completion, each step k earns the gain
 dR_k = R_{k+1} - R_k, and the advantage of sample i at step k is its gain normalised over the G
 samples of the same prompt at the same step. The loss is Flow-GRPO's clipped ratio (plus KL) with
@@ -41,8 +44,11 @@ class DenseGRPOConfig(FlowGRPOConfig):
         if a.completion_steps is not None and a.completion_steps < 1:
             raise ValueError(f"algorithm.completion_steps={a.completion_steps} must be at least 1, or null for "
                              "all remaining steps.")
-        if a.calib_rounds < 1 or a.calib_trajectories < 2 or a.calib_eps2 <= 0:
-            raise ValueError("algorithm.calib_rounds must be >= 1, calib_trajectories >= 2 and calib_eps2 > 0.")
+        for key, low, ok in (("calib_rounds", 1, a.calib_rounds >= 1), ("calib_trajectories", 2, a.calib_trajectories >= 2)):
+            if not ok:
+                raise ValueError(f"algorithm.{key}={a[key]} must be at least {low}.")
+        if a.calib_eps2 <= 0:
+            raise ValueError(f"algorithm.calib_eps2={a.calib_eps2} must be > 0.")
         cls.require_sum_aggregation(cfg)
 
 

@@ -57,8 +57,9 @@ class FlowGRPOConfig:
         a = cfg.algorithm
         if a.group_size < 2:
             raise ValueError(f"algorithm.group_size={a.group_size} must be at least 2 for group-relative advantages.")
-        if a.prompts_per_iteration < 1 or a.inner_epochs < 1 or a.train_batch_size < 1:
-            raise ValueError("algorithm.prompts_per_iteration, inner_epochs and train_batch_size must be at least 1.")
+        for key in ("prompts_per_iteration", "inner_epochs", "train_batch_size"):
+            if a[key] < 1:
+                raise ValueError(f"algorithm.{key}={a[key]} must be at least 1.")
         if not 0 < a.timestep_fraction <= 1:
             raise ValueError(f"algorithm.timestep_fraction={a.timestep_fraction} must be in (0, 1].")
         if a.clip_range <= 0 or a.kl_beta < 0:

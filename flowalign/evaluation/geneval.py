@@ -65,6 +65,36 @@ def read_metadata(path: str = METADATA_FILE) -> list[dict]:
     return rows
 
 
+GENERATION_FILE = "generation.json"
+
+
+def check_generation_settings(out: str, settings: dict) -> None:
+    """An --out folder holds one model's images: record the generation settings (model, LoRA, steps,
+    guidance, seed, size, images per prompt, prompts) on first use, and stop a later run whose
+    settings differ, before it adds images of another model to the score."""
+    path = os.path.join(out, GENERATION_FILE)
+    settings = json.loads(json.dumps(settings))  # plain JSON values, as read back
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            raise ValueError(f"{path} is damaged; remove the folder {out!r} or use another --out.") from None
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            shown = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff[:3])
+            raise ValueError(f"--out {out!r} holds images generated with other settings ({shown}); give a new --out, "
+                             "or the same settings to finish it.")
+        return
+    if os.path.isdir(prompt_folder(out, 0)):
+        raise ValueError(f"--out {out!r} holds images without {GENERATION_FILE} (an older layout); give a new --out.")
+    os.makedirs(out, exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(settings, f, indent=2)
+    os.replace(tmp, path)
+
+
 def prompt_folder(out: str, index: int) -> str:
     return os.path.join(out, f"{index:05d}")
 

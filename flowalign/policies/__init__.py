@@ -17,6 +17,13 @@ ADAPTERS = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy, "
 
 def load_policy(path: str, **kwargs) -> FlowPolicy:
     """Load a diffusers pipeline directory (or hub id) with the adapter of its family."""
+    local = os.path.isabs(str(path)) or str(path).startswith((".", "~")) or str(path).count("/") != 1
+    if local and not os.path.isdir(str(path)):
+        raise FileNotFoundError(f"model {path!r} does not exist; pass a diffusers pipeline folder or a hub id "
+                                "(org/name).")
+    if os.path.isdir(str(path)) and not os.path.isfile(os.path.join(str(path), "model_index.json")):
+        raise FileNotFoundError(f"model {path!r} has no model_index.json; pass a diffusers pipeline folder "
+                                "(saved with save_pretrained).")
     index = os.path.join(str(path), "model_index.json")
     cls = "StableDiffusion3Pipeline"
     if os.path.isfile(index):

@@ -167,7 +167,7 @@ def test_reference_map_pairs_each_image_with_its_prompts_references(dino_dir, re
     assert real.shape == (4, 3, 16, 16)
     greens = [round(float(x[1].mean()) * 255) for x in real]  # ref image i has green 30 i
     assert greens == [0, 90, 30, 0]
-    with pytest.raises(KeyError, match="'a cow' has no reference images"):
+    with pytest.raises(ValueError, match="'a cow' has no reference images"):
         r.real_images(fake[:1], ["a cow"])
     mapping.write_text(json.dumps({"a red cat": ["9.png"]}))
     with pytest.raises(FileNotFoundError, match="'9.png'"):

@@ -1,0 +1,88 @@
+"""Resume rules (issue items 2, 3 and 5): a divergent update is never checkpointed, a resume applies the
+config's new learning rate, a checkpoint carries its config and a resume refuses keys that change what
+is trained (before config.yaml is rewritten), checkpoints are written under a per-process temporary
+name, and a run folder is locked while a run uses it."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from flowalign.config import load_config
+from flowalign.trainer import Trainer, TrainingError, acquire_run_lock, release_run_lock
+from tests.flowalign.test_train import overrides
+
+
+def _cfg(tiny, out, prompts, **kw):
+    return load_config(None, overrides(tiny, str(out), prompts, **{"run.sample_every": 0, **kw}))
+
+
+def test_divergent_weights_stop_the_run_before_they_are_checkpointed(tiny_sd3_dir, tmp_path, prompts_file):
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 1})).train()
+    good = torch.load(out / "checkpoints" / "iter_000001" / "optimizer.pt", weights_only=True)
+    # a bound below the current weights: the next update counts as divergence
+    t = Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.resume": True, "run.max_iterations": 3,
+                                                          "run.max_weight_abs": 1e-6}))
+    with pytest.raises(TrainingError, match="largest trainable weight") as e:
+        t.train()
+    assert "iter_000001" in str(e.value) and "lower optim.lr" in str(e.value)
+    assert sorted(os.listdir(out / "checkpoints")) == ["iter_000001"]  # the divergent iteration left no checkpoint
+    again = torch.load(out / "checkpoints" / "iter_000001" / "optimizer.pt", weights_only=True)
+    assert again["state"].keys() == good["state"].keys()
+    assert not (out / ".lock").exists()  # released on the way out
+
+
+def test_resume_applies_a_new_learning_rate(tiny_sd3_dir, tmp_path, prompts_file):
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 1, "optim.lr": 1e-2})).train()
+    t = Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.resume": True, "run.max_iterations": 2,
+                                                          "optim.lr": 1e-4}))
+    t.resume()
+    assert [g["lr"] for g in t.optimizer.param_groups] == [pytest.approx(1e-4)]
+    assert t.scheduler.base_lrs == [pytest.approx(1e-4)] and t.scheduler.get_last_lr() == [pytest.approx(1e-4)]
+    t.train()
+    m = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    assert m[-1]["iteration"] == 2 and m[-1]["lr"] == pytest.approx(1e-4)
+
+
+def test_checkpoint_carries_its_config_and_resume_refuses_training_keys(tiny_sd3_dir, tmp_path, prompts_file):
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 1})).train()
+    saved = out / "checkpoints" / "iter_000001" / "config.yaml"
+    assert saved.is_file()
+    config_before = (out / "config.yaml").read_text()
+    for key, value in (("lora.rank", 8), ("run.seed", 3), ("algorithm.group_size", 2), ("lora.alpha", 4)):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.resume": True, key: value}))
+    assert (out / "config.yaml").read_text() == config_before  # refused before anything was written
+    # run.* (but seed), eval.* and optim.lr may change
+    Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.resume": True, "run.max_iterations": 5,
+                                                      "run.checkpoint_every": 2, "optim.lr": 1e-3}))
+
+
+def test_run_lock_and_temporary_names(tmp_path):
+    lock = acquire_run_lock(str(tmp_path))
+    assert open(lock).read() == str(os.getpid())
+    release_run_lock(lock)
+    assert not os.path.exists(lock)
+    (tmp_path / ".lock").write_text("999999999")  # a killed run's lock: taken over
+    lock = acquire_run_lock(str(tmp_path))
+    assert open(lock).read() == str(os.getpid())
+    release_run_lock(lock)
+    (tmp_path / ".lock").write_text(str(os.getppid()))  # a live process's lock
+    with pytest.raises(ValueError, match=f"in use by process {os.getppid()}"):
+        acquire_run_lock(str(tmp_path))
+
+
+def test_checkpoint_tmp_name_is_per_process_and_never_listed(tiny_sd3_dir, tmp_path, prompts_file):
+    from flowalign.trainer import _checkpoints
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "iter_000009.tmp12345").mkdir(parents=True)  # another process's half-written one
+    assert _checkpoints(str(out / "checkpoints")) == []
+    t = Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 1}))
+    t.train()
+    assert (out / "checkpoints" / "iter_000009.tmp12345").is_dir()  # not touched: not this process's name
+    assert [os.path.basename(c) for c in _checkpoints(str(out / "checkpoints"))] == ["iter_000001"]
