@@ -17,4 +17,4 @@ def test_sample_writes_a_grid(tiny_sd3_dir, tmp_path, capsys):
 def test_sample_bad_model_is_one_sentence(tmp_path, capsys):
     rc = main(["sample", "--model", str(tmp_path / "nope"), "--prompt", "x", "--device", "cpu"])
     err = capsys.readouterr().err
-    assert rc == 2 and "has no model_index.json" in err and "Traceback" not in err
+    assert rc == 2 and "nope' does not exist" in err and "Traceback" not in err

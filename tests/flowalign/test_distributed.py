@@ -68,4 +68,4 @@ def test_two_process_training_run(tiny_sd3_dir, tmp_path):
     assert lines[0]["nfe_rollout"] == 12 * 3 * 2  # counted over both processes
     assert (out / "lora" / "pytorch_lora_weights.safetensors").exists()
     assert sorted(os.listdir(out / "checkpoints" / "iter_000002")) == [
-        "optimizer.pt", "rng_0.pt", "rng_1.pt", "scheduler.pt", "state.json", "trainable.safetensors"]
+        "config.yaml", "optimizer.pt", "rng_0.pt", "rng_1.pt", "scheduler.pt", "state.json", "trainable.safetensors"]

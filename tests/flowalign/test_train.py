@@ -123,16 +123,18 @@ def test_full_fine_tuning_saves_a_loadable_pipeline(tiny_sd3_dir, tmp_path, prom
     assert changed
 
 
-def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_sd3_dir, tmp_path, prompts_file):
+def test_divergence_stops_before_the_blown_up_weights_are_checkpointed(tiny_sd3_dir, tmp_path, prompts_file):
+    """lr 1e30: iteration 1's loss is finite but its update blows the weights up; the run must stop
+    there (the old check only looked at loss and reward, so iteration 1 was checkpointed as 'good')."""
     out = tmp_path / "run"
     proc = _cli(overrides(tiny_sd3_dir, str(out), prompts_file, **{
         "optim.lr": 1e30, "run.max_iterations": 5, "run.sample_every": 0, "algorithm.kl_beta": 0,
-        "algorithm.train_batch_size": 8}))  # one update per iteration: iteration 1 ends finite, 2 does not
+        "algorithm.train_batch_size": 8}))  # one update per iteration
     log = proc.communicate(timeout=300)[0].decode()
     assert proc.returncode == 1, log[-2000:]
-    assert "training stopped: non-finite loss or reward at iteration" in log
-    assert "iter_000001" in log and (out / "checkpoints" / "iter_000001" / "state.json").exists()
-    assert not (out / "lora").exists()
+    assert "training stopped: divergence at iteration 1" in log and "largest trainable weight" in log
+    assert "the last good checkpoint is none" in log
+    assert not (out / "checkpoints" / "iter_000001").exists() and not (out / "lora").exists()
 
 
 def assert_one_iteration_trains(model_dir, out, prompts_file, algo, **extra):
