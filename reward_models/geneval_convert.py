@@ -133,79 +133,60 @@ def _backbone(k: str, v: Tensor, out: dict, trunk: str, naming: str) -> bool:
     return False
 
 
-def _pixel_decoder(k: str, v: Tensor, out: dict) -> bool:
-    P = "model.pixel_level_module.decoder."
-    if not k.startswith("panoptic_head.pixel_decoder."):
-        return False
-    r = k[len("panoptic_head.pixel_decoder."):]
-    if r == "level_encoding.weight":
-        out[P + "level_embed"] = v
-        return True
-    m = re.fullmatch(r"input_convs\.(\d+)\.(conv|gn)\.(weight|bias)", r)
-    if m:
-        out[f"{P}input_projections.{m[1]}.{0 if m[2] == 'conv' else 1}.{m[3]}"] = v
-        return True
-    m = re.fullmatch(r"(lateral|output)_convs\.(\d+)\.(conv|gn)\.(weight|bias)", r)
-    if m:
-        name = "adapter" if m[1] == "lateral" else "layer"
-        out[f"{P}{name}_{int(m[2]) + 1}.{0 if m[3] == 'conv' else 1}.{m[4]}"] = v
-        return True
-    m = re.fullmatch(r"mask_feature\.(weight|bias)", r)
-    if m:
-        out[f"{P}mask_projection.{m[1]}"] = v
-        return True
-    m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", r)
-    if not m:
-        return False
-    p = f"{P}encoder.layers.{m[1]}."
-    names = {"norms.0": "self_attn_layer_norm", "norms.1": "final_layer_norm", "ffns.0.layers.0.0": "fc1",
-             "ffns.0.layers.1": "fc2"}
-    for part in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
-        names[f"attentions.0.{part}"] = f"self_attn.{part}"
-    if m[2] not in names:
-        return False
-    out[f"{p}{names[m[2]]}.{m[3]}"] = v
-    return True
+_PD, _TM = "model.pixel_level_module.decoder.", "model.transformer_module."
+_H = r"panoptic_head\."
+# (mmdet key pattern, transformers key template): plain renames of the pixel decoder and the decoder head
+RENAMES = [
+    (_H + r"pixel_decoder\.level_encoding\.weight", _PD + "level_embed"),
+    (_H + r"pixel_decoder\.input_convs\.(\d+)\.conv\.(weight|bias)", _PD + "input_projections.{0}.0.{1}"),
+    (_H + r"pixel_decoder\.input_convs\.(\d+)\.gn\.(weight|bias)", _PD + "input_projections.{0}.1.{1}"),
+    (_H + r"pixel_decoder\.lateral_convs\.0\.conv\.(weight)", _PD + "adapter_1.0.{0}"),
+    (_H + r"pixel_decoder\.lateral_convs\.0\.gn\.(weight|bias)", _PD + "adapter_1.1.{0}"),
+    (_H + r"pixel_decoder\.output_convs\.0\.conv\.(weight)", _PD + "layer_1.0.{0}"),
+    (_H + r"pixel_decoder\.output_convs\.0\.gn\.(weight|bias)", _PD + "layer_1.1.{0}"),
+    (_H + r"pixel_decoder\.mask_feature\.(weight|bias)", _PD + "mask_projection.{0}"),
+    (_H + r"pixel_decoder\.encoder\.layers\.(\d+)\.attentions\.0\."
+          r"(sampling_offsets|attention_weights|value_proj|output_proj)\.(weight|bias)", _PD + "encoder.layers.{0}.self_attn.{1}.{2}"),
+    (_H + r"pixel_decoder\.encoder\.layers\.(\d+)\.norms\.0\.(weight|bias)", _PD + "encoder.layers.{0}.self_attn_layer_norm.{1}"),
+    (_H + r"pixel_decoder\.encoder\.layers\.(\d+)\.norms\.1\.(weight|bias)", _PD + "encoder.layers.{0}.final_layer_norm.{1}"),
+    (_H + r"pixel_decoder\.encoder\.layers\.(\d+)\.ffns\.0\.layers\.0\.0\.(weight|bias)", _PD + "encoder.layers.{0}.fc1.{1}"),
+    (_H + r"pixel_decoder\.encoder\.layers\.(\d+)\.ffns\.0\.layers\.1\.(weight|bias)", _PD + "encoder.layers.{0}.fc2.{1}"),
+    (_H + r"query_embed\.weight", _TM + "queries_embedder.weight"),
+    (_H + r"query_feat\.weight", _TM + "queries_features.weight"),
+    (_H + r"level_embed\.weight", _TM + "level_embed.weight"),
+    (_H + r"cls_embed\.(weight|bias)", "class_predictor.{0}"),
+    (_H + r"transformer_decoder\.post_norm\.(weight|bias)", _TM + "decoder.layernorm.{0}"),
+    (_H + r"mask_embed\.0\.(weight|bias)", _TM + "decoder.mask_predictor.mask_embedder.0.0.{0}"),
+    (_H + r"mask_embed\.2\.(weight|bias)", _TM + "decoder.mask_predictor.mask_embedder.1.0.{0}"),
+    (_H + r"mask_embed\.4\.(weight|bias)", _TM + "decoder.mask_predictor.mask_embedder.2.0.{0}"),
+    # decoder layers, operation order cross_attn, norm, self_attn, norm, ffn, norm
+    (_H + r"transformer_decoder\.layers\.(\d+)\.attentions\.0\.attn\.(in_proj_weight|in_proj_bias)",
+     _TM + "decoder.layers.{0}.cross_attn.{1}"),
+    (_H + r"transformer_decoder\.layers\.(\d+)\.attentions\.0\.attn\.out_proj\.(weight|bias)",
+     _TM + "decoder.layers.{0}.cross_attn.out_proj.{1}"),
+    (_H + r"transformer_decoder\.layers\.(\d+)\.attentions\.1\.attn\.out_proj\.(weight|bias)",
+     _TM + "decoder.layers.{0}.self_attn.out_proj.{1}"),
+    (_H + r"transformer_decoder\.layers\.(\d+)\.norms\.0\.(weight|bias)", _TM + "decoder.layers.{0}.cross_attn_layer_norm.{1}"),
+    (_H + r"transformer_decoder\.layers\.(\d+)\.norms\.1\.(weight|bias)", _TM + "decoder.layers.{0}.self_attn_layer_norm.{1}"),
+    (_H + r"transformer_decoder\.layers\.(\d+)\.norms\.2\.(weight|bias)", _TM + "decoder.layers.{0}.final_layer_norm.{1}"),
+    (_H + r"transformer_decoder\.layers\.(\d+)\.ffns\.0\.layers\.0\.0\.(weight|bias)", _TM + "decoder.layers.{0}.fc1.{1}"),
+    (_H + r"transformer_decoder\.layers\.(\d+)\.ffns\.0\.layers\.1\.(weight|bias)", _TM + "decoder.layers.{0}.fc2.{1}"),
+]
+_SELF_ATTN_IN = re.compile(_H + r"transformer_decoder\.layers\.(\d+)\.attentions\.1\.attn\.in_proj_(weight|bias)")
 
 
-def _transformer_decoder(k: str, v: Tensor, out: dict) -> bool:
-    T = "model.transformer_module."
-    if not k.startswith("panoptic_head."):
-        return False
-    r = k[len("panoptic_head."):]
-    top = {"query_embed.weight": T + "queries_embedder.weight", "query_feat.weight": T + "queries_features.weight",
-           "level_embed.weight": T + "level_embed.weight", "cls_embed.weight": "class_predictor.weight",
-           "cls_embed.bias": "class_predictor.bias", "transformer_decoder.post_norm.weight": T + "decoder.layernorm.weight",
-           "transformer_decoder.post_norm.bias": T + "decoder.layernorm.bias"}
-    if r in top:
-        out[top[r]] = v
-        return True
-    m = re.fullmatch(r"mask_embed\.(\d)\.(weight|bias)", r)
+def _head(k: str, v: Tensor, out: dict) -> bool:
+    """The pixel decoder and the transformer decoder: renames, plus the decoder self-attention's
+    packed in_proj split into q/k/v projections."""
+    for pattern, template in RENAMES:
+        m = re.fullmatch(pattern, k)
+        if m:
+            out[template.format(*m.groups())] = v
+            return True
+    m = _SELF_ATTN_IN.fullmatch(k)
     if m:
-        out[f"{T}decoder.mask_predictor.mask_embedder.{int(m[1]) // 2}.0.{m[2]}"] = v
-        return True
-    m = re.fullmatch(r"transformer_decoder\.layers\.(\d+)\.(.+)", r)
-    if not m:
-        return False
-    p = f"{T}decoder.layers.{m[1]}."
-    rest = m[2]
-    if rest.startswith("attentions.0.attn."):  # cross-attention: torch's MultiheadAttention on both sides
-        out[p + "cross_attn." + rest[len("attentions.0.attn."):]] = v
-        return True
-    if rest in ("attentions.1.attn.in_proj_weight", "attentions.1.attn.in_proj_bias"):
-        leaf = "weight" if rest.endswith("weight") else "bias"
         for name, part in zip(("q_proj", "k_proj", "v_proj"), _split3(v)):
-            out[f"{p}self_attn.{name}.{leaf}"] = part
-        return True
-    mo = re.fullmatch(r"attentions\.1\.attn\.out_proj\.(weight|bias)", rest)
-    if mo:
-        out[f"{p}self_attn.out_proj.{mo[1]}"] = v
-        return True
-    names = {"norms.0": "cross_attn_layer_norm", "norms.1": "self_attn_layer_norm", "norms.2": "final_layer_norm",
-             "ffns.0.layers.0.0": "fc1", "ffns.0.layers.1": "fc2"}
-    mod, _, leaf = rest.rpartition(".")
-    if mod in names:
-        out[f"{p}{names[mod]}.{leaf}"] = v
+            out[f"{_TM}decoder.layers.{m[1]}.self_attn.{name}.{m[2]}"] = part
         return True
     return False
 
@@ -218,7 +199,7 @@ def convert_state_dict(mmdet: dict[str, Tensor], model_keys) -> dict[str, Tensor
     trunk, naming = swin_prefix(model_keys), swin_naming(model_keys)
     out: dict[str, Tensor] = {}
     left = [k for k, v in mmdet.items()
-            if not (_backbone(k, v, out, trunk, naming) or _pixel_decoder(k, v, out) or _transformer_decoder(k, v, out))]
+            if not (_backbone(k, v, out, trunk, naming) or _head(k, v, out))]
     if left:
         raise ValueError(f"{len(left)} mmdet parameter(s) have no transformers counterpart, e.g. {left[0]!r}; this "
                          "converter reads mmdetection 2.x Mask2Former checkpoints with a Swin backbone.")

@@ -397,26 +397,37 @@ class BranchGRPO:
             return self._transition_updates(policy, ro, edges, advantages.local.cpu(), update, generator)
         return self._epoch_updates(policy, ro, edges, advantages.local.cpu(), update, generator)
 
-    def _epoch_updates(self, policy, ro, edges, adv, update, generator) -> dict:
-        """inner_epochs passes; each accumulates the gradient of every kept edge (one velocity per parent
-        node, train_batch_size parents per forward), then calls update() once."""
+    def _backward_by_parents(self, policy, ro, parents, edges, adv, update, scale, stats: dict) -> float | None:
+        """Accumulate the gradient of `edges` (one velocity per parent, train_batch_size parents per
+        forward, in the order of `parents`), each chunk's mean loss times scale(number of its edges);
+        statistics go to `stats`. Returns the first chunk's ratio."""
         t = ro.tree
+        first = None
+        chunks = list(parents.split(self.cfg.train_batch_size))
+        for ci, chunk in enumerate(chunks):
+            child = edges[torch.isin(t.parent[edges], chunk)]
+            loss, st = self._edges_loss(policy, ro, chunk, child, adv)
+            first = st["ratio"] if first is None else first
+            update.backward(loss * scale(child.numel()), last=ci == len(chunks) - 1)
+            for key, val in st.items():
+                stats.setdefault(key, []).append(val)
+        return first
+
+    @staticmethod
+    def _step(update, stats: dict) -> None:
+        for key, val in update.step().items():
+            stats.setdefault(key, []).append(val)
+
+    def _epoch_updates(self, policy, ro, edges, adv, update, generator) -> dict:
+        """inner_epochs passes; each accumulates the gradient of every kept edge, then calls update() once."""
         stats: dict[str, list[float]] = {}
         first_ratio = None
-        parents = torch.unique(t.parent[edges])
+        parents = torch.unique(ro.tree.parent[edges])
         for _ in range(self.cfg.inner_epochs):
             order = parents[torch.randperm(parents.numel(), generator=generator)]
-            chunks = list(order.split(self.cfg.train_batch_size))
-            for ci, chunk in enumerate(chunks):
-                child = edges[torch.isin(t.parent[edges], chunk)]
-                loss, st = self._edges_loss(policy, ro, chunk, child, adv)
-                if first_ratio is None:
-                    first_ratio = st["ratio"]
-                update.backward(loss * (child.numel() / edges.numel()), last=ci == len(chunks) - 1)
-                for key, val in st.items():
-                    stats.setdefault(key, []).append(val)
-            for key, val in update.step().items():
-                stats.setdefault(key, []).append(val)
+            r = self._backward_by_parents(policy, ro, order, edges, adv, update, lambda n: n / edges.numel(), stats)
+            first_ratio = r if first_ratio is None else first_ratio
+            self._step(update, stats)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out.update(first_ratio=first_ratio, edges_trained=float(edges.numel()), parents_trained=float(parents.numel()))
         return out
@@ -440,19 +451,11 @@ class BranchGRPO:
                 active = window if self.cfg.kl_beta > 0 else window[adv[window] != 0]
                 if active.numel() == 0:
                     active = window[:1]
-                parents = torch.unique(t.parent[active])
-                chunks = list(parents.split(self.cfg.train_batch_size))
-                for ci, chunk in enumerate(chunks):
-                    child = active[torch.isin(t.parent[active], chunk)]
-                    loss, st = self._edges_loss(policy, ro, chunk, child, adv)
-                    if first_ratio is None:
-                        first_ratio = st["ratio"]
-                    update.backward(loss * child.numel() / (G * per_tree), last=ci == len(chunks) - 1)
-                    computed += child.numel()
-                    for key, val in st.items():
-                        stats.setdefault(key, []).append(val)
-                for key, val in update.step().items():
-                    stats.setdefault(key, []).append(val)
+                r = self._backward_by_parents(policy, ro, torch.unique(t.parent[active]), active, adv, update,
+                                              lambda n: n / (G * per_tree), stats)
+                first_ratio = r if first_ratio is None else first_ratio
+                computed += active.numel()
+                self._step(update, stats)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out.update(first_ratio=first_ratio, edges_trained=float(edges.numel()), edges_computed=float(computed),
                    optimizer_steps=float(len(stats.get("grad_norm", []))))
