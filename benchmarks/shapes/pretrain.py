@@ -195,7 +195,14 @@ def main(argv=None):
     # ---- save ---------------------------------------------------------------------------------
     pipe.transformer = ema
     pipe.register_modules(transformer=ema)
-    pipe.to(torch.float16).save_pretrained(args.out)
+    pipe.to(torch.float16).save_pretrained(args.out)  # stored in half precision (small) ...
+    for enc in ("text_encoder", "text_encoder_2", "text_encoder_3"):  # ... loaded in float32 by every library:
+        path = os.path.join(args.out, enc, "config.json")  # transformers follows the config's dtype,
+        with open(path) as f:  # diffusers upcasts its own models
+            enc_cfg = json.load(f)
+        enc_cfg["dtype"] = "float32"
+        with open(path, "w") as f:
+            json.dump(enc_cfg, f, indent=2, sort_keys=True)
     info = {**sampling, "pretrain": {"command": "python -m benchmarks.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
                                                "minutes": args.minutes, "vae_steps": state["vae_steps"],
                                                "transformer_steps": state["steps"], "vae_mse": state["vae_mse"],
