@@ -215,10 +215,11 @@ def resume_checkpoint(cfg) -> str | None:
             raise ValueError(f"the checkpoint's config {saved!r} cannot be read ({str(e).splitlines()[0]}); "
                              "resume from an earlier checkpoint or start a new run.output_dir.") from None
         new = _flat(OmegaConf.to_container(cfg, resolve=True))
-        fixed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+        # keys in both (a key a later flowalign adds, or one it removes, is not a difference of the run)
+        fixed = sorted(k for k in set(old) & set(new) if old[k] != new[k]
                        and not any(k == p or k.startswith(p) for p in RESUMABLE_PREFIXES))
         if fixed:
-            diffs = "; ".join(f"{k}: checkpoint {old.get(k)!r}, config {new.get(k)!r}" for k in fixed[:4])
+            diffs = "; ".join(f"{k}: checkpoint {old[k]!r}, config {new[k]!r}" for k in fixed[:4])
             raise ValueError(f"run.resume: the config differs from the checkpoint {path!r} in keys a resumed run cannot "
                              f"change ({diffs}{'; ...' if len(fixed) > 4 else ''}); restore them, or start a new "
                              "run.output_dir. optim.lr, eval.* and run.* but run.seed may change.")

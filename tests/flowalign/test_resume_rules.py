@@ -86,3 +86,17 @@ def test_checkpoint_tmp_name_is_per_process_and_never_listed(tiny_sd3_dir, tmp_p
     t.train()
     assert (out / "checkpoints" / "iter_000009.tmp12345").is_dir()  # not touched: not this process's name
     assert [os.path.basename(c) for c in _checkpoints(str(out / "checkpoints"))] == ["iter_000001"]
+
+
+def test_keys_only_one_side_knows_are_not_differences(tiny_sd3_dir, tmp_path, prompts_file):
+    """A checkpoint from a flowalign without a newer key (or with a removed one) still resumes."""
+    from omegaconf import OmegaConf
+
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 1})).train()
+    saved = out / "checkpoints" / "iter_000001" / "config.yaml"
+    old = OmegaConf.load(saved)
+    del old.algorithm["drop_zero_advantage"]  # as if written before that key existed
+    old.algorithm["retired_key"] = 3
+    OmegaConf.save(old, saved)
+    Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.resume": True, "run.max_iterations": 2}))
