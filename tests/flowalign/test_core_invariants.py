@@ -1,0 +1,133 @@
+"""Behaviours a planted bug could slip past (issue 26's audit): resume exactness with warm-up and EMA on,
+checkpoint atomicity when a save fails partway, per-tree and per-group normalisation at very
+different reward scales, and gradients that do not depend on how a batch is split into chunks."""
+
+import os
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import samplers
+from flowalign.config import load_config
+from flowalign.trainer import Trainer, _checkpoints
+from tests.flowalign.test_train import overrides
+from tests.helpers import gaussian_velocity
+
+
+def _cfg(tiny, out, prompts, **kw):
+    return load_config(None, overrides(tiny, str(out), prompts, **{"run.sample_every": 0, **kw}))
+
+
+def test_resume_is_exact_with_warmup_and_ema(tiny_sd3_dir, tmp_path, prompts_file):
+    """An uninterrupted 3-iteration run and a 1-iteration run resumed to 3 end with identical weights,
+    EMA and learning rate while the warm-up is still ramping."""
+    kw = {"optim.warmup_iterations": 6, "optim.ema_decay": 0.8, "run.checkpoint_every": 1}
+    a = Trainer(_cfg(tiny_sd3_dir, tmp_path / "a", prompts_file, **{"run.max_iterations": 3, **kw}))
+    a.train()
+    Trainer(_cfg(tiny_sd3_dir, tmp_path / "b", prompts_file, **{"run.max_iterations": 1, **kw})).train()
+    b = Trainer(_cfg(tiny_sd3_dir, tmp_path / "b", prompts_file, **{"run.max_iterations": 3, "run.resume": True, **kw}))
+    b.train()
+    for pa, pb in zip(a.params, b.params):
+        assert torch.equal(pa, pb)
+    for sa, sb in zip(a.ema.state_dict()["shadow"], b.ema.state_dict()["shadow"]):
+        assert torch.equal(sa, sb)
+    assert a.optimizer.param_groups[0]["lr"] == b.optimizer.param_groups[0]["lr"] < 1e-2  # still warming up
+
+
+def test_a_save_that_fails_partway_leaves_the_last_good_checkpoint(tiny_sd3_dir, tmp_path, prompts_file, monkeypatch):
+    out = tmp_path / "run"
+    t = Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 2, "run.checkpoint_every": 1}))
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, path, *a, **k):
+        if str(path).endswith("scheduler.pt") and "iter_000002" in str(path):
+            raise OSError(28, "No space left on device", str(path))
+        calls["n"] += 1
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        t.train()
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [os.path.basename(c) for c in _checkpoints(str(out / "checkpoints"))] == ["iter_000001"]
+    assert sorted(os.listdir(out / "checkpoints" / "iter_000001")) == [
+        "config.yaml", "optimizer.pt", "rng_0.pt", "scheduler.pt", "state.json", "trainable.safetensors"]
+    assert not (out / ".lock").exists()
+    r = Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 2, "run.checkpoint_every": 1,
+                                                          "run.resume": True}))
+    r.resume()
+    assert r.iteration == 1
+
+
+def test_depthwise_advantages_are_per_tree_at_any_reward_scale():
+    """Two trees whose rewards differ by a factor 1000: each tree's advantages are those it has alone."""
+    from flowalign.algorithms.branch_grpo import depthwise_advantages, fuse_rewards
+
+    g = torch.Generator().manual_seed(0)
+    tree = samplers.tree_rollout(gaussian_velocity(0.3, 0.5), torch.randn(2, 3, generator=g, dtype=torch.float64),
+                                 samplers.linear_sigmas(6), split_steps=(0, 2), branch_factor=2, generator=g)
+    leaf_r = torch.rand(tree.leaves.numel(), generator=g, dtype=torch.float64)
+    first = tree.root[tree.leaves] == 0
+    scaled = torch.where(first, leaf_r, 1000 * leaf_r + 7)
+    both = depthwise_advantages(tree, fuse_rewards(tree, scaled), clip=float("inf"))
+    alone = depthwise_advantages(tree, fuse_rewards(tree, leaf_r), clip=float("inf"))
+    # per tree: the other tree's shift and scale change nothing (up to the 1e-8 in the std denominator)
+    assert torch.allclose(both, alone, rtol=0, atol=1e-6)
+    mixed = torch.where(first, leaf_r, 1000 * leaf_r)  # scaling one tree scales nothing of its advantages
+    assert torch.allclose(depthwise_advantages(tree, fuse_rewards(tree, mixed), clip=float("inf")), alone, atol=1e-6)
+
+
+def test_group_advantages_are_per_group_at_any_reward_scale():
+    from flowalign.advantages import group_advantages
+
+    r = torch.rand(8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    scaled = torch.where(ids == 0, r, 1000 * r - 3)
+    a = group_advantages(scaled, ids, std_scope="group", clip=float("inf"))
+    b = group_advantages(r, ids, std_scope="group", clip=float("inf"))
+    assert torch.allclose(a, b, atol=1e-3)  # (the 1e-4 in the std denominator is the only scale effect)
+
+
+class Accumulate:
+    """An update that only accumulates gradients (no optimiser step), to compare chunkings."""
+
+    def backward(self, loss, last=True):
+        loss.backward()
+
+    def step(self):
+        return {"grad_norm": 0.0}
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 100])
+def test_branch_epoch_gradient_does_not_depend_on_the_chunking(chunk):
+    """update_schedule=epoch: the accumulated gradient is the mean over all kept edges whatever
+    train_batch_size (parents per forward) is."""
+    from flowalign.algorithms.base import Advantages
+    from flowalign.algorithms.branch_grpo import BranchGRPO, BranchGRPOConfig, TreeRollout, stochastic_edges
+    from flowalign.config import SamplerConfig
+    from flowalign.losses import grpo_objective
+
+    g = torch.Generator().manual_seed(3)
+    tree = samplers.tree_rollout(gaussian_velocity(0.3, 0.5), torch.randn(2, 3, generator=g, dtype=torch.float64),
+                                 samplers.linear_sigmas(5), split_steps=(0, 2), branch_factor=2, generator=g)
+    adv = torch.randn(tree.num_nodes, generator=g, dtype=torch.float64)
+    coef = torch.randn(tree.num_nodes, generator=g, dtype=torch.float64)
+
+    def grad_with(train_batch_size):
+        cfg = OmegaConf.merge(OmegaConf.structured(BranchGRPOConfig), {
+            "update_schedule": "epoch", "split_steps": [0, 2], "group_size": 4, "train_batch_size": train_batch_size,
+            "clip_range": 0.2})
+        algo = BranchGRPO(cfg, OmegaConf.structured(SamplerConfig(num_steps=5)))
+        theta = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        algo._edges_loss = lambda policy, ro, parents, child, a: grpo_objective(
+            tree.log_probs[child] + theta * coef[child], tree.log_probs[child], a[child], 0.2)
+        ro = TreeRollout(["p", "q"], [{}, {}], torch.tensor([0, 1]), None, tree, algo.kinds, torch.ones(5))
+        algo.policy_step(None, ro, Advantages(None, adv, stochastic_edges(tree)), Accumulate(),
+                         torch.Generator().manual_seed(0))
+        return float(theta.grad)
+
+    edges = torch.nonzero(stochastic_edges(tree)).flatten()
+    want = float(-(adv[edges] * coef[edges]).mean())  # d/dtheta of mean(-A ratio) at ratio 1
+    assert grad_with(chunk) == pytest.approx(want, rel=1e-12, abs=1e-12)
