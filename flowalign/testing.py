@@ -378,3 +378,20 @@ def save_tiny_llava(path: str | os.PathLike, words: list[str] | None = None, see
     model.save_pretrained(str(path))
     proc.save_pretrained(str(path))
     return str(path)
+
+
+TINY_FAMILIES = {
+    "sd3": save_tiny_sd3,
+    "flux": save_tiny_flux,
+    "flux_schnell": lambda path, **kw: save_tiny_flux(path, guidance_embeds=False, **kw),
+    "qwen_image": save_tiny_qwen_image,
+    "wan": save_tiny_wan,
+}
+
+
+def save_tiny(family: str, path: str | os.PathLike, **kwargs) -> str:
+    """A tiny offline pipeline of `family` saved with save_pretrained at `path` (loadable by stock
+    diffusers' DiffusionPipeline.from_pretrained and by flowalign.policies.load_policy)."""
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"family {family!r} has no tiny pipeline; use one of {', '.join(sorted(TINY_FAMILIES))}.")
+    return TINY_FAMILIES[family](path, **kwargs)
