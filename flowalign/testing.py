@@ -380,12 +380,56 @@ def save_tiny_llava(path: str | os.PathLike, words: list[str] | None = None, see
     return str(path)
 
 
+ZIMAGE_CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                        "{% if add_generation_prompt %}<s> assistant :{% endif %}")
+
+
+def tiny_z_image_pipeline(seed: int = 0):
+    """A randomly initialised ZImagePipeline: a two-layer Z-Image transformer, a tiny Qwen3 text
+    encoder with an offline word-level tokenizer and a chat template, a 4-channel VAE with one
+    down-sampling."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    tok = word_tokenizer("a an photo of red blue green yellow circle square triangle two three left right above "
+                         "below user assistant".split())
+    tok.chat_template = ZIMAGE_CHAT_TEMPLATE
+    te = Qwen3Model(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+                                pad_token_id=tok.pad_token_id))
+    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=64,
+                                           n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=32,
+                                           axes_dims=[8, 12, 12], axes_lens=[64, 32, 32])
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 8), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.1159, scaling_factor=0.3611)
+    return ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+                          text_encoder=te, tokenizer=tok, transformer=transformer)
+
+
+def save_tiny_z_image(path: str | os.PathLike, seed: int = 0) -> str:
+    """Build a tiny Z-Image pipeline and save it with save_pretrained, plus flowalign.json sampling
+    defaults (32x32 images, 4 steps, no CFG, 16 tokens)."""
+    tiny_z_image_pipeline(seed=seed).save_pretrained(str(path))
+    with open(os.path.join(str(path), "flowalign.json"), "w") as f:
+        json.dump({"height": 32, "width": 32, "num_steps": 4, "guidance": 1.0, "max_sequence_length": 16}, f)
+    return str(path)
+
+
 TINY_FAMILIES = {
     "sd3": save_tiny_sd3,
     "flux": save_tiny_flux,
     "flux_schnell": lambda path, **kw: save_tiny_flux(path, guidance_embeds=False, **kw),
     "qwen_image": save_tiny_qwen_image,
     "wan": save_tiny_wan,
+    "z_image": save_tiny_z_image,
 }
 
 

@@ -10,9 +10,10 @@ from .flux import FluxCond, FluxPolicy
 from .qwen_image import QwenImageCond, QwenImagePolicy
 from .sd3 import SD3Cond, SD3Policy
 from .wan import WanCond, WanPolicy
+from .z_image import ZImageCond, ZImagePolicy
 
 ADAPTERS = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy, "WanPipeline": WanPolicy,
-            "QwenImagePipeline": QwenImagePolicy}
+            "QwenImagePipeline": QwenImagePolicy, "ZImagePipeline": ZImagePolicy}
 
 
 def pipeline_class(path: str) -> str:
@@ -52,4 +53,4 @@ def load_policy(path: str, **kwargs) -> FlowPolicy:
 
 
 __all__ = ["ADAPTERS", "FlowPolicy", "FluxCond", "FluxPolicy", "QwenImageCond", "QwenImagePolicy", "SD3Cond", "SD3Policy", "WanCond", "WanPolicy",
-           "load_policy", "pipeline_class"]
+           "ZImageCond", "ZImagePolicy", "load_policy", "pipeline_class"]

@@ -6,7 +6,7 @@ import pytest
 from flowalign.testing import TINY_FAMILIES, save_tiny
 
 ADAPTER = {"sd3": "SD3Policy", "flux": "FluxPolicy", "flux_schnell": "FluxPolicy", "qwen_image": "QwenImagePolicy",
-           "wan": "WanPolicy"}
+           "wan": "WanPolicy", "z_image": "ZImagePolicy"}
 
 
 @pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
@@ -17,7 +17,8 @@ def test_save_tiny_loads_in_stock_diffusers_and_flowalign(family, tmp_path):
 
     path = save_tiny(family, tmp_path / family)
     pipe = DiffusionPipeline.from_pretrained(path)
-    assert type(pipe).__name__ in ("StableDiffusion3Pipeline", "FluxPipeline", "QwenImagePipeline", "WanPipeline")
+    assert type(pipe).__name__ in ("StableDiffusion3Pipeline", "FluxPipeline", "QwenImagePipeline", "WanPipeline",
+                                   "ZImagePipeline")
     assert type(load_policy(path)).__name__ == ADAPTER[family]
 
 
