@@ -144,6 +144,7 @@ def cmd_eval_geneval(args: argparse.Namespace) -> int:
         check_generation_settings,
         generate_layout,
         read_metadata,
+        record_generation_settings,
         score_layout,
     )
 
@@ -157,12 +158,14 @@ def cmd_eval_geneval(args: argparse.Namespace) -> int:
         if not args.model:
             raise ValueError("--model is missing: pass a diffusers pipeline directory, or --score-only DIR.")
         metas = read_metadata(args.metadata or METADATA_FILE)[: args.limit]
-        check_generation_settings(out, {
+        settings = {
             "model": os.path.abspath(args.model) if os.path.exists(args.model) else args.model,
             "lora": os.path.abspath(args.lora) if args.lora else None, "dtype": args.dtype, "steps": args.steps,
             "guidance": args.guidance, "seed": args.seed, "height": args.height, "width": args.width,
-            "images_per_prompt": args.images_per_prompt, "metadata": os.path.abspath(args.metadata or METADATA_FILE)})
+            "images_per_prompt": args.images_per_prompt, "metadata": os.path.abspath(args.metadata or METADATA_FILE)}
+        check_generation_settings(out, settings)
         policy = _load_policy(args, args.model, args.lora)
+        record_generation_settings(out, settings)  # after the model loads: a typo in --model records nothing
         n = generate_layout(policy, metas, out, images_per_prompt=args.images_per_prompt, num_steps=args.steps,
                             guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, height=args.height,
                             width=args.width)

@@ -69,9 +69,9 @@ GENERATION_FILE = "generation.json"
 
 
 def check_generation_settings(out: str, settings: dict) -> None:
-    """An --out folder holds one model's images: record the generation settings (model, LoRA, steps,
-    guidance, seed, size, images per prompt, prompts) on first use, and stop a later run whose
-    settings differ, before it adds images of another model to the score."""
+    """An --out folder holds one model's images: stop, before anything loads or is written, a run
+    whose generation settings (model, LoRA, steps, guidance, seed, size, images per prompt, prompts)
+    differ from those recorded in OUT/generation.json."""
     path = os.path.join(out, GENERATION_FILE)
     settings = json.loads(json.dumps(settings))  # plain JSON values, as read back
     if os.path.isfile(path):
@@ -85,9 +85,15 @@ def check_generation_settings(out: str, settings: dict) -> None:
             shown = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff[:3])
             raise ValueError(f"--out {out!r} holds images generated with other settings ({shown}); give a new --out, "
                              "or the same settings to finish it.")
-        return
-    if os.path.isdir(prompt_folder(out, 0)):
+    elif os.path.isdir(prompt_folder(out, 0)):
         raise ValueError(f"--out {out!r} holds images without {GENERATION_FILE} (an older layout); give a new --out.")
+
+
+def record_generation_settings(out: str, settings: dict) -> None:
+    """Write OUT/generation.json (atomically) once the model has loaded."""
+    path = os.path.join(out, GENERATION_FILE)
+    if os.path.isfile(path):
+        return
     os.makedirs(out, exist_ok=True)
     tmp = path + f".tmp{os.getpid()}"
     with open(tmp, "w") as f:

@@ -150,6 +150,17 @@ def test_cli_end_to_end_with_tiny_mask2former_and_clip(tiny_sd3_dir, tmp_path, c
     assert (out / "results.jsonl").read_text() == first
     assert main(["eval", "geneval", "--score-only", str(out), "--detector", m2f, "--device", "cpu"]) == 2
     assert "--clip is missing" in capsys.readouterr().err
+    # the same settings finish the folder (nothing left to generate); other ones are refused
+    assert json.load(open(out / "generation.json"))["seed"] == 0
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--seed", "3"]) == 2
+    assert "other settings (seed: 0 there, 3 now)" in capsys.readouterr().err
+    # a typo in --model records nothing: the corrected call is not refused
+    fresh = tmp_path / "fresh"
+    bad = ["eval", "geneval", "--model", str(tmp_path / "typo"), "--metadata", str(meta), "--out", str(fresh),
+           "--detector", m2f, "--clip", clip, "--device", "cpu"]
+    assert main(bad) == 2 and not (fresh / "generation.json").exists()
 
 
 def test_shapes_detector_scores_the_testbed_layout(sd3_policy, tmp_path):
