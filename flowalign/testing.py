@@ -423,6 +423,50 @@ def save_tiny_z_image(path: str | os.PathLike, seed: int = 0) -> str:
     return str(path)
 
 
+def tiny_flux2_klein_pipeline(seed: int = 0, distilled: bool = False):
+    """A randomly initialised Flux2KleinPipeline: one double and one single FLUX.2 block, a tiny
+    27-layer Qwen3 (the pipeline reads hidden states 9, 18 and 27) with an offline word-level
+    tokenizer and a chat template, a 4-channel FLUX.2 VAE with one down-sampling and non-trivial
+    batch-norm statistics."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    tok = word_tokenizer("a an photo of red blue green yellow circle square triangle two three left right above "
+                         "below user assistant".split())
+    tok.chat_template = ZIMAGE_CHAT_TEMPLATE
+    te = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=27,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                      max_position_embeddings=128, pad_token_id=tok.pad_token_id))
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                          timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+                                          guidance_embeds=False)
+    vae = AutoencoderKLFlux2(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                             layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, sample_size=32,
+                             use_quant_conv=False, use_post_quant_conv=False)
+    with torch.no_grad():
+        vae.bn.running_mean.normal_(0, 0.5)
+        vae.bn.running_var.uniform_(0.5, 2.0)
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+                              text_encoder=te, tokenizer=tok, transformer=transformer, is_distilled=distilled)
+
+
+def save_tiny_flux2_klein(path: str | os.PathLike, seed: int = 0, distilled: bool = False) -> str:
+    """Build a tiny FLUX.2 [klein] pipeline and save it with save_pretrained, plus flowalign.json sampling
+    defaults (32x32 images, 4 steps, no CFG, 16 tokens)."""
+    tiny_flux2_klein_pipeline(seed=seed, distilled=distilled).save_pretrained(str(path))
+    with open(os.path.join(str(path), "flowalign.json"), "w") as f:
+        json.dump({"height": 32, "width": 32, "num_steps": 4, "guidance": 1.0, "max_sequence_length": 16}, f)
+    return str(path)
+
+
 TINY_FAMILIES = {
     "sd3": save_tiny_sd3,
     "flux": save_tiny_flux,
@@ -430,6 +474,7 @@ TINY_FAMILIES = {
     "qwen_image": save_tiny_qwen_image,
     "wan": save_tiny_wan,
     "z_image": save_tiny_z_image,
+    "flux2_klein": save_tiny_flux2_klein,
 }
 
 

@@ -6,7 +6,8 @@ import pytest
 from flowalign.testing import TINY_FAMILIES, save_tiny
 
 ADAPTER = {"sd3": "SD3Policy", "flux": "FluxPolicy", "flux_schnell": "FluxPolicy", "qwen_image": "QwenImagePolicy",
-           "wan": "WanPolicy", "z_image": "ZImagePolicy"}
+           "wan": "WanPolicy", "z_image": "ZImagePolicy",
+           "flux2_klein": "Flux2KleinPolicy"}
 
 
 @pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
@@ -18,7 +19,7 @@ def test_save_tiny_loads_in_stock_diffusers_and_flowalign(family, tmp_path):
     path = save_tiny(family, tmp_path / family)
     pipe = DiffusionPipeline.from_pretrained(path)
     assert type(pipe).__name__ in ("StableDiffusion3Pipeline", "FluxPipeline", "QwenImagePipeline", "WanPipeline",
-                                   "ZImagePipeline")
+                                   "ZImagePipeline", "Flux2KleinPipeline")
     assert type(load_policy(path)).__name__ == ADAPTER[family]
 
 
