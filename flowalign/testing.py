@@ -384,6 +384,14 @@ ZIMAGE_CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['cont
                         "{% if add_generation_prompt %}<s> assistant :{% endif %}")
 
 
+def chat_word_tokenizer():
+    """The offline word-level tokenizer of the Qwen3-based tiny pipelines, with a chat template."""
+    tok = word_tokenizer("a an photo of red blue green yellow circle square triangle two three left right above "
+                         "below user assistant".split())
+    tok.chat_template = ZIMAGE_CHAT_TEMPLATE
+    return tok
+
+
 def tiny_z_image_pipeline(seed: int = 0):
     """A randomly initialised ZImagePipeline: a two-layer Z-Image transformer, a tiny Qwen3 text
     encoder with an offline word-level tokenizer and a chat template, a 4-channel VAE with one
@@ -397,9 +405,7 @@ def tiny_z_image_pipeline(seed: int = 0):
     from transformers import Qwen3Config, Qwen3Model
 
     torch.manual_seed(seed)
-    tok = word_tokenizer("a an photo of red blue green yellow circle square triangle two three left right above "
-                         "below user assistant".split())
-    tok.chat_template = ZIMAGE_CHAT_TEMPLATE
+    tok = chat_word_tokenizer()
     te = Qwen3Model(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
                                 pad_token_id=tok.pad_token_id))
@@ -437,9 +443,7 @@ def tiny_flux2_klein_pipeline(seed: int = 0, distilled: bool = False):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
-    tok = word_tokenizer("a an photo of red blue green yellow circle square triangle two three left right above "
-                         "below user assistant".split())
-    tok.chat_template = ZIMAGE_CHAT_TEMPLATE
+    tok = chat_word_tokenizer()
     te = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=27,
                                       num_attention_heads=2, num_key_value_heads=1, head_dim=8,
                                       max_position_embeddings=128, pad_token_id=tok.pad_token_id))

@@ -33,3 +33,16 @@ def gaussian_velocity(m: float, s: float):
         return (sg - a * s**2) * (x - a * m) / var - m
 
     return vel
+
+
+def assert_lora_changes_stock_output(pipe_cls, model_dir, lora_dir, **call):
+    """The LoRA folder a run wrote loads into the stock diffusers pipeline and changes its output
+    for the same noise."""
+    import torch
+
+    pipe = pipe_cls.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    before = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    pipe.load_lora_weights(str(lora_dir))
+    after = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    assert not torch.equal(before, after)

@@ -45,17 +45,13 @@ def test_one_training_iteration_changes_the_lora(f2_dir, tmp_path, prompts_file,
 def test_saved_lora_loads_into_the_stock_pipeline(f2_dir, tmp_path, prompts_file):
     from diffusers import Flux2KleinPipeline
 
+    from tests.helpers import assert_lora_changes_stock_output
+
     assert_one_iteration_trains(f2_dir, str(tmp_path / "run"), prompts_file, "flow_grpo",
                                 **{"model.max_sequence_length": 16, "optim.lr": 0.05})
-    pipe = Flux2KleinPipeline.from_pretrained(f2_dir)
-    pipe.set_progress_bar_config(disable=True)
-    kw = dict(height=32, width=32, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16, output_type="pt",
-              generator=torch.Generator().manual_seed(0))
-    before = pipe(prompt="a red circle", **kw).images
-    pipe.load_lora_weights(str(tmp_path / "run" / "lora"))
-    kw["generator"] = torch.Generator().manual_seed(0)
-    after = pipe(prompt="a red circle", **kw).images
-    assert not torch.equal(before, after)
+    assert_lora_changes_stock_output(Flux2KleinPipeline, f2_dir, tmp_path / "run" / "lora", prompt="a red circle", height=32,
+                                     width=32, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16,
+                                     output_type="pt")
 
 
 def test_a_distilled_checkpoint_ignores_cfg_like_the_pipeline(tmp_path):

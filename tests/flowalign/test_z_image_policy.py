@@ -43,14 +43,10 @@ def test_one_training_iteration_changes_the_lora(zi_dir, tmp_path, prompts_file,
 def test_saved_lora_loads_into_the_stock_pipeline(zi_dir, tmp_path, prompts_file):
     from diffusers import ZImagePipeline
 
+    from tests.helpers import assert_lora_changes_stock_output
+
     assert_one_iteration_trains(zi_dir, str(tmp_path / "run"), prompts_file, "flow_grpo",
                                 **{"model.max_sequence_length": 16, "optim.lr": 0.05})
-    pipe = ZImagePipeline.from_pretrained(zi_dir)
-    pipe.set_progress_bar_config(disable=True)
-    kw = dict(height=32, width=32, num_inference_steps=2, guidance_scale=0.0, max_sequence_length=16, output_type="pt",
-              generator=torch.Generator().manual_seed(0))
-    before = pipe("a red circle", **kw).images
-    pipe.load_lora_weights(str(tmp_path / "run" / "lora"))
-    kw["generator"] = torch.Generator().manual_seed(0)
-    after = pipe("a red circle", **kw).images
-    assert not torch.equal(before, after)
+    assert_lora_changes_stock_output(ZImagePipeline, zi_dir, tmp_path / "run" / "lora", prompt="a red circle", height=32,
+                                     width=32, num_inference_steps=2, guidance_scale=0.0, max_sequence_length=16,
+                                     output_type="pt")
