@@ -111,6 +111,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _lock_holder(path: str) -> int | None:
+    """The id of a live process, other than this one, that holds the lock file `path` (else None)."""
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid and pid != os.getpid() and _alive(pid) else None
+
+
+def _in_use(out: str, pid: int) -> ValueError:
+    return ValueError(f"run.output_dir={out!r} is in use by process {pid} (its .lock); wait for that run to end, "
+                      "or give another run.output_dir.")
+
+
+def check_run_lock(out: str) -> None:
+    """Stop early (before any model loads) when a live process holds OUT/.lock."""
+    pid = _lock_holder(os.path.join(out, ".lock"))
+    if pid is not None:
+        raise _in_use(out, pid)
+
+
 def acquire_run_lock(out: str) -> str:
     """Create OUT/.lock holding this process's id; a live process's lock stops this run with one
     sentence, a dead one's (a killed run) is taken over. Returns the lock's path."""
@@ -120,18 +142,11 @@ def acquire_run_lock(out: str) -> str:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                with open(path) as f:
-                    pid = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise ValueError(f"run.output_dir={out!r} is in use by process {pid} (its .lock); wait for that run "
-                                 "to end, or give another run.output_dir.") from None
-            try:
+            pid = _lock_holder(path)
+            if pid is not None:
+                raise _in_use(out, pid) from None
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(path)  # left by a run that was killed
-            except FileNotFoundError:
-                pass
             continue
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
@@ -139,30 +154,15 @@ def acquire_run_lock(out: str) -> str:
     raise ValueError(f"could not lock run.output_dir={out!r} (.lock keeps reappearing); is another run starting there?")
 
 
-def check_run_lock(out: str) -> None:
-    """Stop early (before any model loads) when a live process holds OUT/.lock."""
-    path = os.path.join(out, ".lock")
-    if not os.path.isfile(path):
-        return
-    try:
-        with open(path) as f:
-            pid = int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return
-    if pid and pid != os.getpid() and _alive(pid):
-        raise ValueError(f"run.output_dir={out!r} is in use by process {pid} (its .lock); wait for that run to end, "
-                         "or give another run.output_dir.")
-
-
 def release_run_lock(path: str | None) -> None:
-    if path and os.path.isfile(path):
-        try:
-            with open(path) as f:
-                mine = f.read().strip() == str(os.getpid())
-            if mine:
-                os.remove(path)
-        except OSError:
-            pass
+    """Remove the lock if this process holds it (None: this process took none)."""
+    if not path:
+        return
+    with contextlib.suppress(OSError):
+        with open(path) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.remove(path)
 
 
 def _checkpoints(root: str) -> list[str]:
