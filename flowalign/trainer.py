@@ -234,7 +234,8 @@ class Trainer:
         run = cfg.run
         if int(os.environ.get("RANK", "0")) == 0:  # the main process takes the lock; the others follow it
             check_run_lock(run.output_dir)
-        resume_checkpoint(cfg)  # a used folder without run.resume, or a config the checkpoint disagrees with, stop here
+        # a used folder without run.resume, or a config the checkpoint disagrees with, stops here
+        self.resume_path = resume_checkpoint(cfg)
         self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision, cpu=run.device == "cpu")
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         a = cfg.algorithm
@@ -338,7 +339,7 @@ class Trainer:
         r = self.cfg.run.resume
         if r is False or r == "false":
             return
-        path = resume_checkpoint(self.cfg)
+        path = self.resume_path  # found and checked against the config before the model loaded
         if path is None:
             self.acc.print(f"run.resume=true but {self.ckpt_root} has no checkpoint: starting fresh.")
             self._truncate_metrics(-1)  # a fresh start redoes everything an earlier attempt logged

@@ -50,12 +50,9 @@ def check_pipeline_dir(path: str, expected: str) -> None:
     looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path)
     if not looks_local:
         return  # a hub id: diffusers resolves it
-    index = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index):
-        raise FileNotFoundError(f"model path {path!r} has no model_index.json; pass a diffusers pipeline "
-                                "directory (saved with save_pretrained) or a hub id.")
-    with open(index) as f:
-        cls = json.load(f).get("_class_name")
+    from . import pipeline_class
+
+    cls = pipeline_class(path)
     if cls != expected:
         raise ValueError(f"model path {path!r} holds a {cls}, not a {expected}; use the adapter for that family.")
 
