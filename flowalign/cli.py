@@ -92,11 +92,11 @@ def _load_policy(args: argparse.Namespace, path: str, lora: str | None = None):
                          attention_backend=getattr(args, "attention_backend", "sdpa"),
                          max_sequence_length=args.max_sequence_length)
     if lora:
-        if not os.path.isfile(os.path.join(lora, "pytorch_lora_weights.safetensors")):
-            raise FileNotFoundError(f"--lora {lora!r} has no pytorch_lora_weights.safetensors; pass the lora/ folder "
-                                    "of a training run.")
+        if not any(os.path.isfile(os.path.join(lora, f)) for f in policy.lora_files):
+            raise FileNotFoundError(f"--lora {lora!r} has no {' or '.join(policy.lora_files)}; pass the lora/ "
+                                    "folder of a training run.")
         try:
-            policy.pipe.load_lora_weights(lora)
+            policy.load_lora(lora)
         except Exception as e:  # noqa: BLE001 - safetensors, peft and diffusers each raise their own
             raise ValueError(f"--lora {lora!r}: its weights cannot be loaded ({(str(e).splitlines() or [''])[0][:160]}); "
                              "pass the lora/ folder a training run wrote.") from None

@@ -28,6 +28,7 @@ class ModelConfig:
     height: int | None = None  # image size (default: checkpoint's)
     width: int | None = None
     num_frames: int | None = None  # video models: frames per video (default: checkpoint's)
+    experts: str = "both"  # Wan2.2 A14B: the experts training changes: both | high | low (noise)
 
 
 @dataclass
@@ -43,6 +44,7 @@ class LoRAConfig:
 class SamplerConfig:
     num_steps: int = 10  # denoising steps of a training rollout
     guidance: float = 4.5  # classifier-free guidance during rollouts and training (1 = off)
+    guidance_2: float | None = None  # Wan2.2 A14B: the low-noise expert's guidance (None: `guidance`)
     kind: str = "flow_sde"  # SDE step kind on trained steps: flow_sde | dance_sde | cps
     noise_level: float = 0.7  # a of Flow-GRPO's SDE (eta for dance_sde)
     sde_window: list[int] | None = None  # [start, end): SDE (and training) only there, ODE elsewhere
@@ -255,6 +257,11 @@ def validate(cfg) -> None:
     if r.keep_checkpoints < 1:
         raise ValueError(f"run.keep_checkpoints={r.keep_checkpoints} must be at least 1 (the checkpoints kept; the "
                          "latest is always among them).")
+    if cfg.model.experts not in ("both", "high", "low"):
+        raise ValueError(f"model.experts={cfg.model.experts!r} is unknown; use both, high or low (the Wan2.2 "
+                         "experts training changes).")
+    if s.guidance_2 is not None and not s.guidance_2 >= 1:
+        raise ValueError(f"sampler.guidance_2={s.guidance_2} must be at least 1, or null for sampler.guidance.")
     if not s.guidance >= 1:
         raise ValueError(f"sampler.guidance={s.guidance} must be at least 1 (1 turns classifier-free guidance off).")
     for key, value in (("model.height", cfg.model.height), ("model.width", cfg.model.width),

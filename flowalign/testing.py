@@ -182,10 +182,11 @@ def save_tiny_flux(path: str | os.PathLike, guidance_embeds: bool = True, seed: 
     return str(path)
 
 
-def tiny_wan_pipeline(seed: int = 0):
+def tiny_wan_pipeline(seed: int = 0, two_experts: bool = False):
     """A randomly initialised WanPipeline (diffusers' test sizes): a two-layer WanTransformer3DModel,
     a tiny T5 encoder with the offline word-level tokenizer, a tiny AutoencoderKLWan (x8 spatial,
-    x4 temporal), Euler flow-matching scheduler with shift 7."""
+    x4 temporal), Euler flow-matching scheduler with shift 7. `two_experts`: Wan2.2 A14B's layout, a
+    second (low-noise) transformer and boundary_ratio 0.875, the T2V checkpoint's."""
     from diffusers import (
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
@@ -200,22 +201,29 @@ def tiny_wan_pipeline(seed: int = 0):
     tok = t5_tokenizer()
     te = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=0))
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
-                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                        rope_max_seq_len=32)
-    return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=transformer,
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+    def transformer():
+        return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                     in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                     num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                     rope_max_seq_len=32)
+
+    experts = {"transformer_2": transformer(), "boundary_ratio": 0.875} if two_experts else {}
+    return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=transformer(),
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), **experts)
 
 
-def save_tiny_wan(path: str | os.PathLike, seed: int = 0) -> str:
+def save_tiny_wan(path: str | os.PathLike, seed: int = 0, two_experts: bool = False) -> str:
     """Build a tiny Wan pipeline, save it with save_pretrained, plus flowalign.json defaults (16x16
-    pixels, 9 frames, 3 steps, guidance 3, 16 text tokens)."""
-    pipe = tiny_wan_pipeline(seed=seed)
+    pixels, 9 frames, 3 steps, guidance 3, 16 text tokens; with `two_experts`, Wan2.2 A14B's layout,
+    4 steps, whose timesteps 1000, 934, 781 and 47 put two on each expert, and guidance 3 / 2 for
+    the high- / low-noise expert)."""
+    pipe = tiny_wan_pipeline(seed=seed, two_experts=two_experts)
     pipe.save_pretrained(str(path))
+    defaults = {"height": 16, "width": 16, "num_frames": 9, "num_steps": 3, "guidance": 3.0, "max_sequence_length": 16}
+    if two_experts:
+        defaults.update(num_steps=4, guidance_2=2.0)
     with open(os.path.join(str(path), "flowalign.json"), "w") as f:
-        json.dump({"height": 16, "width": 16, "num_frames": 9, "num_steps": 3, "guidance": 3.0,
-                   "max_sequence_length": 16}, f)
+        json.dump(defaults, f)
     return str(path)
 
 
@@ -477,6 +485,7 @@ TINY_FAMILIES = {
     "flux_schnell": lambda path, **kw: save_tiny_flux(path, guidance_embeds=False, **kw),
     "qwen_image": save_tiny_qwen_image,
     "wan": save_tiny_wan,
+    "wan22": lambda path, **kw: save_tiny_wan(path, two_experts=True, **kw),
     "z_image": save_tiny_z_image,
     "flux2_klein": save_tiny_flux2_klein,
 }

@@ -43,6 +43,10 @@ class Updater:
         self.optimizer, self.scheduler, self.ema, self.max_grad_norm = optimizer, scheduler, ema, max_grad_norm
 
     def backward(self, loss: torch.Tensor, last: bool = True) -> None:
+        if not loss.requires_grad:
+            # every row ran a frozen part (a Wan2.2 expert left out of training): a zero gradient, and
+            # every process still takes part in the all-reduce
+            loss = loss + 0.0 * sum(p.sum() for p in self.params)
         ctx = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
         with ctx:
             self.acc.backward(loss)
@@ -262,12 +266,26 @@ class Trainer:
             self.policy.num_frames = m.num_frames
         self.height = m.height or self.policy.defaults.get("height")
         self.width = m.width or self.policy.defaults.get("width")
+        if cfg.sampler.guidance_2 is not None:
+            if getattr(self.policy, "experts", None) is None:
+                raise ValueError(f"sampler.guidance_2={cfg.sampler.guidance_2} is set but {m.path!r} has one "
+                                 "transformer; it is the low-noise expert's guidance of a Wan2.2 A14B model, so "
+                                 "remove it.")
+            self.policy.guidance_2 = cfg.sampler.guidance_2
+        if m.experts != "both" or getattr(self.policy, "experts", None) is not None:
+            self.policy.trained_experts = m.experts  # raises on a one-transformer model unless "both"
         tr = self.policy.transformer
+        tr.requires_grad_(False)
         if cfg.lora.enabled:
-            tr.requires_grad_(False)
             self.policy.add_lora(cfg.lora.rank, cfg.lora.alpha, list(cfg.lora.target_modules))
         else:
-            tr.requires_grad_(True)
+            for part in self.policy.trainable_parts():
+                part.requires_grad_(True)
+        if getattr(self.policy, "experts", None) is not None:
+            # a batch whose rows all sit on one side of the boundary leaves the other expert unused
+            from accelerate.utils import DistributedDataParallelKwargs
+
+            self.acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
         self.policy.set_gradient_checkpointing(m.gradient_checkpointing)
         tr.train()
         self.param_names = [n for n, p in tr.named_parameters() if p.requires_grad]
@@ -560,11 +578,8 @@ class Trainer:
         ctx = self.eval_weights()
         with ctx:
             if self.cfg.lora.enabled:
-                from peft.utils import get_peft_model_state_dict
-
                 out = os.path.join(self.out, "lora")
-                layers = get_peft_model_state_dict(self.policy.transformer)
-                type(self.policy.pipe).save_lora_weights(out, transformer_lora_layers=layers)
+                self.policy.save_lora(out)
             else:
                 out = os.path.join(self.out, "model")
                 self.policy.pipe.save_pretrained(out)

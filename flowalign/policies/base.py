@@ -43,6 +43,17 @@ class FlowPolicy(Protocol):
     def has_lora(self) -> bool:
         """Whether a LoRA adapter is attached."""
 
+    def trainable_parts(self) -> list[torch.nn.Module]:
+        """The models training changes (the transformer; the chosen experts of Wan2.2)."""
+
+    lora_files: tuple[str, ...]  # the diffusers LoRA file names `save_lora` writes
+
+    def save_lora(self, out: str) -> list[str]:
+        """Write the LoRA weights in diffusers' format (loadable by the stock pipeline); the files."""
+
+    def load_lora(self, folder: str) -> None:
+        """Load a LoRA folder `save_lora` wrote."""
+
     def set_gradient_checkpointing(self, enabled: bool) -> None: ...
 
     def reference(self) -> AbstractContextManager:

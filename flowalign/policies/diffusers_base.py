@@ -65,7 +65,7 @@ def read_defaults(path: str) -> dict:
         return {}
     with open(f) as fh:
         info = json.load(fh)
-    keys = ("num_steps", "guidance", "height", "width", "max_sequence_length", "num_frames")
+    keys = ("num_steps", "guidance", "guidance_2", "height", "width", "max_sequence_length", "num_frames")
     return {k: info[k] for k in keys if k in info}
 
 
@@ -96,7 +96,8 @@ class DiffusersPolicy(ABC):
         self.forward_module: torch.nn.Module | None = None  # e.g. the DDP-wrapped transformer when training
         self.nfe = 0  # transformer evaluations (samples x CFG branches) so far
         pipe.to(self.device)
-        configure_attention(pipe.transformer, attention_backend, self.device)
+        for m in self.denoisers():
+            configure_attention(m, attention_backend, self.device)
         for m in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
                   getattr(pipe, "text_encoder_3", None)):
             if m is not None:
@@ -114,6 +115,10 @@ class DiffusersPolicy(ABC):
         return cls(pipe, device=device, defaults=read_defaults(str(path)), **kwargs)
 
     # -- modules ---------------------------------------------------------------------------------
+    def denoisers(self) -> list[torch.nn.Module]:
+        """Every diffusers model sampling calls (one transformer; Wan2.2 has two experts)."""
+        return [self.pipe.transformer]
+
     @property
     def transformer(self) -> torch.nn.Module:
         return self.pipe.transformer
@@ -122,38 +127,62 @@ class DiffusersPolicy(ABC):
     def dtype(self) -> torch.dtype:
         return self.pipe.transformer.dtype
 
+    def trainable_parts(self) -> list[torch.nn.Module]:
+        """The diffusers models training changes (LoRA goes on each): the transformer here; a
+        family with several denoisers (Wan2.2's experts) returns the ones selected for training."""
+        return [self.pipe.transformer]
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
-        if enabled:
-            self.transformer.enable_gradient_checkpointing()
-        else:
-            self.transformer.disable_gradient_checkpointing()
+        for m in self.trainable_parts():
+            if enabled:
+                m.enable_gradient_checkpointing()
+            else:
+                m.disable_gradient_checkpointing()
 
     def add_lora(self, rank: int = 32, alpha: float = 64, target_modules: Sequence[str] | None = None,
                  init: bool | str = True) -> None:
-        """Attach a peft LoRA adapter to the transformer (attention projections by default)."""
+        """Attach a peft LoRA adapter to each trainable part (attention projections by default)."""
         from peft import LoraConfig
 
         targets = list(target_modules or self.lora_targets)
-        self.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,
-                                                init_lora_weights=init))
+        for m in self.trainable_parts():
+            m.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=init))
+
+    def _adapted(self) -> list[torch.nn.Module]:
+        return [m for m in self.trainable_parts() if getattr(m, "_hf_peft_config_loaded", False)]
 
     @property
     def has_lora(self) -> bool:
-        return bool(getattr(self.transformer, "_hf_peft_config_loaded", False))
+        return bool(self._adapted())
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
         """Evaluate the base model: LoRA adapters are disabled inside the context."""
-        if not self.has_lora:
-            yield
-            return
-        self.transformer.disable_adapters()
+        adapted = self._adapted()
+        for m in adapted:
+            m.disable_adapters()
         try:
             yield
         finally:
-            self.transformer.enable_adapters()
+            for m in adapted:
+                m.enable_adapters()
 
-    # -- conditioning ----------------------------------------------------------------------------
+    # LoRA files in diffusers' format: the transformer's, then (Wan2.2) the low-noise expert's
+    lora_files = ("pytorch_lora_weights.safetensors",)
+
+    def save_lora(self, out: str) -> list[str]:
+        """Write the trained LoRA weights in diffusers' format, loadable by the stock pipeline's
+        `load_lora_weights(out)`; returns the files written."""
+        from peft.utils import get_peft_model_state_dict
+
+        layers = get_peft_model_state_dict(self.pipe.transformer)
+        type(self.pipe).save_lora_weights(out, transformer_lora_layers=layers)
+        return [os.path.join(out, self.lora_files[0])]
+
+    def load_lora(self, folder: str) -> None:
+        """Load a LoRA folder written by `save_lora` (or any diffusers LoRA of this pipeline)."""
+        self.pipe.load_lora_weights(folder)
+
     # -- conditioning ----------------------------------------------------------------------------
     @abstractmethod
     def _encode_uncached(self, prompts: list[str]) -> None:
@@ -178,15 +207,16 @@ class DiffusersPolicy(ABC):
                  rows: Tensor | None = None) -> Tensor:
         """The family's transformer call: v at x [B, *S] and sigma [B], CFG when guidance > 1; fp32."""
 
-    def _guided_forward(self, x: Tensor, sigma: Tensor, guidance: float, cond: dict[str, Tensor],
+    def _guided_forward(self, x: Tensor, sigma: Tensor, guidance: float | Tensor, cond: dict[str, Tensor],
                         neg: dict[str, Tensor]) -> Tensor:
         """One transformer call on x at timestep sigma x num_train_timesteps with the conditioning
         tensors `cond`; with guidance > 1 the batch is doubled with `neg` and the outputs combined
-        as classifier-free guidance. fp32 out."""
+        as classifier-free guidance (a [B] tensor `guidance` gives each row its own scale, always
+        with CFG). fp32 out."""
         dtype = self.dtype  # a module walk in diffusers: once per call
         x_in = x.to(self.device, dtype)
         t = sigma.to(self.device, torch.float32) * self.pipe.scheduler.config.num_train_timesteps
-        cfg = guidance > 1.0
+        cfg = isinstance(guidance, Tensor) or guidance > 1.0
         if cfg:
             x_in, t = torch.cat([x_in, x_in]), torch.cat([t, t])
             cond = {k: torch.cat([neg[k], v]) for k, v in cond.items()}
@@ -196,6 +226,8 @@ class DiffusersPolicy(ABC):
                 hidden_states=x_in, timestep=t, return_dict=False, **{k: v.to(dtype) for k, v in cond.items()})[0]
         if cfg:
             uncond, text = out.chunk(2)
+            if isinstance(guidance, Tensor):
+                guidance = guidance.to(out).view(-1, *([1] * (out.ndim - 1)))
             out = uncond + guidance * (text - uncond)
         return out.float()
 
@@ -210,7 +242,6 @@ class DiffusersPolicy(ABC):
         z = latents.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
         return (vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
 
-    # -- schedule and noise ----------------------------------------------------------------------
     # -- schedule and noise ----------------------------------------------------------------------
     @abstractmethod
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:

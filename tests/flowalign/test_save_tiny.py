@@ -6,7 +6,7 @@ import pytest
 from flowalign.testing import TINY_FAMILIES, save_tiny
 
 ADAPTER = {"sd3": "SD3Policy", "flux": "FluxPolicy", "flux_schnell": "FluxPolicy", "qwen_image": "QwenImagePolicy",
-           "wan": "WanPolicy", "z_image": "ZImagePolicy",
+           "wan": "WanPolicy", "wan22": "WanPolicy", "z_image": "ZImagePolicy",
            "flux2_klein": "Flux2KleinPolicy"}
 
 
