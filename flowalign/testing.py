@@ -479,6 +479,53 @@ def save_tiny_flux2_klein(path: str | os.PathLike, seed: int = 0, distilled: boo
     return str(path)
 
 
+# the user turns only (FLUX.2 [dev]'s long system message would fill a tiny test's token budget)
+USER_TURN_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<s> user : {% for c in m['content'] %}"
+                      "{{ c['text'] }}{% endfor %} </s> {% endif %}{% endfor %}")
+
+
+def tiny_flux2_pipeline(seed: int = 0):
+    """A randomly initialised Flux2Pipeline (FLUX.2 [dev]): one double and one single FLUX.2 block with
+    a guidance embedding, a tiny 30-layer Mistral3 (Pixtral vision tower, the pipeline reads text
+    hidden states 10, 20 and 30) with an offline word-level tokenizer whose chat template renders
+    the user turn, and the [klein] tiny model's FLUX.2 VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline, Flux2Transformer2DModel
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        MistralConfig,
+        PixtralVisionConfig,
+    )
+
+    klein = tiny_flux2_klein_pipeline(seed=seed)
+    torch.manual_seed(seed + 1)
+    tok = word_tokenizer("a an photo of red blue green yellow circle square triangle two three left right above "
+                         "below user".split())
+    tok.chat_template = USER_TURN_TEMPLATE
+    vision = PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 head_dim=8, image_size=32, patch_size=8)
+    text = MistralConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=30,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=128,
+                         pad_token_id=tok.pad_token_id)
+    te = Mistral3ForConditionalGeneration(Mistral3Config(vision_config=vision, text_config=text,
+                                                         image_token_index=tok.convert_tokens_to_ids("<image>")))
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                          timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+                                          guidance_embeds=True)
+    return Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=klein.vae,
+                         text_encoder=te, tokenizer=tok, transformer=transformer)
+
+
+def save_tiny_flux2(path: str | os.PathLike, seed: int = 0) -> str:
+    """Build a tiny FLUX.2 [dev] pipeline and save it with save_pretrained, plus flowalign.json sampling
+    defaults (32x32 images, 4 steps, embedded guidance 4, 16 tokens)."""
+    tiny_flux2_pipeline(seed=seed).save_pretrained(str(path))
+    with open(os.path.join(str(path), "flowalign.json"), "w") as f:
+        json.dump({"height": 32, "width": 32, "num_steps": 4, "guidance": 4.0, "max_sequence_length": 16}, f)
+    return str(path)
+
+
 TINY_FAMILIES = {
     "sd3": save_tiny_sd3,
     "flux": save_tiny_flux,
@@ -488,6 +535,7 @@ TINY_FAMILIES = {
     "wan22": lambda path, **kw: save_tiny_wan(path, two_experts=True, **kw),
     "z_image": save_tiny_z_image,
     "flux2_klein": save_tiny_flux2_klein,
+    "flux2": save_tiny_flux2,
 }
 
 

@@ -7,7 +7,7 @@ from flowalign.testing import TINY_FAMILIES, save_tiny
 
 ADAPTER = {"sd3": "SD3Policy", "flux": "FluxPolicy", "flux_schnell": "FluxPolicy", "qwen_image": "QwenImagePolicy",
            "wan": "WanPolicy", "wan22": "WanPolicy", "z_image": "ZImagePolicy",
-           "flux2_klein": "Flux2KleinPolicy"}
+           "flux2_klein": "Flux2KleinPolicy", "flux2": "Flux2Policy"}
 
 
 @pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
@@ -19,7 +19,7 @@ def test_save_tiny_loads_in_stock_diffusers_and_flowalign(family, tmp_path):
     path = save_tiny(family, tmp_path / family)
     pipe = DiffusionPipeline.from_pretrained(path)
     assert type(pipe).__name__ in ("StableDiffusion3Pipeline", "FluxPipeline", "QwenImagePipeline", "WanPipeline",
-                                   "ZImagePipeline", "Flux2KleinPipeline")
+                                   "ZImagePipeline", "Flux2KleinPipeline", "Flux2Pipeline")
     assert type(load_policy(path)).__name__ == ADAPTER[family]
 
 
