@@ -285,6 +285,67 @@ def save_tiny_qwen_image(path: str | os.PathLike, seed: int = 0) -> str:
     return str(path)
 
 
+QWEN3_VL_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
+                          "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'text' %}"
+                          "{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+                          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_qwen_image21_pipeline(seed: int = 0):
+    """A randomly initialised QwenImage21Pipeline: a two-layer single-stream transformer on 4 latent
+    channels, a tiny Qwen3-VL (Qwen3VLProcessor with the offline byte-level Qwen tokenizer and a chat
+    template), a 4-channel RGBA VAE with the pipeline's fixed 16x spatial compression and
+    non-trivial latent statistics."""
+    from diffusers import (
+        AutoencoderKLQwenImage21,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImage21Pipeline,
+        QwenImage21Transformer2DModel,
+    )
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+    )
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    torch.manual_seed(seed)
+    tok = qwen2_tokenizer()
+    proc = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tok,
+                            video_processor=Qwen3VLVideoProcessor(), chat_template=QWEN3_VL_CHAT_TEMPLATE)
+    ids = tok.convert_tokens_to_ids
+    te = Qwen3VLForConditionalGeneration(Qwen3VLConfig(
+        text_config={"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+                     "max_position_embeddings": 512,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2],
+                                         "mrope_interleaved": True}},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 16,
+                       "deepstack_visual_indexes": [0], "patch_size": 8, "num_position_embeddings": 16},
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>")))
+    transformer = QwenImage21Transformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=2,
+                                                attention_head_dim=8, num_attention_heads=2, context_in_dim=16,
+                                                mlp_ratio=2, axes_dims_rope=(2, 2, 4))
+    gen = torch.Generator().manual_seed(seed)
+    vae = AutoencoderKLQwenImage21(base_dim=8, decoder_base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1, 1], num_res_blocks=1,
+                                   temperal_downsample=[False, False, False, False],
+                                   latents_mean=torch.randn(4, generator=gen).mul(0.3).tolist(),
+                                   latents_std=torch.rand(4, generator=gen).add(0.5).tolist())
+    return QwenImage21Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+                               text_encoder=te, processor=proc, transformer=transformer)
+
+
+def save_tiny_qwen_image21(path: str | os.PathLike, seed: int = 0) -> str:
+    """Build a tiny Qwen-Image 2.1 pipeline and save it, plus flowalign.json defaults (64x64, 4 steps,
+    no CFG)."""
+    tiny_qwen_image21_pipeline(seed=seed).save_pretrained(str(path))
+    with open(os.path.join(str(path), "flowalign.json"), "w") as f:
+        json.dump({"height": 64, "width": 64, "num_steps": 4, "guidance": 1.0}, f)
+    return str(path)
+
+
 def save_tiny_mask2former(path: str | os.PathLike, num_labels: int = 80, image_size: int = 64, seed: int = 0) -> str:
     """A random Mask2Former (tiny Swin backbone) with its image processor, in the layout of a hub
     COCO-instance checkpoint."""
@@ -531,6 +592,7 @@ TINY_FAMILIES = {
     "flux": save_tiny_flux,
     "flux_schnell": lambda path, **kw: save_tiny_flux(path, guidance_embeds=False, **kw),
     "qwen_image": save_tiny_qwen_image,
+    "qwen_image21": save_tiny_qwen_image21,
     "wan": save_tiny_wan,
     "wan22": lambda path, **kw: save_tiny_wan(path, two_experts=True, **kw),
     "z_image": save_tiny_z_image,

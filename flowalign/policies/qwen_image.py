@@ -35,7 +35,8 @@ class QwenImageCond:
         return self.embeds.shape[0]
 
 
-def _pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
+def pad_sequences(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Right-pad [T_i, D] sequences with zeros into [B, T, D], with the [B, T] mask of real tokens."""
     T = max(s.shape[0] for s in seqs)
     emb = torch.stack([torch.cat([s, s.new_zeros(T - s.shape[0], s.shape[1])]) for s in seqs])
     mask = torch.stack([torch.cat([torch.ones(s.shape[0], dtype=torch.long, device=s.device),
@@ -62,8 +63,8 @@ class QwenImagePolicy(DiffusersPolicy):
 
     def encode(self, prompts) -> QwenImageCond:
         prompts = self._cached(prompts)
-        emb, mask = _pad([self._cache[p][0] for p in prompts])
-        neg, nmask = _pad([self._cache[self.negative_prompt][0]] * len(prompts))
+        emb, mask = pad_sequences([self._cache[p][0] for p in prompts])
+        neg, nmask = pad_sequences([self._cache[self.negative_prompt][0]] * len(prompts))
         return QwenImageCond(emb, mask, neg, nmask)
 
     def _call(self, packed: Tensor, t: Tensor, embeds: Tensor, mask: Tensor, h: int, w: int) -> Tensor:

@@ -5,7 +5,7 @@ import pytest
 
 from flowalign.testing import TINY_FAMILIES, save_tiny
 
-ADAPTER = {"sd3": "SD3Policy", "flux": "FluxPolicy", "flux_schnell": "FluxPolicy", "qwen_image": "QwenImagePolicy",
+ADAPTER = {"sd3": "SD3Policy", "flux": "FluxPolicy", "flux_schnell": "FluxPolicy", "qwen_image": "QwenImagePolicy", "qwen_image21": "QwenImage21Policy",
            "wan": "WanPolicy", "wan22": "WanPolicy", "z_image": "ZImagePolicy",
            "flux2_klein": "Flux2KleinPolicy", "flux2": "Flux2Policy"}
 
@@ -19,7 +19,7 @@ def test_save_tiny_loads_in_stock_diffusers_and_flowalign(family, tmp_path):
     path = save_tiny(family, tmp_path / family)
     pipe = DiffusionPipeline.from_pretrained(path)
     assert type(pipe).__name__ in ("StableDiffusion3Pipeline", "FluxPipeline", "QwenImagePipeline", "WanPipeline",
-                                   "ZImagePipeline", "Flux2KleinPipeline", "Flux2Pipeline")
+                                   "ZImagePipeline", "Flux2KleinPipeline", "Flux2Pipeline", "QwenImage21Pipeline")
     assert type(load_policy(path)).__name__ == ADAPTER[family]
 
 
