@@ -1,4 +1,4 @@
-"""Exponential moving average of a list of parameters."""
+"""Exponential moving average of a list of parameters, and swapping other weights into them."""
 
 from __future__ import annotations
 
@@ -19,19 +19,9 @@ class EMA:
         for s, p in zip(self.shadow, self.params):
             s.lerp_(p.detach(), 1 - self.decay)
 
-    @contextlib.contextmanager
-    def swapped(self) -> Iterator[None]:
+    def swapped(self) -> contextlib.AbstractContextManager:
         """Within the context the parameters hold the EMA weights."""
-        backup = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, s in zip(self.params, self.shadow):
-                p.copy_(s)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, b in zip(self.params, backup):
-                    p.copy_(b)
+        return swapped_weights(self.params, self.shadow)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": [s.clone() for s in self.shadow]}
@@ -40,3 +30,19 @@ class EMA:
         self.decay = state["decay"]
         for s, v in zip(self.shadow, state["shadow"]):
             s.copy_(v)
+
+
+@contextlib.contextmanager
+def swapped_weights(params: list[torch.nn.Parameter], weights: list[torch.Tensor]) -> Iterator[None]:
+    """Within the context `params` hold `weights` (EMA weights, DiffusionNFT's old policy); their
+    own values come back on exit, also after an exception."""
+    backup = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, w in zip(params, weights, strict=True):
+            p.copy_(w)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, b in zip(params, backup):
+                p.copy_(b)

@@ -28,3 +28,9 @@ def sde_window_seed(seed: int, iteration: int) -> int:
 
 SAMPLE_GRID_OFFSET = 12345  # sample grids use run.seed + this, the same noise at every grid
 CALIBRATION_PROMPT_OFFSET = 7919  # DenseGRPO's calibration draws prompts with run.seed + this
+
+
+def sample_seed(seed: int, iteration: int, sample: int) -> int:
+    """The seed of sample `sample`'s own streams at `iteration` (its index in the whole batch, the
+    same whichever process holds it): NFT's initial noise, timesteps and re-noising."""
+    return iteration_seed(seed, iteration) * 1_000_033 + 17 * sample + 5

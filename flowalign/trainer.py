@@ -22,6 +22,7 @@ from reward_models import build_reward
 from reward_models.base import learned
 
 from .algorithms import build_algorithm
+from .algorithms.base import trainable_params
 from .data import iteration_prompts, load_prompt_rows
 from .ema import EMA
 from .evaluation import evaluate_prompts
@@ -289,7 +290,7 @@ class Trainer:
         self.policy.set_gradient_checkpointing(m.gradient_checkpointing)
         tr.train()
         self.param_names = [n for n, p in tr.named_parameters() if p.requires_grad]
-        self.params = [p for p in tr.parameters() if p.requires_grad]
+        self.params = trainable_params(self.policy)
         o = cfg.optim
         optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
         per_iter = self.algo.updates_per_iteration(self.n_local)
@@ -331,6 +332,8 @@ class Trainer:
                 torch.save(self.ema.state_dict(), os.path.join(tmp, "ema.pt"))
             if self.learned_reward is not None:  # a learned reward's head and optimiser
                 torch.save(self.learned_reward.state_dict(), os.path.join(tmp, "reward.pt"))
+            if hasattr(self.algo, "state_dict"):  # what an algorithm keeps between iterations (NFT's old policy)
+                torch.save(self.algo.state_dict(), os.path.join(tmp, "algorithm.pt"))
             with open(os.path.join(tmp, "state.json"), "w") as f:
                 json.dump({"iteration": self.iteration, "data_position": self.iteration, "seed": self.cfg.run.seed,
                            "world_size": self.world}, f)
@@ -374,6 +377,8 @@ class Trainer:
             self.ema.load_state_dict(load_state(os.path.join(path, "ema.pt")))
         if self.learned_reward is not None and os.path.isfile(os.path.join(path, "reward.pt")):
             self.learned_reward.load_state_dict(load_state(os.path.join(path, "reward.pt")))
+        if hasattr(self.algo, "load_state_dict"):
+            self.algo.load_state_dict(load_state(os.path.join(path, "algorithm.pt")))
         rng_file = os.path.join(path, f"rng_{self.rank}.pt")
         if os.path.isfile(rng_file):
             rng = load_state(rng_file)

@@ -11,6 +11,7 @@ from .base import Advantages, LocalComm
 from .branch_grpo import BranchGRPO, BranchGRPOConfig
 from .dense_grpo import DenseGRPO, DenseGRPOConfig
 from .flow_grpo import FlowGRPO, FlowGRPOConfig
+from .nft import NFT, NFTConfig
 
 
 class Registered(NamedTuple):
@@ -23,6 +24,7 @@ ALGORITHMS: dict[str, Registered] = {
     "dense_grpo": Registered(DenseGRPOConfig, DenseGRPO),
     "branch_grpo": Registered(BranchGRPOConfig, BranchGRPO),
     "adv_grpo": Registered(adv_grpo.AdvGRPOConfig, adv_grpo.ALGORITHM),
+    "nft": Registered(NFTConfig, NFT),
 }
 
 
@@ -38,5 +40,5 @@ def build_algorithm(algo_cfg, sampler_cfg, part_weights=None):
     return registered(algo_cfg.name).algorithm(algo_cfg, sampler_cfg, part_weights=part_weights)
 
 
-__all__ = ["ALGORITHMS", "Advantages", "BranchGRPO", "DenseGRPO", "FlowGRPO", "LocalComm", "Registered",
+__all__ = ["ALGORITHMS", "Advantages", "BranchGRPO", "DenseGRPO", "FlowGRPO", "LocalComm", "NFT", "Registered",
            "build_algorithm", "registered"]

@@ -40,6 +40,11 @@ class LocalComm:
         return t
 
 
+def trainable_params(policy) -> list[torch.nn.Parameter]:
+    """The parameters training changes, in the order the trainer optimises and checkpoints them."""
+    return [p for p in policy.transformer.parameters() if p.requires_grad]
+
+
 def expand_groups(metas: Sequence[dict], group_size: int, rank: int, world: int) -> tuple[list[dict], Tensor]:
     """Repeat each prompt `group_size` times and give this process its contiguous share: a prompt's
     group may span processes. Returns (metadata per local sample, global prompt index per sample)."""
