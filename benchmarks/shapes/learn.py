@@ -3,7 +3,7 @@ each algorithm for the same wall-clock budget on CPU (same seed, prompts and eva
 report the held-out GenEval-shapes score before and after.
 
     python -m benchmarks.shapes.learn --algo flow_grpo --minutes 20 [key=value ...]
-    python -m benchmarks.shapes.learn --algo flow_grpo,dense_grpo,branch_grpo,branch_grpo_mix --minutes 8
+    python -m benchmarks.shapes.learn --algo flow_grpo,dense_grpo,branch_grpo,branch_grpo_early,nft --minutes 20 --seeds 2
 
 The budget counts training time only; held-out evaluations (every --eval-every minutes with
 --curve-images images per prompt; the first and last with --images-per-prompt) run between
@@ -12,9 +12,12 @@ last evaluations use the same seeds, so the gain is also reported as a paired di
 standard error over prompts (gain_paired, gain_stderr); a fresh seed is the check on a gain picked
 out of several runs (`benchmarks.shapes.paired`). The training prompts are scored before and after
 too (--train-images-per-prompt, paired): a gain there without one on held-out prompts is learning
-that does not transfer to unseen prompts. Writes
+that does not transfer to unseen prompts. The final weights are then re-evaluated against the base
+on a fresh seed (--fresh-seed, --fresh-images per held-out prompt, paired): the row's claim. With
+--seeds N every algorithm trains N times (run.seed 0..N-1) and the table adds each algorithm's mean
+fresh-seed gain over its runs. Writes
 OUT/learn.json, OUT/table.md, OUT/curve.png (score against training time and against NFE) and
-one run folder per algorithm (metrics, LoRA)."""
+one run folder per algorithm (OUT/ALGO[/seedS]: metrics, lora/, the evaluations)."""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ CONFIGS = {
     "branch_grpo_pruned": "configs/shapes/branch_grpo_pruned.yaml",
     "prompt_echo_grpo": "configs/shapes/prompt_echo_grpo.yaml",
     "adv_grpo": "configs/shapes/adv_grpo.yaml",
+    "nft": "configs/shapes/nft.yaml",
 }
 
 
@@ -66,24 +70,38 @@ def plot(results: dict, path: str) -> None:
 
 def table(results: dict, base: str | None) -> str:
     ref = results.get(base) if base else None
-    lines = ["| algorithm | iterations | s / iteration | relative to flow_grpo | NFE / iteration | before | after | "
-             "gain | paired gain +- s.e. | training prompts: paired gain +- s.e. |",
+    lines = ["| run | iterations | s / iteration | relative to flow_grpo | NFE / iteration | before | after | "
+             "paired gain +- s.e. | training prompts: paired gain +- s.e. | fresh seed, held-out: paired gain +- s.e. |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for algo, r in results.items():
         rel = f"{r['seconds_per_iteration'] / ref['seconds_per_iteration']:.2f}" if ref else "-"
-        t = r.get("train_prompts")
+        t, f = r.get("train_prompts"), r.get("fresh_seed")
         train = f"{t['gain_paired']:+.3f} +- {t['gain_stderr']:.3f}" if t else "-"
+        fresh = f"{f['gain_paired']:+.3f} +- {f['gain_stderr']:.3f}" if f else "-"
         lines.append(f"| {algo} | {r['iterations']} | {r['seconds_per_iteration']:.2f} | {rel} | "
                      f"{r['nfe_per_iteration']:.0f} | {r['before']['overall']:.3f} | {r['after']['overall']:.3f} | "
-                     f"{r['gain_overall']:+.3f} | {r['gain_paired']:+.3f} +- {r['gain_stderr']:.3f} | {train} |")
+                     f"{r['gain_paired']:+.3f} +- {r['gain_stderr']:.3f} | {train} | {fresh} |")
     return "\n".join(lines) + "\n"
 
 
-def run_one(algo: str, args, metas, before_cache: dict) -> dict:
-    out = os.path.join(args.out, algo)
+def over_seeds(results: dict, algos: list[str]) -> dict:
+    """Per algorithm, the fresh-seed gain averaged over its training seeds, with the standard error
+    of that mean (independent runs: sqrt(sum s.e.^2) / n)."""
+    out = {}
+    for algo in algos:
+        runs = [r["fresh_seed"] for key, r in results.items() if key.split("/")[0] == algo and r.get("fresh_seed")]
+        if runs:
+            n = len(runs)
+            out[algo] = {"runs": n, "gain_paired": sum(f["gain_paired"] for f in runs) / n,
+                         "gain_stderr": sum(f["gain_stderr"] ** 2 for f in runs) ** 0.5 / n}
+    return out
+
+
+def run_one(algo: str, args, metas, before_cache: dict, seed: int | None = None) -> dict:
+    out = os.path.join(args.out, algo) if seed is None else os.path.join(args.out, algo, f"seed{seed}")
     cfg = load_config(CONFIGS[algo], [f"run.output_dir={out}", "run.max_iterations=100000",
                                       "run.checkpoint_every=100000", "run.sample_every=0", "run.progress=false",
-                                      *args.overrides])
+                                      *([f"run.seed={seed}"] if seed is not None else []), *args.overrides])
     trainer = Trainer(cfg)
     os.makedirs(out, exist_ok=True)
     state = {"nfe": 0}
@@ -148,6 +166,19 @@ def run_one(algo: str, args, metas, before_cache: dict) -> dict:
     curve.append(after if args.curve_images == args.images_per_prompt else evaluate(args.curve_images, trained / 60))
     # the same seeds before and after: the per-prompt paired difference gives the gain's standard error
     pair = paired(state["images"][0.0], state["images"][trained / 60])
+    # the claim: the final weights against the base on a seed no choice during the run has seen
+    fresh = None
+    if args.fresh_images:
+        key = ("fresh", args.fresh_images, args.fresh_seed)
+        fb, fb_images = score(metas, args.fresh_images, args.fresh_seed, 0.0, os.path.join(out, "eval_fresh_base"), key)
+        fa, fa_images = score(metas, args.fresh_images, args.fresh_seed, trained / 60,
+                              os.path.join(out, "eval_fresh_final"), key)
+        fp = paired(fb_images, fa_images)
+        fresh = {"seed": args.fresh_seed, "images_per_prompt": args.fresh_images, "before": fb["overall"],
+                 "after": fa["overall"], "gain_paired": fp["difference"], "gain_stderr": fp["stderr"],
+                 "tasks": fp["tasks"]}
+        print(f"[{algo}] fresh seed {args.fresh_seed}: {fb['overall']:.3f} -> {fa['overall']:.3f}, paired "
+              f"{fp['difference']:+.3f} +- {fp['stderr']:.3f}", flush=True)
     train_after = evaluate_train(trained / 60)
     train = None
     if train_before is not None:
@@ -160,8 +191,8 @@ def run_one(algo: str, args, metas, before_cache: dict) -> dict:
             "iterations": trainer.iteration, "seconds_per_iteration": trained / max(1, trainer.iteration),
             "nfe_total": state["nfe"], "nfe_per_iteration": state["nfe"] / max(1, trainer.iteration),
             "before": before, "after": after, "gain_overall": after["overall"] - before["overall"],
-            "gain_paired": pair["difference"], "gain_stderr": pair["stderr"], "train_prompts": train, "curve": curve,
-            "final_weights": final_lora}
+            "gain_paired": pair["difference"], "gain_stderr": pair["stderr"], "train_prompts": train,
+            "fresh_seed": fresh, "seed": cfg.run.seed, "curve": curve, "final_weights": final_lora}
 
 
 def main(argv=None) -> dict:
@@ -173,6 +204,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--curve-images", type=int, default=2, help="images per prompt of intermediate points")
     ap.add_argument("--train-images-per-prompt", type=int, default=2,
                     help="images per training prompt, before and after (0: no training-prompt evaluation)")
+    ap.add_argument("--seeds", type=int, default=1, help="training runs per algorithm (run.seed 0..N-1)")
+    ap.add_argument("--fresh-images", type=int, default=8,
+                    help="images per held-out prompt of the fresh-seed re-evaluation (0: none)")
+    ap.add_argument("--fresh-seed", type=int, default=7, help="the seed of the fresh-seed re-evaluation")
     ap.add_argument("--out", default=None, help="default: runs/learn_<algos>")
     ap.add_argument("overrides", nargs="*", help="config overrides for every algorithm, key=value")
     args = ap.parse_args(argv)
@@ -184,10 +219,19 @@ def main(argv=None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     metas = load_prompts("held-out")
     cache: dict = {}
-    results = {a: run_one(a, args, metas, cache) for a in algos}
-    md = table(results, "flow_grpo" if "flow_grpo" in results else None)
-    res = {"algos": algos, "budget_minutes": args.minutes, "overrides": args.overrides, "results": results,
-           "table": md}
+    if args.seeds < 1:
+        ap.error(f"--seeds {args.seeds} must be at least 1")
+    if args.seeds == 1:
+        results = {a: run_one(a, args, metas, cache) for a in algos}
+    else:
+        results = {f"{a}/seed{s}": run_one(a, args, metas, cache, seed=s) for a in algos for s in range(args.seeds)}
+    md = table(results, next((k for k in results if k.split("/")[0] == "flow_grpo"), None))
+    summary = over_seeds(results, algos)
+    if args.seeds > 1 and summary:
+        md += "\n| algorithm | runs | fresh seed, held-out: mean paired gain +- s.e. |\n|---|---|---|\n" + "".join(
+            f"| {a} | {s['runs']} | {s['gain_paired']:+.3f} +- {s['gain_stderr']:.3f} |\n" for a, s in summary.items())
+    res = {"algos": algos, "budget_minutes": args.minutes, "seeds": args.seeds, "overrides": args.overrides,
+           "results": results, "over_seeds": summary, "table": md}
     if len(algos) == 1:  # the single-algorithm layout of earlier results
         res.update(results[algos[0]])
     with open(os.path.join(args.out, "learn.json"), "w") as f:

@@ -7,8 +7,10 @@ trainer as
     rewards = algo.score(policy, ro, reward)              # local rewards ([n], [n, T] or [leaves])
     adv = algo.advantages(ro, rewards, comm, iteration=i) # an Advantages; comm: gather, process_index
     stats = algo.policy_step(policy, ro, adv, updater, generator)
-Every call gets what it needs as arguments: no call reads state another call left behind. The
-helpers below are the pieces the algorithms have in common."""
+Every call gets what it needs as arguments: no call reads state another call left behind, except
+what an algorithm declares with `state_dict()` / `load_state_dict()` (DiffusionNFT's old policy),
+which the trainer checkpoints and restores. The helpers below are the pieces the algorithms have
+in common."""
 
 from __future__ import annotations
 

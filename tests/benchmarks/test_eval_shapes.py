@@ -51,7 +51,8 @@ def test_learn_benchmark_smoke(tiny_sd3_dir, tmp_path):
     from benchmarks.shapes import learn
 
     res = learn.main(["--minutes", "0.01", "--eval-every", "0.005", "--images-per-prompt", "1", "--curve-images", "1",
-                      "--train-images-per-prompt", "1", "--out", str(tmp_path / "learn"), f"model.path={tiny_sd3_dir}",
+                      "--train-images-per-prompt", "1", "--fresh-images", "1", "--out", str(tmp_path / "learn"),
+                      f"model.path={tiny_sd3_dir}",
                       "model.max_sequence_length=8",
                       "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.prompts_per_iteration=2",
                       "algorithm.train_batch_size=4", "lora.rank=2"])
@@ -64,6 +65,10 @@ def test_learn_benchmark_smoke(tiny_sd3_dir, tmp_path):
     assert train["gain_paired"] == pytest.approx(train["after"] - train["before"], abs=1e-9)
     assert (tmp_path / "learn" / "flow_grpo" / "eval_train_000.0min" / "results.jsonl").exists()
     assert (tmp_path / "learn" / "curve.png").exists() and (tmp_path / "learn" / "learn.json").exists()
+    fresh = res["fresh_seed"]  # the final weights against the base on seed 7, paired
+    assert fresh["seed"] == 7 and fresh["gain_paired"] == pytest.approx(fresh["after"] - fresh["before"], abs=1e-9)
+    assert (tmp_path / "learn" / "flow_grpo" / "eval_fresh_final" / "results.jsonl").exists()
+    assert (tmp_path / "learn" / "flow_grpo" / "lora" / "pytorch_lora_weights.safetensors").exists()
 
 
 def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
@@ -84,6 +89,17 @@ def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
     res = learn.main(["--algo", "branch_grpo_mix", "--out", str(tmp_path / "b"), *common, "sampler.num_steps=3",
                       "algorithm.split_steps=[1]", "algorithm.group_size=2"])
     assert res["results"]["branch_grpo_mix"]["iterations"] >= 1 and (tmp_path / "b" / "curve.png").exists()
+    # --seeds: one run per training seed, each with its final weights, and the mean fresh-seed gain over them
+    res = learn.main(["--algo", "nft", "--seeds", "2", "--fresh-images", "1", "--out", str(tmp_path / "c"), *common,
+                      "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.train_batch_size=4"])
+    r = res["results"]
+    assert set(r) == {"nft/seed0", "nft/seed1"} and [r[k]["seed"] for k in sorted(r)] == [0, 1]
+    for k in ("seed0", "seed1"):
+        assert (tmp_path / "c" / "nft" / k / "lora" / "pytorch_lora_weights.safetensors").exists()
+    s = res["over_seeds"]["nft"]
+    assert s["runs"] == 2 and s["gain_paired"] == pytest.approx(
+        (r["nft/seed0"]["fresh_seed"]["gain_paired"] + r["nft/seed1"]["fresh_seed"]["gain_paired"]) / 2)
+    assert "| nft | 2 |" in (tmp_path / "c" / "table.md").read_text()
 
 
 @pytest.mark.slow
