@@ -38,6 +38,9 @@ class LoRAConfig:
     alpha: float = 64.0
     target_modules: list[str] = field(default_factory=lambda: [
         "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"])
+    # passes without gradient (rollouts, completions, evaluation) run on W + scale B A, merged once per
+    # pass, at the base model's speed; false: through the adapter layers (the same numbers up to rounding)
+    merge_for_sampling: bool = True
 
 
 @dataclass

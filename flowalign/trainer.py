@@ -261,6 +261,7 @@ class Trainer:
         self.policy = load_policy(m.path, dtype=m.dtype, device=self.acc.device, attention_backend=m.attention_backend,
                                   max_sequence_length=m.max_sequence_length)
         self.policy.sigma_shift = cfg.sampler.shift
+        self.policy.merge_lora = cfg.lora.merge_for_sampling
         if m.num_frames is not None:
             if self.policy.num_frames is None:
                 raise ValueError(f"model.num_frames={m.num_frames} is set but {m.path!r} is an image model; remove it.")
@@ -273,8 +274,12 @@ class Trainer:
                                  "transformer; it is the low-noise expert's guidance of a Wan2.2 A14B model, so "
                                  "remove it.")
             self.policy.guidance_2 = cfg.sampler.guidance_2
-        if m.experts != "both" or getattr(self.policy, "experts", None) is not None:
-            self.policy.trained_experts = m.experts  # raises on a one-transformer model unless "both"
+        two_experts = getattr(self.policy, "experts", None) is not None
+        if m.experts != "both" and not two_experts:
+            raise ValueError(f"model.experts={m.experts!r} needs a two-expert Wan2.2 checkpoint; {m.path!r} has one "
+                             "transformer, so use model.experts=both.")
+        if two_experts:
+            self.policy.trained_experts = m.experts
         tr = self.policy.transformer
         tr.requires_grad_(False)
         if cfg.lora.enabled:
@@ -282,7 +287,7 @@ class Trainer:
         else:
             for part in self.policy.trainable_parts():
                 part.requires_grad_(True)
-        if getattr(self.policy, "experts", None) is not None:
+        if two_experts:
             # a batch whose rows all sit on one side of the boundary leaves the other expert unused
             from accelerate.utils import DistributedDataParallelKwargs
 
@@ -440,8 +445,7 @@ class Trainer:
         if not prompts:
             return
         steps = self.cfg.sampler.eval_num_steps or self.cfg.sampler.num_steps
-        ctx = self.eval_weights()
-        with ctx:
+        with self.sampling_weights():
             imgs = self.policy.generate(prompts * 4, num_steps=steps, guidance=self.cfg.sampler.guidance,
                                         height=self.height, width=self.width, seed=self.cfg.run.seed + SAMPLE_GRID_OFFSET)
         if self.acc.is_main_process:
@@ -456,12 +460,18 @@ class Trainer:
         weights when EMA is on, else the current ones."""
         return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def sampling_weights(self):
+        """The weights sample grids and evaluations run on: the EMA weights when EMA is on, merged into
+        the base weights (lora.merge_for_sampling)."""
+        with self.eval_weights(), self.policy.sampling_weights():
+            yield
+
     def evaluate(self) -> dict:
         """The held-out evaluation (eval.*), with EMA weights when EMA is on; logged to metrics."""
         e = self.cfg.eval
         steps = e.num_steps or self.cfg.sampler.eval_num_steps or self.cfg.sampler.num_steps
-        ctx = self.eval_weights()
-        with ctx:
+        with self.sampling_weights():
             m = evaluate_prompts(self.policy, self.eval_rows, self.eval_reward, images_per_prompt=e.images_per_prompt,
                                  num_steps=steps, guidance=self.cfg.sampler.guidance, seed=e.seed,
                                  batch_size=e.batch_size, height=self.height, width=self.width, rank=self.rank,

@@ -111,7 +111,7 @@ def run_one(algo: str, args, metas, before_cache: dict, seed: int | None = None)
         model (minutes 0) is scored once for all algorithms."""
         if minutes == 0 and key in before_cache:
             return before_cache[key]
-        with trainer.eval_weights():  # the EMA weights when EMA is on, as in the saved LoRA
+        with trainer.sampling_weights():  # the EMA weights when EMA is on, as in the saved LoRA
             s = evaluate_policy(trainer.policy, rows, images_per_prompt=n, seed=seed, progress=False, out=folder)
         res = (s, read_results(folder) if folder else None)  # per image, for the paired gains
         if minutes == 0:
@@ -146,6 +146,14 @@ def run_one(algo: str, args, metas, before_cache: dict, seed: int | None = None)
         print(f"[{algo} {minutes:5.1f} min] training prompts overall {s['overall']:.3f}", flush=True)
         return s, images
 
+    def evaluate_fresh(minutes: float) -> tuple:
+        """The fresh-seed evaluation (--fresh-seed, --fresh-images); at minutes 0 the untouched base,
+        scored before any training (once for all runs)."""
+        name = "eval_fresh_base" if minutes == 0 else "eval_fresh_final"
+        return score(metas, args.fresh_images, args.fresh_seed, minutes, os.path.join(out, name),
+                     ("fresh", args.fresh_images, args.fresh_seed, minutes))
+
+    fresh_before = evaluate_fresh(0.0) if args.fresh_images else None
     train_before = evaluate_train(0.0)
     before = evaluate(args.images_per_prompt, 0.0)
     curve = [before] if args.curve_images == args.images_per_prompt else [evaluate(args.curve_images, 0.0)]
@@ -168,11 +176,8 @@ def run_one(algo: str, args, metas, before_cache: dict, seed: int | None = None)
     pair = paired(state["images"][0.0], state["images"][trained / 60])
     # the claim: the final weights against the base on a seed no choice during the run has seen
     fresh = None
-    if args.fresh_images:
-        key = ("fresh", args.fresh_images, args.fresh_seed)
-        fb, fb_images = score(metas, args.fresh_images, args.fresh_seed, 0.0, os.path.join(out, "eval_fresh_base"), key)
-        fa, fa_images = score(metas, args.fresh_images, args.fresh_seed, trained / 60,
-                              os.path.join(out, "eval_fresh_final"), key)
+    if fresh_before is not None:
+        (fb, fb_images), (fa, fa_images) = fresh_before, evaluate_fresh(trained / 60)
         fp = paired(fb_images, fa_images)
         fresh = {"seed": args.fresh_seed, "images_per_prompt": args.fresh_images, "before": fb["overall"],
                  "after": fa["overall"], "gain_paired": fp["difference"], "gain_stderr": fp["stderr"],
@@ -232,8 +237,8 @@ def main(argv=None) -> dict:
             f"| {a} | {s['runs']} | {s['gain_paired']:+.3f} +- {s['gain_stderr']:.3f} |\n" for a, s in summary.items())
     res = {"algos": algos, "budget_minutes": args.minutes, "seeds": args.seeds, "overrides": args.overrides,
            "results": results, "over_seeds": summary, "table": md}
-    if len(algos) == 1:  # the single-algorithm layout of earlier results
-        res.update(results[algos[0]])
+    if len(results) == 1:  # the single-run layout of earlier results
+        res.update(next(iter(results.values())))
     with open(os.path.join(args.out, "learn.json"), "w") as f:
         json.dump(res, f, indent=2)
     with open(os.path.join(args.out, "table.md"), "w") as f:

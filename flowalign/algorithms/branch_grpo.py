@@ -342,10 +342,12 @@ class BranchGRPO:
         noise = policy.initial_noise(len(prompts), height, width, generator)
         sigmas = policy.sigmas(self.sampler.num_steps, height, width)
         levels = sde_noise_levels(self.sampler, sigmas)
-        tree = samplers.tree_rollout(policy.velocity_fn(cond, guidance=self.sampler.guidance), noise, sigmas,
-                                     split_steps=list(self.cfg.split_steps), branch_factor=self.cfg.branch_factor,
-                                     kinds=self.kinds, noise_level=levels, split_noise_scale=self.cfg.split_noise_scale,
-                                     mode=self.cfg.split_mode, generator=generator)
+        with policy.sampling_weights():
+            tree = samplers.tree_rollout(policy.velocity_fn(cond, guidance=self.sampler.guidance), noise, sigmas,
+                                         split_steps=list(self.cfg.split_steps), branch_factor=self.cfg.branch_factor,
+                                         kinds=self.kinds, noise_level=levels,
+                                         split_noise_scale=self.cfg.split_noise_scale, mode=self.cfg.split_mode,
+                                         generator=generator)
         return TreeRollout(prompts, list(metadata), group_ids.to(noise.device), cond, tree, self.kinds, levels)
 
     def score(self, policy, ro: TreeRollout, reward) -> Tensor:

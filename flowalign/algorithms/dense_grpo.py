@@ -87,17 +87,8 @@ class DenseGRPO(FlowGRPO):
         # states whose reward a trained step needs (k and k + 1); state K is the final image
         self.states = sorted({k for t in self.train_steps for k in (t, t + 1)} | {K})
 
-    @torch.no_grad()
-    def latent_rewards(self, policy, ro: Rollout, reward) -> Tensor:
-        """R [n, K+1]: rewards of the ODE completions of the states the trained steps need (NaN for
-        the others); the final state is the image itself. All completions of all samples are batched:
-        one model call per grid step (n = all remaining steps) or per completion step."""
-        traj = ro.traj
-        n, K = traj.latents.shape[0], traj.num_steps
-        inner = [k for k in self.states if k < K]
-        vel = policy.velocity_fn(ro.cond, guidance=self.sampler.guidance)
-        T = len(inner)
-        per = max(1, self.cfg.completion_batch_size // max(1, T))  # samples per batched completion
+    def _completions(self, vel, traj, inner: list[int], n: int, per: int) -> list[Tensor]:
+        """ODE completions of the states `inner` of every sample, `per` samples per batched call."""
         parts = []
         for lo in range(0, n, per):
             rows = torch.arange(lo, min(n, lo + per), device=traj.latents.device)
@@ -111,6 +102,21 @@ class DenseGRPO(FlowGRPO):
                 parts.append(samplers.complete_trajectory(v_rows, traj.latents[rows], traj.sigmas,
                                                           self.cfg.completion_steps,
                                                           steps=torch.tensor(inner, dtype=torch.long)))
+        return parts
+
+    @torch.no_grad()
+    def latent_rewards(self, policy, ro: Rollout, reward) -> Tensor:
+        """R [n, K+1]: rewards of the ODE completions of the states the trained steps need (NaN for
+        the others); the final state is the image itself. All completions of all samples are batched:
+        one model call per grid step (n = all remaining steps) or per completion step."""
+        traj = ro.traj
+        n, K = traj.latents.shape[0], traj.num_steps
+        inner = [k for k in self.states if k < K]
+        vel = policy.velocity_fn(ro.cond, guidance=self.sampler.guidance)
+        T = len(inner)
+        per = max(1, self.cfg.completion_batch_size // max(1, T))  # samples per batched completion
+        with policy.sampling_weights():
+            parts = self._completions(vel, traj, inner, n, per)
         x0 = torch.cat(parts) if T else traj.latents[:, :0]  # [n, T, *S]
         flat = torch.cat([x0.reshape(n * T, *x0.shape[2:]), traj.final]) if T else traj.final
         prompts = [p for p in ro.prompts for _ in range(T)] + list(ro.prompts)

@@ -150,9 +150,10 @@ class FlowGRPO:
             noise = policy.initial_noise(len(prompts), height, width, generator)
         sigmas = policy.sigmas(self.sampler.num_steps, height, width)
         kinds = self.rollout_kinds(seed, iteration)
-        traj = samplers.rollout(policy.velocity_fn(cond, guidance=self.sampler.guidance), noise, sigmas, kinds,
-                                noise_level=sde_noise_levels(self.sampler, sigmas) if noise_level is None else noise_level,
-                                generator=generator)
+        with policy.sampling_weights():
+            traj = samplers.rollout(policy.velocity_fn(cond, guidance=self.sampler.guidance), noise, sigmas, kinds,
+                                    noise_level=sde_noise_levels(self.sampler, sigmas) if noise_level is None
+                                    else noise_level, generator=generator)
         return Rollout(prompts, list(metadata), group_ids.to(noise.device), cond, traj, list(kinds))
 
     def score(self, policy, ro: Rollout, reward) -> Tensor:

@@ -129,7 +129,7 @@ class NFT:
         noise = torch.cat([policy.initial_noise(1, height, width, g) for g in gens])
         sigmas = policy.sigmas(self.sampler.num_steps, height, width)
         params = trainable_params(policy)
-        with swapped_weights(params, self._old_weights(params)):
+        with swapped_weights(params, self._old_weights(params)), policy.sampling_weights():
             vfn = policy.velocity_fn(cond, guidance=self.sampler.guidance)
             if self.cfg.solver == "dpm2":
                 traj = samplers.dpm2_rollout(vfn, noise, sigmas)
@@ -187,7 +187,8 @@ class NFT:
                     eps = torch.stack([torch.randn((T, *x0.shape[1:]), generator=g) for g in gens]).to(x0)
                     xts = [(1 - ts[:, j].view(-1, *([1] * (x0.ndim - 1)))) * x0
                            + ts[:, j].view(-1, *([1] * (x0.ndim - 1))) * eps[:, j] for j in range(T)]
-                    with torch.no_grad(), swapped_weights(params, self._old_weights(params)):
+                    with torch.no_grad(), swapped_weights(params, self._old_weights(params)), \
+                            policy.sampling_weights():
                         v_olds = [policy.velocity(xts[j], ts[:, j], ro.cond, guidance=self.sampler.guidance,
                                                   rows=idx) for j in range(T)]
                     for j in range(T):

@@ -57,6 +57,14 @@ def check_pipeline_dir(path: str, expected: str) -> None:
         raise ValueError(f"model path {path!r} holds a {cls}, not a {expected}; use the adapter for that family.")
 
 
+def lora_metadata(module: torch.nn.Module) -> dict:
+    """The adapter's LoraConfig as diffusers stores it beside the weights, so that a loader rebuilds
+    the same adapter (lora_alpha above all: without it diffusers assumes alpha = rank and the
+    LoRA acts at rank / alpha of its strength)."""
+    cfg = module.peft_config["default"].to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
+
+
 def read_defaults(path: str) -> dict:
     """Sampling defaults a checkpoint ships in `flowalign.json` (num_steps, guidance, height, width,
     max_sequence_length); empty for other directories and hub ids."""
@@ -167,6 +175,54 @@ class DiffusersPolicy(ABC):
             for m in adapted:
                 m.enable_adapters()
 
+    _merged = False
+    merge_lora = True  # lora.merge_for_sampling: passes without gradient run on merged weights
+
+    def sampling_weights(self) -> contextlib.AbstractContextManager:
+        """The context of a pass without gradient: `merged_lora()` when `merge_lora` is on."""
+        return self.merged_lora() if self.merge_lora else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def merged_lora(self) -> Iterator[None]:
+        """For passes without gradient (rollouts, completions, evaluation): every LoRA layer's base
+        weight is replaced by W + scale B A, computed once on entry from the current adapter weights,
+        and the adapters are switched off, so a forward costs what the base model's does. On exit the
+        original weight tensors come back untouched (bit-identical; nothing is subtracted). Outputs
+        differ from the adapter path only by rounding. Not reentrant; a no-op without LoRA."""
+        if self._merged:
+            raise RuntimeError("merged_lora() is already active; enter it once per pass.")
+        adapted = self._adapted()
+        if not adapted:
+            yield
+            return
+        from peft.tuners.lora import LoraLayer
+
+        restore: list[tuple[torch.nn.Module, Tensor]] = []
+        disabled: list[torch.nn.Module] = []
+        try:
+            with torch.no_grad():
+                for part in adapted:
+                    for m in part.modules():
+                        if isinstance(m, LoraLayer):
+                            base = m.get_base_layer()
+                            names = [a for a in m.active_adapters if a in m.lora_A]
+                            if not names:
+                                continue
+                            delta = sum(m.get_delta_weight(a) for a in names)
+                            restore.append((base, base.weight.data))
+                            base.weight.data = base.weight.data + delta.to(base.weight.dtype)
+                for part in adapted:
+                    part.disable_adapters()
+                    disabled.append(part)
+            self._merged = True
+            yield
+        finally:
+            for base, data in restore:
+                base.weight.data = data
+            for part in disabled:
+                part.enable_adapters()
+            self._merged = False
+
     # LoRA files in diffusers' format: the transformer's, then (Wan2.2) the low-noise expert's
     lora_files = ("pytorch_lora_weights.safetensors",)
 
@@ -176,7 +232,8 @@ class DiffusersPolicy(ABC):
         from peft.utils import get_peft_model_state_dict
 
         layers = get_peft_model_state_dict(self.pipe.transformer)
-        type(self.pipe).save_lora_weights(out, transformer_lora_layers=layers)
+        type(self.pipe).save_lora_weights(out, transformer_lora_layers=layers,
+                                          transformer_lora_adapter_metadata=lora_metadata(self.pipe.transformer))
         return [os.path.join(out, self.lora_files[0])]
 
     def load_lora(self, folder: str) -> None:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 import samplers
 
-from .diffusers_base import DiffusersPolicy
+from .diffusers_base import DiffusersPolicy, lora_metadata
 
 
 @dataclass
@@ -106,9 +106,6 @@ class WanPolicy(DiffusersPolicy):
 
     def trainable_parts(self) -> list[torch.nn.Module]:
         if self.experts is None:
-            if self.trained_experts != "both":
-                raise ValueError(f"model.experts={self.trained_experts!r} needs a two-expert Wan2.2 checkpoint; "
-                                 "this one has one transformer, so use model.experts=both.")
             return [self.pipe.transformer]
         if self.trained_experts not in EXPERTS:
             raise ValueError(f"model.experts={self.trained_experts!r} is unknown; use one of {', '.join(EXPERTS)}.")
@@ -131,6 +128,7 @@ class WanPolicy(DiffusersPolicy):
         for expert, name in ((self.experts.high, self.lora_files[0]), (self.experts.low, self.lora_files[1])):
             if getattr(expert, "_hf_peft_config_loaded", False):
                 type(self.pipe).save_lora_weights(out, transformer_lora_layers=get_peft_model_state_dict(expert),
+                                                  transformer_lora_adapter_metadata=lora_metadata(expert),
                                                   weight_name=name)
                 written.append(os.path.join(out, name))
         return written

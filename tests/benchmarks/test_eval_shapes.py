@@ -68,6 +68,10 @@ def test_learn_benchmark_smoke(tiny_sd3_dir, tmp_path):
     fresh = res["fresh_seed"]  # the final weights against the base on seed 7, paired
     assert fresh["seed"] == 7 and fresh["gain_paired"] == pytest.approx(fresh["after"] - fresh["before"], abs=1e-9)
     assert (tmp_path / "learn" / "flow_grpo" / "eval_fresh_final" / "results.jsonl").exists()
+    # the base is scored before any training (written before the pre-training held-out evaluation)
+    run = tmp_path / "learn" / "flow_grpo"
+    assert os.path.getmtime(run / "eval_fresh_base" / "results.jsonl") <= \
+        os.path.getmtime(run / "eval_000.0min" / "results.jsonl")
     assert (tmp_path / "learn" / "flow_grpo" / "lora" / "pytorch_lora_weights.safetensors").exists()
 
 
@@ -75,7 +79,7 @@ def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
     from benchmarks.shapes import learn
 
     common = ["--minutes", "0.005", "--eval-every", "1", "--images-per-prompt", "1", "--curve-images", "1",
-              "--train-images-per-prompt", "0", f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8",
+              "--train-images-per-prompt", "0", "--fresh-images", "1", f"model.path={tiny_sd3_dir}", "model.max_sequence_length=8",
               "algorithm.prompts_per_iteration=2", "lora.rank=2"]
     res = learn.main(["--algo", "flow_grpo,dense_grpo", "--out", str(tmp_path / "a"), *common, "sampler.num_steps=2",
                       "algorithm.group_size=2", "algorithm.train_batch_size=4"])
@@ -90,7 +94,7 @@ def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
                       "algorithm.split_steps=[1]", "algorithm.group_size=2"])
     assert res["results"]["branch_grpo_mix"]["iterations"] >= 1 and (tmp_path / "b" / "curve.png").exists()
     # --seeds: one run per training seed, each with its final weights, and the mean fresh-seed gain over them
-    res = learn.main(["--algo", "nft", "--seeds", "2", "--fresh-images", "1", "--out", str(tmp_path / "c"), *common,
+    res = learn.main(["--algo", "nft", "--seeds", "2", "--out", str(tmp_path / "c"), *common,
                       "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.train_batch_size=4"])
     r = res["results"]
     assert set(r) == {"nft/seed0", "nft/seed1"} and [r[k]["seed"] for k in sorted(r)] == [0, 1]

@@ -125,6 +125,11 @@ def test_expert_choice_on_a_one_transformer_model_is_refused(tmp_path, prompts_f
         cfg = load_config(None, overrides(path, str(tmp_path / key), prompts_file, **{**VIDEO, key: value}))
         with pytest.raises(ValueError, match=match):
             Trainer(cfg)
+    # an image family too
+    sd3 = save_tiny("sd3", tmp_path / "sd3")
+    cfg = load_config(None, overrides(sd3, str(tmp_path / "sd3run"), prompts_file, **{"model.experts": "high"}))
+    with pytest.raises(ValueError, match="needs a two-expert Wan2.2"):
+        Trainer(cfg)
 
 
 def test_two_process_run_trains_both_experts(wan22_dir, tmp_path):
