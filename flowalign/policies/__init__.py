@@ -9,7 +9,7 @@ from .base import FlowPolicy
 from .flux import FluxCond, FluxPolicy
 from .flux2 import Flux2Cond, Flux2KleinPolicy, Flux2Policy
 from .qwen_image import QwenImageCond, QwenImagePolicy
-from .qwen_image21 import QwenImage21Cond, QwenImage21Policy
+from .qwen_image21 import QwenImage21Policy
 from .sd3 import SD3Cond, SD3Policy
 from .wan import WanCond, WanPolicy
 from .z_image import ZImageCond, ZImagePolicy
@@ -55,5 +55,5 @@ def load_policy(path: str, **kwargs) -> FlowPolicy:
     return ADAPTERS[cls].from_pretrained(str(path), **kwargs)
 
 
-__all__ = ["ADAPTERS", "FlowPolicy", "Flux2Cond", "Flux2KleinPolicy", "Flux2Policy", "FluxCond", "FluxPolicy", "QwenImage21Cond", "QwenImage21Policy", "QwenImageCond", "QwenImagePolicy", "SD3Cond", "SD3Policy", "WanCond", "WanPolicy",
+__all__ = ["ADAPTERS", "FlowPolicy", "Flux2Cond", "Flux2KleinPolicy", "Flux2Policy", "FluxCond", "FluxPolicy", "QwenImage21Policy", "QwenImageCond", "QwenImagePolicy", "SD3Cond", "SD3Policy", "WanCond", "WanPolicy",
            "ZImageCond", "ZImagePolicy", "load_policy", "pipeline_class"]

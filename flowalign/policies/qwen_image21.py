@@ -15,31 +15,14 @@ changes the weights between calls."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..attention import attention_context
 from .diffusers_base import DiffusersPolicy
-from .qwen_image import pad_sequences
+from .qwen_image import QwenImageCond, pad_sequences
 from .wan import decode_normalised
-
-
-@dataclass
-class QwenImage21Cond:
-    embeds: Tensor  # [B, T, D] zero-padded
-    mask: Tensor  # [B, T] 1 on real tokens
-    neg_embeds: Tensor
-    neg_mask: Tensor
-
-    def select(self, rows: Tensor) -> QwenImage21Cond:
-        rows = rows.to(self.embeds.device)
-        return QwenImage21Cond(self.embeds[rows], self.mask[rows], self.neg_embeds[rows], self.neg_mask[rows])
-
-    def __len__(self) -> int:
-        return self.embeds.shape[0]
 
 
 class QwenImage21Policy(DiffusersPolicy):
@@ -56,11 +39,11 @@ class QwenImage21Policy(DiffusersPolicy):
                 raise ValueError(f"prompt {p[:60]!r} holds image placeholder tokens; text-to-image prompts cannot.")
             self._cache[p] = (embeds[0], None)
 
-    def encode(self, prompts) -> QwenImage21Cond:
+    def encode(self, prompts) -> QwenImageCond:
         prompts = self._cached(prompts)
         emb, mask = pad_sequences([self._cache[p][0] for p in prompts])
         neg, nmask = pad_sequences([self._cache[self.negative_prompt][0]] * len(prompts))
-        return QwenImage21Cond(emb, mask, neg, nmask)
+        return QwenImageCond(emb, mask, neg, nmask)
 
     def _call(self, tokens: Tensor, t: Tensor, embeds: Tensor, mask: Tensor, h: int, w: int) -> Tensor:
         B, T = mask.shape
@@ -74,7 +57,7 @@ class QwenImage21Policy(DiffusersPolicy):
                 encoder_hidden_states_mask=None if bool(mask.all()) else mask.to(self.device),
                 img_shapes=[[(1, h, w)]] * B, img_mask=img_mask, return_dict=False)[0][:, -h * w:]  # image tokens
 
-    def velocity(self, x: Tensor, sigma: Tensor, cond: QwenImage21Cond, *, guidance: float = 1.0,
+    def velocity(self, x: Tensor, sigma: Tensor, cond: QwenImageCond, *, guidance: float = 1.0,
                  rows: Tensor | None = None) -> Tensor:
         """v at x [B, C, h, w] and sigma [B]; true CFG with the negative prompt when guidance > 1. fp32 out."""
         c = cond if rows is None else cond.select(rows)
