@@ -268,13 +268,13 @@ class Trainer:
             self.policy.num_frames = m.num_frames
         self.height = m.height or self.policy.defaults.get("height")
         self.width = m.width or self.policy.defaults.get("width")
+        two_experts = getattr(self.policy, "experts", None) is not None  # Wan2.2 A14B
         if cfg.sampler.guidance_2 is not None:
-            if getattr(self.policy, "experts", None) is None:
+            if not two_experts:
                 raise ValueError(f"sampler.guidance_2={cfg.sampler.guidance_2} is set but {m.path!r} has one "
                                  "transformer; it is the low-noise expert's guidance of a Wan2.2 A14B model, so "
                                  "remove it.")
             self.policy.guidance_2 = cfg.sampler.guidance_2
-        two_experts = getattr(self.policy, "experts", None) is not None
         if m.experts != "both" and not two_experts:
             raise ValueError(f"model.experts={m.experts!r} needs a two-expert Wan2.2 checkpoint; {m.path!r} has one "
                              "transformer, so use model.experts=both.")

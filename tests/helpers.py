@@ -46,3 +46,12 @@ def assert_lora_changes_stock_output(pipe_cls, model_dir, lora_dir, **call):
     pipe.load_lora_weights(str(lora_dir))
     after = pipe(**call, generator=torch.Generator().manual_seed(0)).images
     assert not torch.equal(before, after)
+
+
+def stock_pipeline(path):
+    """The stock diffusers pipeline saved at `path` (its own class from model_index.json), quiet."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -10,6 +10,7 @@ import torch
 from flowalign.policies import QwenImage21Policy, load_policy
 from flowalign.testing import save_tiny
 from tests.flowalign.test_train import assert_one_iteration_trains
+from tests.helpers import stock_pipeline
 
 PROMPTS = ["a red circle", "two blue squares above a triangle"]  # different token counts: padding and mask
 
@@ -20,10 +21,8 @@ def q21_dir(tmp_path_factory):
 
 
 def _stock(path):
-    from diffusers import QwenImage21Pipeline
-
-    pipe = QwenImage21Pipeline.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = stock_pipeline(path)
+    assert type(pipe).__name__ == "QwenImage21Pipeline"
     return pipe
 
 

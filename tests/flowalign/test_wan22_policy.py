@@ -11,6 +11,7 @@ import torch
 from flowalign.policies import WanPolicy, load_policy
 from flowalign.testing import save_tiny
 from tests.flowalign.test_train import assert_one_iteration_trains
+from tests.helpers import stock_pipeline
 
 VIDEO = {"model.height": 16, "model.width": 16, "model.max_sequence_length": 16, "sampler.guidance": 3.0,
          "sampler.num_steps": 4, "algorithm.timestep_fraction": 1.0, "reward.name": "video_segmental",
@@ -24,10 +25,8 @@ def wan22_dir(tmp_path_factory):
 
 
 def _stock(path):
-    from diffusers import WanPipeline
-
-    pipe = WanPipeline.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = stock_pipeline(path)
+    assert type(pipe).__name__ == "WanPipeline"
     return pipe
 
 
