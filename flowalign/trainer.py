@@ -486,9 +486,15 @@ class Trainer:
             return max(float(p.detach().abs().max()) for p in self.params) if self.params else 0.0
 
     # -- the loop ------------------------------------------------------------------------------
+    def _clock(self) -> float:
+        """Wall-clock seconds after the device's queued work is done (phase timings)."""
+        if self.acc.device.type == "cuda":
+            torch.cuda.synchronize(self.acc.device)
+        return time.time()
+
     def iterate(self) -> dict:
         a, seed = self.cfg.algorithm, self.cfg.run.seed
-        t0 = time.time()
+        t0 = self._clock()
         metas = iteration_prompts(self.rows, self.iteration, a.prompts_per_iteration, seed)
         mine, gids = self.algo.assign(metas, self.rank, self.world)
         gen = rollout_generator(seed, self.iteration, self.rank)
@@ -496,9 +502,11 @@ class Trainer:
         ro = self.algo.rollout(self.policy, mine, gids.to(self.acc.device), gen, self.height, self.width,
                                seed=seed, iteration=self.iteration)
         nfe1 = self.policy.nfe
+        t1 = self._clock()
         with torch.no_grad():
             rewards = self.algo.score(self.policy, ro, self.reward).to(self.acc.device)
         nfe2 = self.policy.nfe
+        t2 = self._clock()
         reward_stats = {}
         if self.learned_reward is not None:  # a learned reward (Adv-GRPO's discriminator) trains on this batch
             # decoded here: score() keeps only rewards (and DenseGRPO's scores ODE completions of every state),
@@ -515,6 +523,7 @@ class Trainer:
             stats = {**self.algo.policy_step(self.policy, ro, adv, self.updater, gen), "generator_step": 1.0}
         else:
             stats = {"generator_step": 0.0}
+        t3 = self._clock()
         self.iteration += 1
         final_rewards = all_rewards if all_rewards.dim() == 1 else all_rewards[:, -1]  # dense: the final image's
         metrics = {
@@ -524,6 +533,8 @@ class Trainer:
             "advantage_std": adv_all.std().item(), **stats, **reward_stats,
             "nfe_rollout": (nfe1 - nfe0) * self.world, "nfe_reward": (nfe2 - nfe1) * self.world,
             "nfe_train": (self.policy.nfe - nfe2) * self.world, "iteration_time": time.time() - t0,
+            # where the iteration's time went: rollout, scoring (DenseGRPO's completions included), update
+            "time_rollout": t1 - t0, "time_score": t2 - t1, "time_update": t3 - t2,
         }
         metrics["nfe"] = metrics["nfe_rollout"] + metrics["nfe_reward"] + metrics["nfe_train"]
         metrics["weight_abs_max"] = self._weight_abs_max()

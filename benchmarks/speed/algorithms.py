@@ -1,8 +1,9 @@
 """Seconds per training iteration of each algorithm on the shapes model at equal group size
-(8 images per prompt, 4 prompts, 10 steps): the four shapes configs, interleaved round by round so
-machine noise hits all of them alike; medians and ratios to Flow-GRPO.
+(8 images per prompt, 4 prompts, 10 steps): the shapes configs, interleaved round by round so
+machine noise hits all of them alike; medians, ratios to Flow-GRPO, and the median seconds of each
+phase (rollout, scoring with DenseGRPO's completions, update).
 
-    python -m benchmarks.speed.algorithms [--rounds 8] [--out benchmarks/results/algorithm_speed.json]"""
+    python -m benchmarks.speed.algorithms [--rounds 8] [--device cuda] [--out benchmarks/results/algorithm_speed.json]"""
 
 from __future__ import annotations
 
@@ -19,33 +20,43 @@ from flowalign.trainer import Trainer
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--algo", default="flow_grpo,dense_grpo,branch_grpo,branch_grpo_mix")
+    ap.add_argument("--algo", default="flow_grpo,dense_grpo,branch_grpo,branch_grpo_mix,nft")
+    ap.add_argument("--device", default=None, help="run.device (default: the config's)")
     ap.add_argument("--out", default="benchmarks/results/algorithm_speed.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     algos = args.algo.split(",")
+    dev = [f"run.device={args.device}"] if args.device else []
     trainers = {a: Trainer(load_config(CONFIGS[a], [f"run.output_dir=runs/speed_{a}", "run.progress=false",
-                                                    *args.overrides])) for a in algos}
+                                                    *dev, *args.overrides])) for a in algos}
     for t in trainers.values():  # warm-up
         t.iterate()
     times: dict[str, list[float]] = {a: [] for a in algos}
     nfe: dict[str, int] = {}
+    phases = ("time_rollout", "time_score", "time_update")
+    phase_times: dict[str, dict[str, list[float]]] = {a: {p: [] for p in phases} for a in algos}
     for r in range(args.rounds):
         for a, t in trainers.items():
             m = t.iterate()
             times[a].append(m["iteration_time"])
             nfe[a] = m["nfe"]
+            for p in phases:
+                phase_times[a][p].append(m[p])
         print(f"round {r + 1}: " + ", ".join(f"{a} {times[a][-1]:.2f} s" for a in algos), flush=True)
     med = {a: statistics.median(v) for a, v in times.items()}
     base = med.get("flow_grpo")
-    res = {"rounds": args.rounds, "median_seconds": med, "nfe_per_iteration": nfe, "times": times,
+    res = {"rounds": args.rounds, "device": str(next(iter(trainers.values())).acc.device),
+           "median_seconds": med, "nfe_per_iteration": nfe, "times": times,
+           "median_phase_seconds": {a: {p[5:]: statistics.median(v) for p, v in ph.items()}
+                                    for a, ph in phase_times.items()},
            "ratio_to_flow_grpo": {a: med[a] / base for a in algos} if base else None}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
     for a in algos:
         rel = f", {med[a] / base:.2f} x flow_grpo" if base else ""
-        print(f"{a}: {med[a]:.2f} s per iteration (median of {args.rounds}), {nfe[a]} NFE{rel}")
+        ph = ", ".join(f"{p} {s:.2f}" for p, s in res["median_phase_seconds"][a].items())
+        print(f"{a}: {med[a]:.2f} s per iteration (median of {args.rounds}; {ph}), {nfe[a]} NFE{rel}")
     return res
 
 

@@ -35,14 +35,31 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--head-dim", type=int, default=32)
     ap.add_argument("--max-sequence-length", type=int, default=32)
     ap.add_argument("--lora-rank", type=int, default=32)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     ap.add_argument("--out", default="benchmarks/results/rollout.json")
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
+
+    def gen(seed: int) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def timed(fn, acc: list) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        acc.append(time.perf_counter() - t0)
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     with tempfile.TemporaryDirectory() as d:
         path = save_tiny_sd3(os.path.join(d, "pipe"), num_layers=args.layers, num_attention_heads=args.heads,
                              attention_head_dim=args.head_dim)
-        policy = SD3Policy.from_pretrained(path, max_sequence_length=args.max_sequence_length)
+        policy = SD3Policy.from_pretrained(path, max_sequence_length=args.max_sequence_length,
+                                           device=args.device, dtype=args.dtype)
         pipe = policy.pipe  # the same modules: only the sampling loop differs
         prompts = [f"a photo of {i} red circles" for i in range(args.batch)]
         noise = policy.initial_noise(args.batch, generator=torch.Generator().manual_seed(0))
@@ -51,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         def ours():
             cond = policy.encode(prompts)
             traj = samplers.rollout(policy.velocity_fn(cond, guidance=args.guidance), noise, sigmas, "flow_sde",
-                                    generator=torch.Generator().manual_seed(1))
+                                    generator=gen(1))
             return traj.final
 
         def theirs():
@@ -64,19 +81,18 @@ def main(argv: list[str] | None = None) -> dict:
             t_ours, t_theirs = [], []
             for _ in range(args.repeats):
                 for fn, acc in ((ours, t_ours), (theirs, t_theirs)):
-                    t0 = time.perf_counter()
-                    fn()
-                    acc.append(time.perf_counter() - t0)
+                    timed(fn, acc)
 
         # the same rollout by a LoRA policy (a trained-looking adapter on the attention projections):
         # through the adapter layers, and on merged weights (lora.merge_for_sampling), against the base
-        lora_policy = SD3Policy.from_pretrained(path, max_sequence_length=args.max_sequence_length)
+        lora_policy = SD3Policy.from_pretrained(path, max_sequence_length=args.max_sequence_length,
+                                           device=args.device, dtype=args.dtype)
         lora_policy.add_lora(rank=args.lora_rank, alpha=2 * args.lora_rank)
         g = torch.Generator().manual_seed(3)
         with torch.no_grad():
             for n, p in lora_policy.transformer.named_parameters():
                 if "lora_B" in n:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+                    p.copy_(torch.randn(p.shape, generator=g).to(p) * 0.01)
 
         def lora_rollout(merged: bool):
             def run():
@@ -84,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
                 cond = lora_policy.encode(prompts)
                 with lora_policy.sampling_weights():
                     traj = samplers.rollout(lora_policy.velocity_fn(cond, guidance=args.guidance), noise, sigmas,
-                                            "flow_sde", generator=torch.Generator().manual_seed(1))
+                                            "flow_sde", generator=gen(1))
                 return traj.final
             return run
 
@@ -93,11 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
             t_merged, t_adapter, t_base = [], [], []
             for _ in range(args.repeats):
                 for fn, acc in ((lora_rollout(True), t_merged), (lora_rollout(False), t_adapter), (ours, t_base)):
-                    t0 = time.perf_counter()
-                    fn()
-                    acc.append(time.perf_counter() - t0)
+                    timed(fn, acc)
     res = {
-        "steps": args.steps, "batch": args.batch, "guidance": args.guidance, "repeats": args.repeats,
+        "device": args.device, "dtype": args.dtype, "steps": args.steps, "batch": args.batch, "guidance": args.guidance, "repeats": args.repeats,
         "transformer_params": sum(p.numel() for p in policy.transformer.parameters()),
         "torch_threads": torch.get_num_threads(),
         "flowalign_rollout_s": statistics.median(t_ours), "diffusers_pipeline_s": statistics.median(t_theirs),
