@@ -53,6 +53,15 @@ def gaussian_log_prob(sample: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return lp.flatten(1).mean(dim=1)
 
 
+def randn(shape, generator: torch.Generator | None, device, dtype) -> Tensor:
+    """Standard normal noise on `device`, drawn where `generator` lives: a CPU generator (the
+    trainer's, so that a run draws the same noise on any device) fills a CPU tensor that is then
+    moved; without a generator the global RNG of `device` draws it."""
+    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
 def finish_step(
     x: Tensor,
     mean: Tensor,
@@ -65,7 +74,7 @@ def finish_step(
     """Sample (or re-score) x' = mean + std * noise and return its StepOutput."""
     if prev_sample is None:
         if noise is None:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            noise = randn(mean.shape, generator, mean.device, mean.dtype)
         elif noise.shape != mean.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}; it must match x's shape {tuple(mean.shape)}.")
         prev_sample = mean + std * noise.to(mean.dtype)

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .gaussian import randn
 from .rollout import VelocityFn, noise_levels, normalise_kinds, step_fn
 
 
@@ -105,9 +106,9 @@ def tree_rollout(
             nb = branch_factor
             parents = ids.repeat_interleave(nb)
             x_rep, v_rep = x.repeat_interleave(nb, 0), v.repeat_interleave(nb, 0)
-            eta = torch.randn(x_rep.shape, generator=generator, device=dev, dtype=x_rep.dtype)
+            eta = randn(x_rep.shape, generator, dev, x_rep.dtype)
             if mode == "correlated":
-                xi0 = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).repeat_interleave(nb, 0)
+                xi0 = randn(x.shape, generator, dev, x.dtype).repeat_interleave(nb, 0)
                 xi = (xi0 + split_noise_scale * eta) / math.sqrt(1 + split_noise_scale**2)
             else:
                 xi = split_noise_scale * eta

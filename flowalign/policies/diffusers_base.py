@@ -186,9 +186,11 @@ class DiffusersPolicy(ABC):
     def merged_lora(self) -> Iterator[None]:
         """For passes without gradient (rollouts, completions, evaluation): every LoRA layer's base
         weight is replaced by W + scale B A, computed once on entry from the current adapter weights,
-        and the adapters are switched off, so a forward costs what the base model's does. On exit the
-        original weight tensors come back untouched (bit-identical; nothing is subtracted). Outputs
-        differ from the adapter path only by rounding. Not reentrant; a no-op without LoRA."""
+        and each LoRA wrapper is swapped out of its parent for its base layer, so a forward runs the
+        base model's modules and costs what the base model's does (no adapter branch, no wrapper
+        call). On exit the wrappers and the original weight tensors come back untouched
+        (bit-identical; nothing is subtracted). Outputs differ from the adapter path only by rounding.
+        Not reentrant; a no-op without LoRA."""
         if self._merged:
             raise RuntimeError("merged_lora() is already active; enter it once per pass.")
         adapted = self._adapted()
@@ -198,29 +200,30 @@ class DiffusersPolicy(ABC):
         from peft.tuners.lora import LoraLayer
 
         restore: list[tuple[torch.nn.Module, Tensor]] = []
-        disabled: list[torch.nn.Module] = []
+        swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
         try:
             with torch.no_grad():
                 for part in adapted:
-                    for m in part.modules():
-                        if isinstance(m, LoraLayer):
-                            base = m.get_base_layer()
-                            names = [a for a in m.active_adapters if a in m.lora_A]
-                            if not names:
-                                continue
+                    for name, m in list(part.named_modules()):
+                        if not isinstance(m, LoraLayer):
+                            continue
+                        names = [a for a in m.active_adapters if a in m.lora_A] if not m.disable_adapters else []
+                        base = m.get_base_layer()
+                        if names:
                             delta = sum(m.get_delta_weight(a) for a in names)
                             restore.append((base, base.weight.data))
                             base.weight.data = base.weight.data + delta.to(base.weight.dtype)
-                for part in adapted:
-                    part.disable_adapters()
-                    disabled.append(part)
+                        parent_name, _, child = name.rpartition(".")
+                        parent = part.get_submodule(parent_name) if parent_name else part
+                        setattr(parent, child, base)
+                        swapped.append((parent, child, m))
             self._merged = True
             yield
         finally:
+            for parent, child, m in reversed(swapped):
+                setattr(parent, child, m)
             for base, data in restore:
                 base.weight.data = data
-            for part in disabled:
-                part.enable_adapters()
             self._merged = False
 
     # LoRA files in diffusers' format: the transformer's, then (Wan2.2) the low-noise expert's

@@ -93,6 +93,21 @@ def test_weights_come_back_after_an_exception_and_nesting_is_refused(pol):
                 pass
 
 
+def test_merged_pass_runs_the_base_modules_and_the_wrappers_come_back(pol):
+    """Inside the pass no LoRA wrapper is left in the module tree (a forward costs what the base
+    model's does); afterwards the very same wrapper objects are back in place."""
+    from peft.tuners.lora import LoraLayer
+
+    def wrappers():
+        return {n: id(m) for n, m in pol.transformer.named_modules() if isinstance(m, LoraLayer)}
+
+    before = wrappers()
+    assert before
+    with pol.merged_lora():
+        assert wrappers() == {}
+    assert wrappers() == before
+
+
 def test_both_wan22_experts_are_merged(tmp_path):
     pol = _policy(save_tiny("wan22", tmp_path / "wan22"))
     cond = pol.encode(["a red circle"] * 2)
