@@ -3,7 +3,11 @@
 machine noise hits all of them alike; medians, ratios to Flow-GRPO, and the median seconds of each
 phase (rollout, scoring with DenseGRPO's completions, update).
 
-    python -m benchmarks.speed.algorithms [--rounds 8] [--device cuda] [--out benchmarks/results/algorithm_speed.json]"""
+    python -m benchmarks.speed.algorithms [--rounds 8] [--device cuda] [--out benchmarks/results/algorithm_speed.json]
+        [KEY=VALUE ...] [ALGO:KEY=VALUE ...]
+
+An override prefixed with an algorithm's name applies to that algorithm alone
+(dense_grpo:algorithm.completion_batch_size=512)."""
 
 from __future__ import annotations
 
@@ -17,6 +21,19 @@ from flowalign.config import load_config
 from flowalign.trainer import Trainer
 
 
+def overrides_for(algo: str, overrides: list[str]) -> list[str]:
+    """The overrides that apply to `algo`: unprefixed ones, and `algo:KEY=VALUE` without its prefix."""
+    out = []
+    for o in overrides:
+        head, sep, rest = o.partition(":")
+        if sep and "=" not in head and head in CONFIGS:
+            if head == algo:
+                out.append(rest)
+        else:
+            out.append(o)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=8)
@@ -28,7 +45,7 @@ def main(argv=None) -> dict:
     algos = args.algo.split(",")
     dev = [f"run.device={args.device}"] if args.device else []
     trainers = {a: Trainer(load_config(CONFIGS[a], [f"run.output_dir=runs/speed_{a}", "run.progress=false",
-                                                    *dev, *args.overrides])) for a in algos}
+                                                    *dev, *overrides_for(a, args.overrides)])) for a in algos}
     for t in trainers.values():  # warm-up
         t.iterate()
     times: dict[str, list[float]] = {a: [] for a in algos}
@@ -45,7 +62,7 @@ def main(argv=None) -> dict:
         print(f"round {r + 1}: " + ", ".join(f"{a} {times[a][-1]:.2f} s" for a in algos), flush=True)
     med = {a: statistics.median(v) for a, v in times.items()}
     base = med.get("flow_grpo")
-    res = {"rounds": args.rounds, "device": str(next(iter(trainers.values())).acc.device),
+    res = {"rounds": args.rounds, "overrides": args.overrides, "device": str(next(iter(trainers.values())).acc.device),
            "median_seconds": med, "nfe_per_iteration": nfe, "times": times,
            "median_phase_seconds": {a: {p[5:]: statistics.median(v) for p, v in ph.items()}
                                     for a, ph in phase_times.items()},
