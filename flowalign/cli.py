@@ -302,6 +302,22 @@ def cmd_convert_detector(args: argparse.Namespace) -> int:
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cmd_serve_reward(args: argparse.Namespace) -> int:
+    """Serve a registry reward over HTTP until interrupted (reward_models/server.py)."""
+    import yaml
+
+    from reward_models.server import serve
+
+    kwargs = {}
+    for item in args.arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arg {item!r} is not key=value; write e.g. --arg mode=strict.")
+        kwargs[key] = yaml.safe_load(value)
+    serve(args.name, kwargs, host=args.host, port=args.port, batch_size=args.batch_size)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Flow-GRPO on the committed shapes model (the README's demo), from any working directory."""
     args.config = os.path.join(REPO, "configs", "shapes", "flow_grpo.yaml")
@@ -431,6 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.set_defaults(func=cmd_convert_detector)
 
+    p = sub.add_parser("serve-reward", help="serve a reward over HTTP for reward.name=remote "
+                                            "(flowalign serve-reward NAME [--arg key=value ...])")
+    p.add_argument("name", help="a reward of the registry (reward_models.REWARDS)")
+    p.add_argument("--arg", action="append", default=[], help="a keyword argument of the reward, key=value (repeat)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port; the URL is printed)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="samples per reward call")
+    p.set_defaults(func=cmd_serve_reward)
+
     p = sub.add_parser("demo", help="the README's demo: Flow-GRPO on the shapes testbed (runs/demo)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of configs/shapes/flow_grpo.yaml")
     p.set_defaults(func=cmd_demo)
@@ -453,6 +478,8 @@ def user_error(e: BaseException) -> str | None:
             return f"cannot use{what}: {e.strerror or first}; pass a writable file or folder path."
         return first or f"{type(e).__name__}{what}"
     name = type(e).__name__
+    if name == "RewardServerError":
+        return first
     if name in ("SafetensorError", "HeaderTooLarge", "MetadataIncompleteBuffer", "UnpicklingError"):
         return f"a weights file is damaged or not a safetensors file ({first}); re-download or re-save it."
     if name.endswith(("YAMLError", "ScannerError", "ParserError")) or type(e).__module__.startswith("omegaconf"):

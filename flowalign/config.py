@@ -97,6 +97,8 @@ class RunConfig:
     sample_every: int = 10  # iterations between sample grids (0: never)
     device: str | None = None  # default: accelerate's choice
     progress: bool = True
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # + wandb, ... (flowalign/trackers.py)
+    tracker_project: str = "flowalign"  # the wandb (comet, ...) project
     max_weight_abs: float | None = 1.0e4  # a trainable weight beyond this is divergence: stop before checkpointing it
 
 
@@ -248,6 +250,9 @@ def validate(cfg) -> None:
         raise ValueError(f"sampler.psi is set but sampler.kind={s.kind!r}; calibrated psi drives the flow_sde step, "
                          "so set sampler.kind=flow_sde or sampler.psi=null.")
     check_device(r.device, "run.device")
+    from .trackers import check_trackers
+
+    check_trackers(list(r.trackers))
     if r.max_weight_abs is not None and not r.max_weight_abs > 0:
         raise ValueError(f"run.max_weight_abs={r.max_weight_abs} must be > 0, or null to turn the check off.")
     registered(a.name).schema.validate(cfg)

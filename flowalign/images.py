@@ -49,3 +49,12 @@ def save_video_grid(videos: torch.Tensor, path: str | os.PathLike, nrow: int | N
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
     return str(path)
+
+
+def read_frames(path: str | os.PathLike):
+    """The frames of a saved PNG (one) or GIF (each) as uint8 [F, H, W, 3]."""
+    import numpy as np
+    from PIL import ImageSequence
+
+    with Image.open(path) as im:
+        return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])

@@ -26,9 +26,10 @@ from .algorithms.base import trainable_params
 from .data import iteration_prompts, load_prompt_rows
 from .ema import EMA
 from .evaluation import evaluate_prompts
-from .images import save_grid, save_video_grid
+from .images import read_frames, save_grid, save_video_grid
 from .policies import load_policy
 from .seeds import SAMPLE_GRID_OFFSET, rollout_generator
+from .trackers import build_trackers, flat_config, log_grid, scalars
 
 
 class TrainingError(RuntimeError):
@@ -310,7 +311,6 @@ class Trainer:
         self.reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
         self.learned_reward = learned(self.reward)  # trained after every batch, saved with checkpoints
         self.iteration = 0
-        self.writer = None
         self.eval_reward = None
         if cfg.eval.every:
             args = OmegaConf.to_container(cfg.eval.reward_args)
@@ -434,10 +434,8 @@ class Trainer:
             os.write(fd, line)  # one append of the whole line: lines never interleave or split
         finally:
             os.close(fd)
-        if self.writer is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and k != "iteration" and v is not None:
-                    self.writer.add_scalar(k, v, metrics["iteration"])
+        if self.acc.trackers:
+            self.acc.log(scalars(metrics), step=metrics["iteration"])
 
     @torch.no_grad()
     def sample_grid(self) -> None:
@@ -450,10 +448,14 @@ class Trainer:
                                         height=self.height, width=self.width, seed=self.cfg.run.seed + SAMPLE_GRID_OFFSET)
         if self.acc.is_main_process:
             name = os.path.join(self.out, "samples", f"iter_{self.iteration:06d}")
+            frames = None
             if imgs.ndim == 5:  # videos [N, F, 3, H, W]: an animated grid and the middle frame
-                save_video_grid(imgs, name + ".gif", nrow=len(prompts), scale=2)
+                gif = save_video_grid(imgs, name + ".gif", nrow=len(prompts), scale=2)
+                frames = read_frames(gif)
                 imgs = imgs[:, imgs.shape[1] // 2]
-            save_grid(imgs, name + ".png", nrow=len(prompts), scale=2)
+            png = save_grid(imgs, name + ".png", nrow=len(prompts), scale=2)
+            if self.acc.trackers:
+                log_grid(self.acc.trackers, read_frames(png)[0], self.iteration, frames)
 
     def eval_weights(self):
         """A context in which the trainable parameters hold the weights to evaluate and save: the EMA
@@ -564,9 +566,9 @@ class Trainer:
         if self.acc.is_main_process:
             os.makedirs(self.out, exist_ok=True)
             OmegaConf.save(cfg, os.path.join(self.out, "config.yaml"), resolve=True)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(os.path.join(self.out, "tensorboard"))
+            self.acc.log_with = build_trackers(cfg.run.trackers, self.out, cfg.run.tracker_project,
+                                              config=flat_config(cfg))
+            self.acc.init_trackers(cfg.run.tracker_project)
         self.resume()
         if cfg.run.sample_every and self.iteration == 0:
             self.sample_grid()
@@ -589,10 +591,8 @@ class Trainer:
                                                                      if k.startswith("eval/")))
         bar.close()
         final = self.save_final()
-        if self.writer is not None:
-            self.writer.close()
         self.acc.wait_for_everyone()
-        self.acc.end_training()  # a clean shutdown of the process group, if any
+        self.acc.end_training()  # finishes the trackers; a clean shutdown of the process group, if any
         return final
 
     def save_final(self) -> str:

@@ -22,6 +22,7 @@ REWARDS: dict[str, str] = {
     "prompt_echo": "reward_models.prompt_echo:PromptEchoReward",
     "hps": "reward_models.hps:HPSv2Reward",
     "aesthetic": "reward_models.aesthetic:AestheticReward",
+    "remote": "reward_models.remote:RemoteReward",
 }
 
 

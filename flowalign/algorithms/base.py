@@ -86,14 +86,22 @@ def sde_noise_levels(sampler_cfg, sigmas: Tensor) -> Tensor:
 def decode_rewards(policy, reward, latents: Tensor, prompts: Sequence[str], metadata: Sequence[dict],
                    chunk: int = 64, parts: bool = False) -> Tensor:
     """Decode latents [n, *S] and score them with `reward` in chunks -> [n] float32. With
-    `parts=True` (a WeightedReward) -> [n, P + 1]: each part's value, then the weighted total."""
+    `parts=True` (a WeightedReward) -> [n, P + 1]: each part's value, then the weighted total.
+    A reward with `submit()` (a served reward) scores each chunk in the background while the next
+    one decodes."""
     out = []
+    background = hasattr(reward, "submit") and not parts
     with torch.no_grad():
         for i in range(0, latents.shape[0], chunk):
             images = policy.decode(latents[i:i + chunk])
+            if background:
+                out.append(reward.submit(images, list(prompts[i:i + chunk]), metadata=list(metadata[i:i + chunk])))
+                continue
             total = reward(images, list(prompts[i:i + chunk]), metadata=list(metadata[i:i + chunk])).float()
             if parts:
                 cols = [reward.last_parts[k].float().to(total.device) for k in reward.weights]
                 total = torch.stack([*cols, total], dim=1)
             out.append(total)
+    if background:
+        out = [f.result().float() for f in out]
     return torch.cat(out).to(latents.device)

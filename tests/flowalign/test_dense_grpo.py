@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import samplers
 from flowalign.algorithms.base import LocalComm
 from flowalign.algorithms.dense_grpo import DenseGRPO, calibrate_psi, dense_advantages, step_gains
 from flowalign.config import load_config
@@ -76,6 +77,23 @@ def test_latent_rewards_are_rewards_of_the_ode_completions(tiny_sd3_dir, tmp_pat
     assert adv.shape == (4, 3)
     # a trained step's advantages sum to zero within each group
     assert_tensors_close(adv[:2, :2].sum(0), torch.zeros(2), atol=1e-5)
+
+
+def test_completions_in_chunks_equal_one_batch_float64(tiny_sd3_dir, tmp_path, prompts_file):
+    """The batched completions (one call per grid step over every state of a chunk of samples) give
+    the same latents whatever the chunk size (algorithm.completion_batch_size), in float64 to 1e-10."""
+    _, policy, algo = _dense(tiny_sd3_dir, tmp_path, prompts_file, **{"sampler.sde_window": "[0,3]"})
+    policy.pipe.to(torch.float64)
+    cond = policy.encode(["a red circle", "a blue square", "two circles"])
+    noise = policy.initial_noise(3, generator=torch.Generator().manual_seed(2)).double()
+    vel = policy.velocity_fn(cond, guidance=3.0)
+    traj = samplers.rollout(vel, noise, policy.sigmas(4).double(), "flow_sde",
+                            generator=torch.Generator().manual_seed(3))
+    inner = [0, 1, 2, 3]
+    one = torch.cat(algo._completions(vel, traj, inner, 3, per=3))
+    by_sample = torch.cat(algo._completions(vel, traj, inner, 3, per=1))
+    assert one.dtype == torch.float64 and one.shape[:2] == (3, 4)
+    assert_tensors_close(by_sample, one, atol=1e-10, rtol=0)
 
 
 def test_dense_untrained_states_are_not_completed(tiny_sd3_dir, tmp_path, prompts_file):
