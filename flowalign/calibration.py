@@ -8,15 +8,14 @@ import json
 import os
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
 import samplers
-from reward_models import build_reward
 from reward_models.base import default_device
 
 from .algorithms.dense_grpo import DenseGRPO, calibrate_psi, step_gains
+from .config import build_train_reward
 from .data import iteration_prompts, load_prompt_rows
 from .policies import load_policy
 from .seeds import CALIBRATION_PROMPT_OFFSET, iteration_seed
@@ -49,7 +48,7 @@ def calibrate(cfg, progress: bool = True) -> str:
                          max_sequence_length=m.max_sequence_length)
     policy.sigma_shift = cfg.sampler.shift
     height, width = m.height or policy.defaults.get("height"), m.width or policy.defaults.get("width")
-    reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
+    reward = build_train_reward(cfg)
     algo = DenseGRPO(a, cfg.sampler)
     rows = load_prompt_rows(cfg.data.train_prompts)
     sigmas = policy.sigmas(cfg.sampler.num_steps, height, width).to(torch.float64)

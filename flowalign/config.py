@@ -64,6 +64,27 @@ class SamplerConfig:
 class RewardConfig:
     name: str = "shapes_geneval"  # a name of reward_models.REWARDS
     args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of that reward
+    device: str | None = None  # the reward model's device (e.g. cuda:1), passed as its `device` argument
+
+
+def build_train_reward(cfg):
+    """The training reward of a config: reward.name with reward.args, on reward.device if set."""
+    from reward_models import build_reward
+
+    args = OmegaConf.to_container(cfg.reward.args, resolve=True)
+    dev = cfg.reward.get("device")
+    if dev is not None:
+        if args.get("device") not in (None, dev):
+            raise ValueError(f"reward.device={dev!r} and reward.args.device={args['device']!r} disagree; set one.")
+        args["device"] = dev
+    try:
+        return build_reward(cfg.reward.name, **args)
+    except ValueError as e:
+        if dev is not None and "takes no argument 'device'" in str(e):
+            raise ValueError(f"reward.device={dev!r}: reward {cfg.reward.name!r} takes no device (it runs where its "
+                             "images are); drop reward.device, or serve it elsewhere with `flowalign serve-reward`.") \
+                from None
+        raise
 
 
 @dataclass
@@ -250,6 +271,7 @@ def validate(cfg) -> None:
         raise ValueError(f"sampler.psi is set but sampler.kind={s.kind!r}; calibrated psi drives the flow_sde step, "
                          "so set sampler.kind=flow_sde or sampler.psi=null.")
     check_device(r.device, "run.device")
+    check_device(cfg.reward.get("device"), "reward.device")
     from .trackers import check_trackers
 
     check_trackers(list(r.trackers))

@@ -23,6 +23,7 @@ from reward_models.base import learned
 
 from .algorithms import build_algorithm
 from .algorithms.base import trainable_params
+from .config import build_train_reward
 from .data import iteration_prompts, load_prompt_rows
 from .ema import EMA
 from .evaluation import evaluate_prompts
@@ -180,8 +181,9 @@ def _checkpoints(root: str) -> list[str]:
 # keys a resumed run may change; every other key must equal the checkpoint's (it changes what is trained)
 RESUMABLE_PREFIXES = ("run.output_dir", "run.max_iterations", "run.resume", "run.checkpoint_every",
                       "run.keep_checkpoints", "run.sample_every", "run.device", "run.progress", "run.max_weight_abs",
-                      "eval.", "data.sample_prompts", "optim.lr", "model.attention_backend",
-                      "model.gradient_checkpointing")
+                      "run.trackers", "run.tracker_project", "eval.", "data.sample_prompts", "optim.lr",
+                      "model.attention_backend", "model.gradient_checkpointing", "reward.device", "reward.args.device",
+                      "reward.args.url", "reward.args.timeout", "reward.args.retries", "reward.args.backoff")
 
 
 def _flat(d, prefix: str = "") -> dict:
@@ -228,7 +230,8 @@ def resume_checkpoint(cfg) -> str | None:
             diffs = "; ".join(f"{k}: checkpoint {old[k]!r}, config {new[k]!r}" for k in fixed[:4])
             raise ValueError(f"run.resume: the config differs from the checkpoint {path!r} in keys a resumed run cannot "
                              f"change ({diffs}{'; ...' if len(fixed) > 4 else ''}); restore them, or start a new "
-                             "run.output_dir. optim.lr, eval.* and run.* but run.seed may change.")
+                             "run.output_dir. optim.lr, eval.*, run.* but run.seed, and where the reward runs "
+                             "(reward.device, a served reward's url) may change.")
     return path
 
 
@@ -308,7 +311,7 @@ class Trainer:
             self.policy.forward_module = self.model
         self.ema = EMA(self.params, o.ema_decay) if o.ema_decay else None
         self.updater = Updater(self.acc, self.model, self.params, self.optimizer, scheduler, self.ema, o.max_grad_norm)
-        self.reward = build_reward(cfg.reward.name, **OmegaConf.to_container(cfg.reward.args))
+        self.reward = build_train_reward(cfg)
         self.learned_reward = learned(self.reward)  # trained after every batch, saved with checkpoints
         self.iteration = 0
         self.eval_reward = None
