@@ -291,6 +291,8 @@ class Trainer:
         else:
             for part in self.policy.trainable_parts():
                 part.requires_grad_(True)
+            if (getattr(a, "kl_beta", 0) or 0) > 0:  # the KL's reference: the weights before any update
+                self.policy.keep_reference()
         if two_experts:
             # a batch whose rows all sit on one side of the boundary leaves the other expert unused
             from accelerate.utils import DistributedDataParallelKwargs

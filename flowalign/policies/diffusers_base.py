@@ -163,10 +163,31 @@ class DiffusersPolicy(ABC):
     def has_lora(self) -> bool:
         return bool(self._adapted())
 
+    _reference_weights: list | None = None
+
+    def keep_reference(self) -> None:
+        """Full fine-tuning: keep a frozen copy of the trainable weights as they are now (the base
+        model), the reference `reference()` evaluates for the KL term. Costs one copy of the
+        trainable weights in memory; a LoRA policy needs none (its base is the adapter switched off)."""
+        self._reference_weights = [(p, p.detach().clone()) for m in self.trainable_parts()
+                                   for p in m.parameters() if p.requires_grad]
+
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
-        """Evaluate the base model: LoRA adapters are disabled inside the context."""
+        """Evaluate the base model: LoRA adapters are disabled inside the context; a fully
+        fine-tuned policy runs on the weights `keep_reference()` kept (its own come back on exit,
+        bit-identical, also after an exception)."""
         adapted = self._adapted()
+        if not adapted and self._reference_weights is not None:
+            own = [(p, p.data) for p, _ in self._reference_weights]
+            for p, ref in self._reference_weights:
+                p.data = ref
+            try:
+                yield
+            finally:
+                for p, data in own:
+                    p.data = data
+            return
         for m in adapted:
             m.disable_adapters()
         try:
