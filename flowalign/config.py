@@ -118,6 +118,7 @@ class RunConfig:
     sample_every: int = 10  # iterations between sample grids (0: never)
     device: str | None = None  # default: accelerate's choice
     progress: bool = True
+    sharding: str = "none"  # none (data parallel) | fsdp2 (the transformer sharded over the processes)
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # + wandb, ... (flowalign/trackers.py)
     tracker_project: str = "flowalign"  # the wandb (comet, ...) project
     max_weight_abs: float | None = 1.0e4  # a trainable weight beyond this is divergence: stop before checkpointing it
@@ -272,6 +273,11 @@ def validate(cfg) -> None:
                          "so set sampler.kind=flow_sde or sampler.psi=null.")
     check_device(r.device, "run.device")
     check_device(cfg.reward.get("device"), "reward.device")
+    if r.sharding not in ("none", "fsdp2"):
+        raise ValueError(f"run.sharding={r.sharding!r} is unknown; use none (data parallel) or fsdp2.")
+    if r.sharding == "fsdp2" and o.mixed_precision == "fp16":
+        raise ValueError("run.sharding=fsdp2 computes in bf16 or float32; set optim.mixed_precision=bf16 (or no): "
+                         "fp16 needs a loss scaler that FSDP2 training here does not run.")
     from .trackers import check_trackers
 
     check_trackers(list(r.trackers))

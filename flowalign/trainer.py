@@ -41,21 +41,36 @@ class Updater:
     """What an algorithm calls to apply gradients: `backward` (gradients are all-reduced only on the
     last accumulation) and `step` (clip, optimiser, learning-rate schedule, EMA)."""
 
-    def __init__(self, accelerator, model, params, optimizer, scheduler, ema, max_grad_norm):
+    def __init__(self, accelerator, model, params, optimizer, scheduler, ema, max_grad_norm, sharded_parts=None):
         self.acc, self.model, self.params = accelerator, model, params
         self.optimizer, self.scheduler, self.ema, self.max_grad_norm = optimizer, scheduler, ema, max_grad_norm
+        self.sharded_parts = sharded_parts  # FSDP2 modules (run.sharding=fsdp2), else None (DDP / one process)
 
     def backward(self, loss: torch.Tensor, last: bool = True) -> None:
         if not loss.requires_grad:
             # every row ran a frozen part (a Wan2.2 expert left out of training): a zero gradient, and
             # every process still takes part in the all-reduce
             loss = loss + 0.0 * sum(p.sum() for p in self.params)
+        if self.sharded_parts is not None:  # FSDP2: reduce-scatter only on the accumulation's last backward
+            from .sharding import set_gradient_sync
+
+            set_gradient_sync(self.sharded_parts, last)
+            loss.backward()
+            return
         ctx = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
         with ctx:
             self.acc.backward(loss)
 
+    def _clip(self) -> float:
+        if self.sharded_parts is None:
+            return float(self.acc.clip_grad_norm_(self.params, self.max_grad_norm))
+        from .sharding import is_dtensor
+
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)  # the norm over every shard
+        return float(norm.full_tensor() if is_dtensor(norm) else norm)
+
     def step(self) -> dict:
-        norm = float(self.acc.clip_grad_norm_(self.params, self.max_grad_norm))
+        norm = self._clip()
         if not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             return {"grad_norm": norm, "lr": self.scheduler.get_last_lr()[0]}
@@ -291,8 +306,6 @@ class Trainer:
         else:
             for part in self.policy.trainable_parts():
                 part.requires_grad_(True)
-            if (getattr(a, "kl_beta", 0) or 0) > 0:  # the KL's reference: the weights before any update
-                self.policy.keep_reference()
         if two_experts:
             # a batch whose rows all sit on one side of the boundary leaves the other expert unused
             from accelerate.utils import DistributedDataParallelKwargs
@@ -300,6 +313,20 @@ class Trainer:
             self.acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
         self.policy.set_gradient_checkpointing(m.gradient_checkpointing)
         tr.train()
+        # run.sharding=fsdp2: the trained parts become FSDP2 modules (their parameters DTensor shards)
+        self.sharded = run.sharding == "fsdp2" and self.world > 1
+        if run.sharding == "fsdp2" and not self.sharded:
+            self.acc.print("run.sharding=fsdp2 with one process: nothing to shard, training unsharded.")
+        self.sharded_parts = None
+        if self.sharded:
+            from .sharding import shard_fsdp2
+
+            self.policy.merge_lora = False  # merging writes into the weights, which FSDP2 holds as shards
+            self.unsharded_class = type(tr)  # the diffusers class, for the gathered export
+            self.sharded_parts = list(self.policy.trainable_parts())
+            shard_fsdp2(self.sharded_parts, self.acc.device, cfg.optim.mixed_precision)
+        if not cfg.lora.enabled and (getattr(a, "kl_beta", 0) or 0) > 0:
+            self.policy.keep_reference()  # the KL's reference: the weights before any update
         self.param_names = [n for n, p in tr.named_parameters() if p.requires_grad]
         self.params = trainable_params(self.policy)
         o = cfg.optim
@@ -307,12 +334,16 @@ class Trainer:
         per_iter = self.algo.updates_per_iteration(self.n_local)
         warm = max(1, o.warmup_iterations * per_iter)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
-        self.model, self.optimizer = self.acc.prepare(tr, optimizer)
+        if self.sharded:
+            self.model, self.optimizer = tr, optimizer
+        else:
+            self.model, self.optimizer = self.acc.prepare(tr, optimizer)
         self.scheduler = scheduler
         if self.model is not tr:
             self.policy.forward_module = self.model
         self.ema = EMA(self.params, o.ema_decay) if o.ema_decay else None
-        self.updater = Updater(self.acc, self.model, self.params, self.optimizer, scheduler, self.ema, o.max_grad_norm)
+        self.updater = Updater(self.acc, self.model, self.params, self.optimizer, scheduler, self.ema, o.max_grad_norm,
+                               sharded_parts=self.sharded_parts)
         self.reward = build_train_reward(cfg)
         self.learned_reward = learned(self.reward)  # trained after every batch, saved with checkpoints
         self.iteration = 0
@@ -332,21 +363,33 @@ class Trainer:
             os.makedirs(tmp)
         tmp = self._broadcast_str(tmp)
         self.acc.wait_for_everyone()
+        if self.sharded:  # every process writes its own shards (plain local tensors)
+            from .sharding import to_local
+
+            r = self.rank
+            save_file({n: to_local(p).contiguous() for n, p in zip(self.param_names, self.params)},
+                      os.path.join(tmp, f"trainable_rank{r}.safetensors"))
+            torch.save(to_local(self.optimizer.state_dict()), os.path.join(tmp, f"optimizer_rank{r}.pt"))
+            if self.ema is not None:
+                torch.save(to_local(self.ema.state_dict()), os.path.join(tmp, f"ema_rank{r}.pt"))
+            if hasattr(self.algo, "state_dict"):
+                torch.save(to_local(self.algo.state_dict()), os.path.join(tmp, f"algorithm_rank{r}.pt"))
         if self.acc.is_main_process:
             OmegaConf.save(self.cfg, os.path.join(tmp, "config.yaml"), resolve=True)  # what resume compares
-            tensors = {n: p.detach().cpu().contiguous() for n, p in zip(self.param_names, self.params)}
-            save_file(tensors, os.path.join(tmp, "trainable.safetensors"))
-            torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            if not self.sharded:
+                tensors = {n: p.detach().cpu().contiguous() for n, p in zip(self.param_names, self.params)}
+                save_file(tensors, os.path.join(tmp, "trainable.safetensors"))
+                torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+                if self.ema is not None:
+                    torch.save(self.ema.state_dict(), os.path.join(tmp, "ema.pt"))
+                if hasattr(self.algo, "state_dict"):  # what an algorithm keeps between iterations (NFT's old policy)
+                    torch.save(self.algo.state_dict(), os.path.join(tmp, "algorithm.pt"))
             torch.save(self.scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
-            if self.ema is not None:
-                torch.save(self.ema.state_dict(), os.path.join(tmp, "ema.pt"))
             if self.learned_reward is not None:  # a learned reward's head and optimiser
                 torch.save(self.learned_reward.state_dict(), os.path.join(tmp, "reward.pt"))
-            if hasattr(self.algo, "state_dict"):  # what an algorithm keeps between iterations (NFT's old policy)
-                torch.save(self.algo.state_dict(), os.path.join(tmp, "algorithm.pt"))
             with open(os.path.join(tmp, "state.json"), "w") as f:
                 json.dump({"iteration": self.iteration, "data_position": self.iteration, "seed": self.cfg.run.seed,
-                           "world_size": self.world}, f)
+                           "world_size": self.world, "sharding": "fsdp2" if self.sharded else "none"}, f)
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_rng_state()},
                    os.path.join(tmp, f"rng_{self.rank}.pt"))
         self.acc.wait_for_everyone()
@@ -377,18 +420,27 @@ class Trainer:
             return
         with open(os.path.join(path, "state.json")) as f:
             state = json.load(f)
-        tensors = load_file(os.path.join(path, "trainable.safetensors"))
-        with torch.no_grad():
-            for n, p in zip(self.param_names, self.params):
-                p.copy_(tensors[n])
-        self.optimizer.load_state_dict(load_state(os.path.join(path, "optimizer.pt")))
+        saved_sharded = state.get("sharding", "none") == "fsdp2"
+        if saved_sharded != self.sharded or (self.sharded and state.get("world_size") != self.world):
+            how = "as FSDP2 shards" if saved_sharded else "unsharded"
+            raise ValueError(f"run.resume: checkpoint {path!r} was written {how} by {state.get('world_size')} "
+                             f"process(es), this run is {'sharded' if self.sharded else 'unsharded'} over {self.world}; "
+                             "resume with the run.sharding and number of processes that wrote it.")
+        if self.sharded:
+            self._resume_shards(path)
+        else:
+            tensors = load_file(os.path.join(path, "trainable.safetensors"))
+            with torch.no_grad():
+                for n, p in zip(self.param_names, self.params):
+                    p.copy_(tensors[n])
+            self.optimizer.load_state_dict(load_state(os.path.join(path, "optimizer.pt")))
+            if self.ema is not None:
+                self.ema.load_state_dict(load_state(os.path.join(path, "ema.pt")))
+            if hasattr(self.algo, "load_state_dict"):
+                self.algo.load_state_dict(load_state(os.path.join(path, "algorithm.pt")))
         self.scheduler.load_state_dict(load_state(os.path.join(path, "scheduler.pt")))
-        if self.ema is not None:
-            self.ema.load_state_dict(load_state(os.path.join(path, "ema.pt")))
         if self.learned_reward is not None and os.path.isfile(os.path.join(path, "reward.pt")):
             self.learned_reward.load_state_dict(load_state(os.path.join(path, "reward.pt")))
-        if hasattr(self.algo, "load_state_dict"):
-            self.algo.load_state_dict(load_state(os.path.join(path, "algorithm.pt")))
         rng_file = os.path.join(path, f"rng_{self.rank}.pt")
         if os.path.isfile(rng_file):
             rng = load_state(rng_file)
@@ -397,6 +449,26 @@ class Trainer:
         self._apply_lr(float(self.cfg.optim.lr))
         self._truncate_metrics(self.iteration)
         self.acc.print(f"resumed from {path} at iteration {self.iteration} (optim.lr {self.cfg.optim.lr})")
+
+    def _resume_shards(self, path: str) -> None:
+        """This process's shards of the weights, optimiser, EMA and algorithm state (run.sharding=fsdp2)."""
+        from .sharding import list_like, optimizer_state_like
+
+        r = self.rank
+        tensors = load_file(os.path.join(path, f"trainable_rank{r}.safetensors"))
+        with torch.no_grad():
+            for n, p in zip(self.param_names, self.params):
+                p.to_local().copy_(tensors[n])
+        self.optimizer.load_state_dict(optimizer_state_like(load_state(os.path.join(path, f"optimizer_rank{r}.pt")),
+                                                            self.params))
+        if self.ema is not None:
+            ema = load_state(os.path.join(path, f"ema_rank{r}.pt"))
+            self.ema.load_state_dict({**ema, "shadow": list_like(ema["shadow"], self.params)})
+        if hasattr(self.algo, "load_state_dict"):
+            st = load_state(os.path.join(path, f"algorithm_rank{r}.pt"))
+            n = len(self.params)
+            self.algo.load_state_dict({k: list_like(v, self.params) if isinstance(v, list) and len(v) == n else v
+                                       for k, v in st.items()})
 
     def _apply_lr(self, lr: float) -> None:
         """The config's learning rate over the restored optimiser and schedule: the schedule keeps its
@@ -604,6 +676,8 @@ class Trainer:
         """lora/pytorch_lora_weights.safetensors (diffusers format) or model/ for full fine-tuning;
         EMA weights when EMA is on."""
         self.acc.wait_for_everyone()
+        if self.sharded:
+            return self._save_final_gathered()
         if not self.acc.is_main_process:
             return ""
         ctx = self.eval_weights()
@@ -615,6 +689,36 @@ class Trainer:
                 out = os.path.join(self.out, "model")
                 self.policy.pipe.save_pretrained(out)
         return out
+
+    def _save_final_gathered(self) -> str:
+        """run.sharding=fsdp2: every process takes part in gathering the full weights; the main process
+        writes them as the unsharded run would (diffusers' LoRA file, or model/)."""
+        from .sharding import full_state_dict
+
+        with self.eval_weights():
+            full = full_state_dict(self.policy.transformer)
+        out = os.path.join(self.out, "lora" if self.cfg.lora.enabled else "model")
+        if self.acc.is_main_process:
+            if self.cfg.lora.enabled:
+                from peft.utils import get_peft_model_state_dict
+
+                from .policies.diffusers_base import lora_metadata
+
+                layers = get_peft_model_state_dict(self.policy.transformer, state_dict=full)
+                type(self.policy.pipe).save_lora_weights(
+                    out, transformer_lora_layers=layers,
+                    transformer_lora_adapter_metadata=lora_metadata(self.policy.transformer))
+            else:
+                plain = self.unsharded_class.from_config(self.policy.transformer.config)
+                plain.load_state_dict(full)
+                pipe = self.policy.pipe
+                sharded, pipe.transformer = pipe.transformer, plain
+                try:
+                    pipe.save_pretrained(out)
+                finally:
+                    pipe.transformer = sharded
+        self.acc.wait_for_everyone()
+        return out if self.acc.is_main_process else ""
 
 
 def train(cfg) -> str:

@@ -179,6 +179,16 @@ class DiffusersPolicy(ABC):
         bit-identical, also after an exception)."""
         adapted = self._adapted()
         if not adapted and self._reference_weights is not None:
+            from ..sharding import is_dtensor
+
+            if any(is_dtensor(p) for p, _ in self._reference_weights):
+                # FSDP2 gathers from its shards' own storage: copy the reference in, and back out
+                from ..ema import swapped_weights
+
+                with swapped_weights([p for p, _ in self._reference_weights],
+                                     [r for _, r in self._reference_weights]):
+                    yield
+                return
             own = [(p, p.data) for p, _ in self._reference_weights]
             for p, ref in self._reference_weights:
                 p.data = ref
