@@ -3,8 +3,9 @@
 
 Parameters, gradients and optimiser state live as shards (DTensors, `Shard(0)` over a 1-D mesh of
 all processes); a forward gathers a block's parameters and frees them after it. Mixed precision
-(`optim.mixed_precision: bf16`) computes in bf16 with float32 master weights, float32 gradient
-reduction and float32 outputs (the log-prob maths runs in float32).
+(`optim.mixed_precision: bf16`) computes in bf16 (parameters gathered in bf16, forward under bf16
+autocast) with float32 master weights, float32 gradient reduction and float32 outputs (the log-prob
+maths runs in float32).
 
 Checkpoints stay flowalign's atomic folders: each process writes its shards
 (`trainable_rank{r}.safetensors`, `optimizer_rank{r}.pt`, ... as plain local tensors, read back with
@@ -45,6 +46,19 @@ def shard_fsdp2(parts: list[torch.nn.Module], device: torch.device, mixed_precis
         # the root too frees its gathered parameters after every forward: weights swapped into the
         # shards in place (EMA, the KL reference, NFT's old policy) are gathered afresh by the next pass
         fully_shard(part, mesh=mesh, mp_policy=mp, reshard_after_forward=True)
+        if mixed_precision == "bf16":  # ops the model keeps in float32 (timestep embeddings) meet bf16 weights
+            _autocast_forward(part, device.type)
+
+
+def _autocast_forward(module: torch.nn.Module, device_type: str) -> None:
+    """Run `module`'s forward under bf16 autocast (what accelerate does for mixed precision)."""
+    forward = module.forward
+
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return forward(*args, **kwargs)
+
+    module.forward = autocast_forward
 
 
 def set_gradient_sync(parts: list[torch.nn.Module], enabled: bool) -> None:

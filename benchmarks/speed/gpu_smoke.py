@@ -1,7 +1,8 @@
 """GPU smoke test of the SD3 path: a randomly initialised SD3 pipeline (no download) saved and
 reloaded in bf16, SDE rollouts timed under each attention backend with the velocity compared to the
 math kernel, then two Flow-GRPO iterations of `flowalign train` on the device in that dtype with
-its first ratio (must be 1: same dtype, noise and code path) and NFE.
+its first ratio (must be 1: same dtype, noise and code path) and NFE, then FSDP2 (`run.sharding`)
+on the device: a float32 step equal to the unsharded one, bf16 mixed precision within tolerance.
 
     python -m benchmarks.speed.gpu_smoke [--device cuda] [--dtype bfloat16]
         [--backends sdpa,flash,efficient,math] [--out benchmarks/results/gpu_smoke.json]
@@ -81,6 +82,55 @@ def train_two_iterations(path: str, backend: str, args, out: str) -> dict:
     return {k: rows[0][k] for k in ("first_ratio", "iteration_time", "nfe_rollout", "nfe_train", "loss", "kl")}
 
 
+def fsdp2_check(path: str, device: torch.device) -> dict:
+    """FSDP2 on this device (one process; NCCL on a GPU): the SD3-proportioned transformer sharded
+    as `run.sharding=fsdp2` shards it. In float32 one AdamW step of a velocity loss equals the
+    unsharded model's; with bf16 mixed precision (float32 master weights) the velocity stays within
+    bf16 tolerance of float32; the gathered state dict has every full weight."""
+    import copy
+
+    import torch.distributed as dist
+    from diffusers import SD3Transformer2DModel
+
+    from flowalign.sharding import full_state_dict, is_dtensor, shard_fsdp2
+
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        base = SD3Transformer2DModel.from_pretrained(path, subfolder="transformer").to(device).float()
+        cfg = base.config
+        g = torch.Generator().manual_seed(0)
+        side = cfg.sample_size
+        inputs = {"hidden_states": torch.randn(2, cfg.in_channels, side, side, generator=g).to(device),
+                  "encoder_hidden_states": torch.randn(2, 8, cfg.joint_attention_dim, generator=g).to(device),
+                  "pooled_projections": torch.randn(2, cfg.pooled_projection_dim, generator=g).to(device),
+                  "timestep": torch.tensor([700.0, 300.0], device=device)}
+
+        def step(model):
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-4)
+            model(**inputs, return_dict=False)[0].float().pow(2).mean().backward()
+            opt.step()
+
+        plain, fp32, bf16 = base, copy.deepcopy(base), copy.deepcopy(base)
+        shard_fsdp2([fp32], device)
+        shard_fsdp2([bf16], device, "bf16")
+        with torch.no_grad():
+            v_ref = plain(**inputs, return_dict=False)[0].float()
+            v_bf16 = bf16(**inputs, return_dict=False)[0].float()
+        bf16_err = ((v_bf16 - v_ref).abs().max() / v_ref.abs().max()).item()
+        sharded = all(is_dtensor(p) for p in fp32.parameters())
+        step(plain)
+        step(fp32)
+        full = full_state_dict(fp32)
+        ref = plain.state_dict()
+        step_err = max((full[k].to(device).float() - ref[k].float()).abs().max().item() for k in ref)
+        shapes = all(tuple(full[k].shape) == tuple(ref[k].shape) for k in ref)
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    finally:
+        dist.destroy_process_group()
+    return {"sharded": sharded, "fp32_step_max_abs_diff": step_err, "bf16_velocity_rel_err": bf16_err,
+            "full_shapes": shapes, "peak_gib": peak}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -122,6 +172,15 @@ def main(argv=None) -> int:
         print(f"{'OK  ' if good else 'FAIL'} flowalign train ({backends[0]}, {args.dtype}): first ratio "
               f"{train['first_ratio']:.8f}, {train['iteration_time']:.2f} s/iteration, NFE rollout "
               f"{train['nfe_rollout']} train {train['nfe_train']}")
+        fs = fsdp2_check(path, device)
+        res["fsdp2"] = fs
+        good = fs["sharded"] and fs["full_shapes"] and fs["fp32_step_max_abs_diff"] < 1e-5 \
+            and fs["bf16_velocity_rel_err"] < 5e-2
+        ok &= good
+        print(f"{'OK  ' if good else 'FAIL'} FSDP2 (one process, {'NCCL' if device.type == 'cuda' else 'gloo'}): "
+              f"float32 step vs unsharded max abs diff {fs['fp32_step_max_abs_diff']:.2e} (tol 1e-5), bf16 mixed "
+              f"precision velocity rel. err {fs['bf16_velocity_rel_err']:.2e} (tol 5e-2), gathered shapes "
+              f"{'full' if fs['full_shapes'] else 'WRONG'}")
     res["ok"] = ok
     write_json(args.out, res)
     return 0 if ok else 1

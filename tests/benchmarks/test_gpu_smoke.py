@@ -16,6 +16,8 @@ def test_smoke_on_cpu(tmp_path):
     assert res["ok"] and set(res["backends"]) == {"sdpa", "math"}
     assert res["backends"]["sdpa"]["velocity_rel_err_vs_math"] < 1e-4
     assert abs(res["train"]["first_ratio"] - 1) < 1e-5 and res["train"]["nfe_rollout"] == 8 * 6 * 2
+    fs = res["fsdp2"]  # FSDP2 over a one-process gloo group on the CPU
+    assert fs["sharded"] and fs["full_shapes"] and fs["fp32_step_max_abs_diff"] < 1e-5
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
