@@ -5,8 +5,10 @@ import pytest
 from flowalign.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-YAMLS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "reno")  # training configs
+YAMLS = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
+               if p.parent.name not in ("reno", "accelerate"))  # training configs
 RENO_YAMLS = sorted((ROOT / "configs" / "reno").glob("*.yaml"))
+LAUNCH_YAMLS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 
 
 def test_there_are_shipped_configs():
@@ -28,6 +30,19 @@ def test_reno_configs_use_known_keys(path):
 
     conf = OmegaConf.to_container(OmegaConf.load(path))
     assert set(conf) <= set(RENO_KEYS) and conf["model"] and conf["reward"]
+
+
+def test_launch_configs_are_accelerate_configs():
+    """The shipped launch configs parse as accelerate configs: one GPU, 8-GPU DDP, 8-GPU FSDP2 (flowalign
+    shards; accelerate launches), several nodes."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    got = {p.name: ClusterConfig.from_yaml_file(str(p)) for p in LAUNCH_YAMLS}
+    assert set(got) == {"single_gpu.yaml", "ddp_8gpu.yaml", "fsdp2_8gpu.yaml", "multi_node.yaml"}
+    assert got["single_gpu.yaml"].num_processes == 1 and got["ddp_8gpu.yaml"].num_processes == 8
+    assert got["fsdp2_8gpu.yaml"].fsdp_config == {}  # accelerate's FSDP stays off: run.sharding=fsdp2 shards
+    node = got["multi_node.yaml"]
+    assert node.num_machines == 2 and node.num_processes == 16 and node.main_process_ip
 
 
 def test_new_algorithm_configs_are_shipped():
