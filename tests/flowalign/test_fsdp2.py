@@ -112,3 +112,24 @@ def test_fsdp2_bf16_mixed_precision_trains(tiny_sd3_dir, tmp_path, prompts):
     a = _transformer(out)
     base = load_file(os.path.join(tiny_sd3_dir, "transformer", "diffusion_pytorch_model.safetensors"))
     assert max((a[k].float() - base[k].float()).abs().max().item() for k in a) > 1e-5
+
+
+def test_fsdp2_under_accelerate_launch_with_the_shipped_launch_config(tiny_sd3_dir, tmp_path, prompts):
+    """`accelerate launch --config_file configs/accelerate/fsdp2_8gpu.yaml --num_processes 2` (on CPUs
+    accelerate runs the processes with gloo) trains sharded: one shard file per process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "acc"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "configs" / "accelerate" / "fsdp2_8gpu.yaml"), "--num_processes", "2", "-m", "flowalign.cli",
+           "train", "-", *overrides(tiny_sd3_dir, str(out), prompts, **{
+               **KW, "run.max_iterations": 1, "run.sharding": "fsdp2"})]
+    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    files = set(os.listdir(out / "checkpoints" / "iter_000001"))
+    assert {"trainable_rank0.safetensors", "trainable_rank1.safetensors", "rng_1.pt"} <= files
+    assert (out / "model" / "transformer").is_dir()
