@@ -53,6 +53,13 @@ FAMILIES = {
     "Tongyi-MAI/Z-Image-Turbo": dict(cls="ZImageTransformer2DModel", family="z_image", config={}),
     "black-forest-labs/FLUX.2-dev": dict(cls="Flux2Transformer2DModel", family="flux2", config={},
                                          embedded_guidance=True),
+    # FLUX.2 [klein] 4B: 5 double- and 20 single-stream blocks, 24 heads x 128, MLP 3 x 3072 (as MLX and
+    # C ports of it state); the text input is three stacked hidden states of Qwen3-4B (3 x 2560), as
+    # the klein pipeline builds it; no guidance embedding
+    "black-forest-labs/FLUX.2-klein-4B": dict(
+        cls="Flux2Transformer2DModel", family="flux2",
+        config={"num_layers": 5, "num_single_layers": 20, "num_attention_heads": 24, "joint_attention_dim": 7680,
+                "guidance_embeds": False}),
 }
 DEFAULT_LORA = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -87,8 +94,9 @@ def inputs(spec: dict, model, batch: int, height: int, width: int, frames: int |
         ids = 3 if fam == "flux" else 4
         kw = dict(hidden_states=torch.empty(batch, n, c.in_channels, **m),
                   encoder_hidden_states=torch.empty(batch, text_len, c.joint_attention_dim, **m),
-                  timestep=t, img_ids=torch.zeros(n, ids, device="meta"), txt_ids=torch.zeros(text_len, ids, device="meta"),
-                  guidance=t)
+                  timestep=t, img_ids=torch.zeros(n, ids, device="meta"), txt_ids=torch.zeros(text_len, ids, device="meta"))
+        if c.guidance_embeds:
+            kw["guidance"] = t
         if fam == "flux":
             kw["pooled_projections"] = torch.empty(batch, c.pooled_projection_dim, **m)
         return kw
