@@ -65,21 +65,41 @@ def test_fsdp2_full_fine_tuning_equals_one_unsharded_process(tiny_sd3_dir, tmp_p
             **KW, "run.max_iterations": 3, "run.resume": True, "run.sharding": "fsdp2"}))).resume()
 
 
-def test_fsdp2_resume_is_bit_identical_to_a_straight_run(tiny_sd3_dir, tmp_path, prompts):
-    straight, resumed = tmp_path / "a", tmp_path / "b"
-    sharded = {**KW, "run.sharding": "fsdp2", "optim.ema_decay": 0.5, "optim.warmup_iterations": 2}
-    _torchrun("-m", "flowalign.cli", "train", "-", *overrides(tiny_sd3_dir, str(straight), prompts, **{
-        **sharded, "run.max_iterations": 3}))
-    _torchrun("-m", "flowalign.cli", "train", "-", *overrides(tiny_sd3_dir, str(resumed), prompts, **{
-        **sharded, "run.max_iterations": 2}))
-    res = _torchrun("-m", "flowalign.cli", "train", "-", *overrides(tiny_sd3_dir, str(resumed), prompts, **{
-        **sharded, "run.max_iterations": 3, "run.resume": True}))
+def test_fsdp2_kill_and_resume_is_bit_identical_to_a_straight_run(tiny_sd3_dir, tmp_path, prompts):
+    """Both processes of a sharded run are killed (SIGKILL) once iteration 2's checkpoint exists;
+    run.resume=true ends bit-identical to the straight run (EMA and warm-up on)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    straight, killed = tmp_path / "a", tmp_path / "b"
+    sharded = {**KW, "run.sharding": "fsdp2", "optim.ema_decay": 0.5, "optim.warmup_iterations": 2,
+               "run.max_iterations": 3}
+    _torchrun("-m", "flowalign.cli", "train", "-", *overrides(tiny_sd3_dir, str(straight), prompts, **sharded))
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "flowalign.cli", "train", "-", *overrides(tiny_sd3_dir, str(killed), prompts,
+                                                                             **sharded)],
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "iter_000002").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both training processes
+    proc.wait(timeout=60)
+    done = sorted(d for d in os.listdir(killed / "checkpoints") if ".tmp" not in d)
+    assert done[-1] < "iter_000003" and not (killed / "model").exists(), done
+    res = _torchrun("-m", "flowalign.cli", "train", "-", *overrides(tiny_sd3_dir, str(killed), prompts, **{
+        **sharded, "run.resume": True}))
     assert "resumed from" in res.stdout + res.stderr
-    a, b = _transformer(straight), _transformer(resumed)
+    a, b = _transformer(straight), _transformer(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     for r in (0, 1):
         x = load_file(str(straight / "checkpoints" / "iter_000003" / f"trainable_rank{r}.safetensors"))
-        y = load_file(str(resumed / "checkpoints" / "iter_000003" / f"trainable_rank{r}.safetensors"))
+        y = load_file(str(killed / "checkpoints" / "iter_000003" / f"trainable_rank{r}.safetensors"))
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
