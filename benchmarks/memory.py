@@ -144,13 +144,20 @@ def _flash_sdpa(query, key, value, *args, **kwargs):
 
 
 def saved_bytes(model, kwargs: dict) -> int:
-    """Bytes autograd saves for the backward in one forward (meta tensors: nothing is computed), with
-    attention saving what a flash-attention kernel saves (the meta device's SDPA would save the T x T
+    """Bytes autograd saves for the backward in one forward (meta tensors: nothing is computed), each
+    tensor once and parameters not at all, with attention saving what a flash-attention kernel saves (the meta device's SDPA would save the T x T
     attention weights of the math kernel, which no GPU run at these sizes uses)."""
     total = [0]
+    params = {id(p) for p in model.parameters()}
+    seen: set[int] = set()
 
     def pack(t):
-        total[0] += t.numel() * t.element_size()
+        base = t._base if t._base is not None else t
+        # a weight saved by its layer is the parameter itself (no new memory); a tensor saved twice,
+        # or through several views, is held once
+        if id(base) not in params and id(base) not in seen:
+            seen.add(id(base))
+            total[0] += base.numel() * base.element_size()
         return t
 
     sdpa = torch.nn.functional.scaled_dot_product_attention

@@ -131,6 +131,42 @@ def fsdp2_check(path: str, device: torch.device) -> dict:
             "full_shapes": shapes, "peak_gib": peak}
 
 
+def memory_check(path: str, device: torch.device, batch: int) -> dict | None:
+    """The memory table's activation count (`benchmarks.memory`: bytes autograd saves, counted on the
+    meta device with flash attention's saved tensors) against the memory a real bf16 training
+    forward of the same transformer keeps allocated on the GPU. None off CUDA."""
+    if device.type != "cuda":
+        return None
+    from diffusers import SD3Transformer2DModel
+
+    from benchmarks.memory import saved_bytes
+
+    model = SD3Transformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=torch.bfloat16).to(device)
+    model.requires_grad_(True)
+    cfg = model.config
+    with torch.device("meta"):
+        meta = SD3Transformer2DModel.from_config(cfg).to(torch.bfloat16)
+
+    def kwargs(dev):
+        side = cfg.sample_size
+        return dict(hidden_states=torch.zeros(batch, cfg.in_channels, side, side, device=dev, dtype=torch.bfloat16),
+                    encoder_hidden_states=torch.zeros(batch, 32, cfg.joint_attention_dim, device=dev,
+                                                      dtype=torch.bfloat16),
+                    pooled_projections=torch.zeros(batch, cfg.pooled_projection_dim, device=dev, dtype=torch.bfloat16),
+                    timestep=torch.full((batch,), 500.0, device=dev))
+
+    estimated = saved_bytes(meta, kwargs("meta"))
+    inputs = kwargs(device)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        out = model(**inputs, return_dict=False)[0]
+    torch.cuda.synchronize(device)
+    measured = torch.cuda.memory_allocated(device) - before - out.numel() * out.element_size()
+    return {"batch": batch, "estimated_gib": estimated / 2**30, "measured_gib": measured / 2**30,
+            "ratio_estimated_over_measured": estimated / max(measured, 1)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -181,6 +217,12 @@ def main(argv=None) -> int:
               f"float32 step vs unsharded max abs diff {fs['fp32_step_max_abs_diff']:.2e} (tol 1e-5), bf16 mixed "
               f"precision velocity rel. err {fs['bf16_velocity_rel_err']:.2e} (tol 5e-2), gathered shapes "
               f"{'full' if fs['full_shapes'] else 'WRONG'}")
+        mem = memory_check(path, device, args.batch)
+        if mem is not None:  # a measurement to report, not a pass/fail check
+            res["memory"] = mem
+            print(f"INFO activations of one bf16 training forward (batch {mem['batch']}): memory table's count "
+                  f"{mem['estimated_gib']:.3f} GiB, allocated on the GPU {mem['measured_gib']:.3f} GiB "
+                  f"(ratio {mem['ratio_estimated_over_measured']:.2f})")
     res["ok"] = ok
     write_json(args.out, res)
     return 0 if ok else 1
