@@ -711,6 +711,7 @@ class Trainer:
             else:
                 plain = self.unsharded_class.from_config(self.policy.transformer.config)
                 plain.load_state_dict(full)
+                plain.to(self.policy.dtype)  # the checkpoint's dtype (model.dtype), as the unsharded export
                 pipe = self.policy.pipe
                 sharded, pipe.transformer = pipe.transformer, plain
                 try:

@@ -153,3 +153,12 @@ def test_fsdp2_under_accelerate_launch_with_the_shipped_launch_config(tiny_sd3_d
     files = set(os.listdir(out / "checkpoints" / "iter_000001"))
     assert {"trainable_rank0.safetensors", "trainable_rank1.safetensors", "rng_1.pt"} <= files
     assert (out / "model" / "transformer").is_dir()
+
+
+def test_fsdp2_export_keeps_the_model_dtype(tiny_sd3_dir, tmp_path, prompts):
+    """A bf16 checkpoint fine-tuned under FSDP2 is exported in bf16, as the unsharded export is."""
+    out = tmp_path / "bf16_model"
+    _torchrun("-m", "flowalign.cli", "train", "-", *overrides(tiny_sd3_dir, str(out), prompts, **{
+        **KW, "run.max_iterations": 1, "run.sharding": "fsdp2", "model.dtype": "bfloat16"}))
+    weights = load_file(str(out / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
