@@ -170,10 +170,6 @@ def saved_bytes(model, kwargs: dict) -> int:
     return total[0]
 
 
-def blocks(model) -> list[torch.nn.Module]:
-    return [b for m in model.children() if isinstance(m, torch.nn.ModuleList) and len(m) > 1 for b in m]
-
-
 def estimate(path: Path, gpus: int) -> dict:
     from flowalign.config import load_config
 
@@ -209,7 +205,9 @@ def estimate(path: Path, gpus: int) -> dict:
         full = saved_bytes(model, kwargs)  # no checkpointing
     except Exception as e:  # an op without a meta kernel (data-dependent shapes)
         full, why = None, f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
-    blk = blocks(model)
+    from flowalign.sharding import block_lists
+
+    blk = [b for blocks in block_lists(model) for b in blocks]  # the units FSDP2 shards
     per_block_inputs = 0
     if full is None:
         acts = 0
