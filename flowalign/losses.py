@@ -43,9 +43,9 @@ def grpo_objective(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, c
 
 def optimality_probability(advantages: Tensor, adv_clip_max: float) -> Tensor:
     """DiffusionNFT's r in [0, 1] from advantages: clip to +-adv_clip_max, map linearly onto
-    [0, 1] (A = 0 -> 1/2, A = +-adv_clip_max -> 1 / 0)."""
-    a = advantages.clamp(-adv_clip_max, adv_clip_max)
-    return (a / adv_clip_max / 2 + 0.5).clamp(0, 1)
+    [0, 1] (A = 0 -> 1/2, A = +-adv_clip_max -> 1 / 0), written as the map followed by one clip to
+    [0, 1], which is the same."""
+    return (advantages / adv_clip_max / 2 + 0.5).clamp(0, 1)
 
 
 def nft_loss(v_theta: Tensor, v_old: Tensor, x_t: Tensor, x0: Tensor, t: Tensor, r: Tensor, beta: float,

@@ -1,0 +1,288 @@
+"""Mutation testing of the core: how many planted bugs the relevant tests catch, per module.
+
+    python -m benchmarks.mutation                       # every group, report in runs/mutation/
+    python -m benchmarks.mutation --group losses_advantages --group geneval_rules
+    make mutation                                       # the same as the first line
+
+For each group below, the tracked files of the repository are copied to OUT/work/GROUP (the
+working tree is never touched), mutmut (3.x) plants its mutants in the group's files (only in the
+listed functions where a group names some) and runs, for every mutant, the group's tests that call
+the mutated function (mutmut's own per-function selection), stopping at the first failure. A
+mutant is *killed* when a test fails or times out, *survived* when every test passes, *no tests*
+when no selected test reaches it (counted as survived).
+
+benchmarks/mutation_equivalent.toml lists the mutants reviewed as equivalent: each names the
+mutant, the exact line of its diff and why it changes no output. A listed mutant whose diff no
+longer matches (the code moved) counts as an ordinary survivor again, so the list cannot go stale
+silently. The score of a module is killed / (mutants - equivalent - device only), where *device only* is a mutant that only drops a
+`device=` argument: on one device it changes nothing (see device_only).
+
+The report (OUT/report.md, OUT/report.json) gives the score per module and every survivor's diff.
+Not part of `make test`: a full run takes about an hour on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
+# lines whose mutants are not behaviour: the wording of an error or log message (a raise, a print,
+# a warning, or a line that is nothing but a string continuing such a message)
+SKIP_PATTERNS = [r"^\s*raise ", r"^\s*(self\.)?(acc\.)?print\(", r"^\s*warnings\.warn\(", r"^\s*log(ger)?\.\w+\(",
+                 r"""^\s*[rf]?"[^"]*"\)*[,;]?\s*$""", r"""^\s*[rf]?'[^']*'\)*[,;]?\s*$"""]
+DEVICE_ARG = re.compile(r",?\s*device=[\w.]+(\[[^\]]*\])?")
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    files: tuple[str, ...]           # what is mutated
+    tests: tuple[str, ...]           # pytest arguments selecting the relevant tests
+    functions: tuple[str, ...] = ()  # mutmut name globs, when only part of a file is in scope
+
+
+GROUPS: dict[str, Group] = {
+    "samplers": Group(
+        files=("samplers/*.py",),
+        tests=("tests/samplers", "tests/flowalign/test_nft.py::test_dpm2_rollout_equals_the_reference_solver",
+               "tests/flowalign/test_losses_advantages.py")),
+    "losses_advantages": Group(
+        files=("flowalign/losses.py", "flowalign/advantages.py"),
+        tests=("tests/flowalign/test_losses_advantages.py", "tests/flowalign/test_nft.py", "-k",
+               "not process and not iteration and not resume")),
+    "algorithms": Group(
+        files=("flowalign/algorithms/*.py",),
+        tests=("tests/flowalign/test_flow_grpo_estimator.py", "tests/flowalign/test_dense_grpo.py",
+               "tests/flowalign/test_branch_grpo.py", "tests/flowalign/test_fidelity_flow_grpo.py",
+               "tests/flowalign/test_fidelity_branch_grpo.py", "tests/flowalign/test_nft.py",
+               "tests/flowalign/test_core_invariants.py", "-k", "not two_process and not torchrun")),
+    "trainer_checkpoint": Group(
+        files=("flowalign/trainer.py", "flowalign/ema.py"),
+        functions=("flowalign.trainer.x_load_state*", "flowalign.trainer.x_numpy_rng_state*",
+                   "flowalign.trainer.x_set_numpy_rng_state*", "flowalign.trainer.x_run_dir_in_use*",
+                   "flowalign.trainer.x_check_fresh_run_dir*", "flowalign.trainer.x__checkpoints*",
+                   "flowalign.trainer.x__flat*", "flowalign.trainer.x_resume_checkpoint*",
+                   "flowalign.trainer.xǁTrainerǁsave_checkpoint*", "flowalign.trainer.xǁTrainerǁresume_*",
+                   "flowalign.trainer.xǁTrainerǁresume*", "flowalign.trainer.xǁTrainerǁ_apply_lr*",
+                   "flowalign.trainer.xǁTrainerǁ_truncate_metrics*", "flowalign.ema.*"),
+        tests=("tests/flowalign/test_resume_rules.py", "tests/flowalign/test_ema.py",
+               "tests/flowalign/test_core_invariants.py", "tests/flowalign/test_train.py", "-k",
+               "resume or save or torn or crafted or ema or rule or checkpoint")),
+    "geneval_rules": Group(
+        files=("reward_models/geneval_rules.py",),
+        tests=("tests/reward_models/test_geneval.py", "tests/reward_models/test_geneval_rules_fidelity.py")),
+    "reward_objectives": Group(
+        files=("reward_models/adversarial.py", "reward_models/prompt_echo.py", "reward_models/weighted.py",
+               "flowalign/noise_opt.py"),
+        functions=("reward_models.adversarial.*", "reward_models.prompt_echo.*", "reward_models.weighted.*",
+                   "flowalign.noise_opt.x_chi_regulariser*", "flowalign.noise_opt.x_parse_reward_weights*",
+                   "flowalign.noise_opt.x_weighted_reward*", "flowalign.noise_opt.x_optimize_noise*",
+                   "flowalign.noise_opt.x_best_of_n*", "flowalign.noise_opt.x_differentiable_sample*"),
+        tests=("tests/reward_models/test_adversarial.py", "tests/reward_models/test_prompt_echo.py",
+               "tests/reward_models/test_rewards.py", "tests/flowalign/test_reno.py")),
+}
+
+
+def module_of(mutant: str) -> str:
+    """'flowalign.trainer.xǁTrainerǁresume__mutmut_3' -> 'flowalign/trainer.py'"""
+    dotted = mutant.split("__mutmut_")[0]
+    parts = dotted.split(".")
+    return "/".join(parts[:-1]) + ".py"
+
+
+def load_equivalent(path: pathlib.Path = EQUIVALENT) -> dict[str, dict]:
+    """{mutant name: {"line": the '+' line of its diff, "why": the reason}}"""
+    if not path.is_file():
+        return {}
+    data = tomllib.loads(path.read_text())
+    out = {}
+    for entry in data.get("mutant", []):
+        missing = {"name", "line", "why"} - set(entry)
+        if missing:
+            raise ValueError(f"{path}: an entry {entry!r} lacks {sorted(missing)}; each equivalent mutant names "
+                             "its mutant, the '+' line of its diff and why it changes no output.")
+        out[entry["name"]] = entry
+    return out
+
+
+def diff_added_lines(diff: str) -> list[str]:
+    return [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+
+
+def device_only(diff: str) -> bool:
+    """A mutant that only drops a `device=` argument or sets it to None: on a machine with one
+    device every tensor is already there, so it changes no output where these tests run (a GPU
+    run of the same tests is what would catch it)."""
+    minus = [ln[1:] for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
+    plus = [ln[1:] for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    if len(minus) != 1 or len(plus) != 1 or "device=" not in minus[0]:
+        return False
+
+    def norm(line: str) -> str:
+        return re.sub(r"\s+", "", DEVICE_ARG.sub("", line)).replace(",)", ")")
+
+    return norm(minus[0]) == norm(plus[0].replace("device=None", ""))
+
+
+def score(statuses: dict[str, str], diffs: dict[str, str], equivalent: dict[str, dict]) -> dict:
+    """Per module: counts and the score over non-equivalent mutants. `statuses` maps a mutant to
+    killed / survived / no tests / timeout / ...; an equivalent entry applies only while its line
+    is still the mutant's diff."""
+    per: dict[str, dict] = defaultdict(lambda: defaultdict(int))
+    survivors: dict[str, list] = defaultdict(list)
+    for name, status in sorted(statuses.items()):
+        mod = module_of(name)
+        per[mod]["mutants"] += 1
+        if status in ("killed", "timeout", "caught by type check", "segfault"):
+            per[mod]["killed"] += 1
+            continue
+        if device_only(diffs.get(name, "")):
+            per[mod]["device_only"] += 1
+            continue
+        eq = equivalent.get(name)
+        if eq is not None and eq["line"].strip() in diff_added_lines(diffs.get(name, "")):
+            per[mod]["equivalent"] += 1
+            continue
+        per[mod]["survived"] += 1
+        survivors[mod].append({"name": name, "status": status, "diff": diffs.get(name, "")})
+    table = {}
+    for mod, c in sorted(per.items()):
+        denom = c["mutants"] - c["equivalent"] - c["device_only"]
+        table[mod] = {"mutants": c["mutants"], "killed": c["killed"], "equivalent": c["equivalent"],
+                      "device_only": c["device_only"],
+                      "survived": c["survived"], "score": round(c["killed"] / denom, 4) if denom else 1.0}
+    return {"modules": table, "survivors": dict(survivors)}
+
+
+def copy_repo(dst: pathlib.Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for rel in files.decode().split("\0"):
+        if rel and (ROOT / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+
+
+def mutmut_section(group: Group) -> str:
+    packages = sorted({f.split("/")[0] for f in group.files})
+    lines = ["", "[tool.mutmut]",
+             f"source_paths = {json.dumps(packages)}",
+             f"only_mutate = {json.dumps(list(group.files))}",
+             f"pytest_add_cli_args_test_selection = {json.dumps(list(group.tests))}",
+             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]',
+             'process_isolation = "forkserver"',
+             f"do_not_mutate_patterns = {json.dumps(SKIP_PATTERNS)}",
+             "use_git_change_detection = false", ""]
+    return "\n".join(lines)
+
+
+def read_statuses(work: pathlib.Path, patterns: tuple[str, ...]) -> dict[str, str]:
+    import fnmatch
+
+    from mutmut.stats import status_by_exit_code
+
+    out = {}
+    for meta in (work / "mutants").rglob("*.meta"):
+        data = json.loads(meta.read_text())
+        for name, code in data.get("exit_code_by_key", {}).items():
+            if not patterns or any(fnmatch.fnmatch(name, p) for p in patterns):
+                out[name] = status_by_exit_code[code]
+    return out
+
+
+def run_group(name: str, group: Group, out: pathlib.Path, children: int) -> dict:
+    work = out / "work" / name
+    copy_repo(work)
+    with open(work / "pyproject.toml", "a") as f:
+        f.write(mutmut_section(group))
+    mutmut = str(pathlib.Path(sys.executable).with_name("mutmut"))
+    t0 = time.time()
+    log = open(out / f"{name}.log", "w")
+    rc = subprocess.run([mutmut, "run", "--max-children", str(children), *group.functions], cwd=work,
+                        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}).returncode
+    seconds = time.time() - t0
+    statuses = read_statuses(work, group.functions)
+    checked = {k: v for k, v in statuses.items() if v != "not checked"}
+    if rc != 0 or not checked:
+        raise RuntimeError(f"mutmut on group {name!r} exited {rc} with {len(checked)} mutants checked; see {log.name}")
+    diffs = {}
+    for m, st in checked.items():
+        if st not in ("killed", "timeout"):
+            diffs[m] = subprocess.run([mutmut, "show", m], cwd=work, capture_output=True, text=True).stdout
+    result = score(checked, diffs, load_equivalent())
+    result["seconds"] = round(seconds, 1)
+    result["unchecked"] = len(statuses) - len(checked)
+    return result
+
+
+def write_report(results: dict, out: pathlib.Path) -> None:
+    (out / "report.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    lines = ["# Mutation report", "", f"`{results['command']}`", "",
+             "| group | module | mutants | killed | equivalent | device only | survived | score |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for g, r in results["groups"].items():
+        for mod, c in r["modules"].items():
+            lines.append(f"| {g} | {mod} | {c['mutants']} | {c['killed']} | {c['equivalent']} | "
+                         f"{c['device_only']} | {c['survived']} | "
+                         f"{100 * c['score']:.1f} % |")
+    lines.append("")
+    for g, r in results["groups"].items():
+        for mod, surv in r["survivors"].items():
+            lines += [f"## Survivors in {mod} ({g})", ""]
+            for s in surv:
+                lines += [f"### {s['name']} ({s['status']})", "", "```diff", s["diff"].strip(), "```", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--group", action="append", choices=sorted(GROUPS),
+                    help="a group to run (repeatable; default: all)")
+    ap.add_argument("--out", default="runs/mutation")
+    ap.add_argument("--children", type=int, default=2, help="mutants tested in parallel")
+    ap.add_argument("--save", default=None, help="also write the report's json here (e.g. benchmarks/results/mutation.json)")
+    args = ap.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"command": "python -m benchmarks.mutation " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "groups": {}}
+    previous = out / "report.json"
+    if previous.is_file():  # groups run earlier keep their results: run one group at a time if you like
+        results["groups"] = json.loads(previous.read_text()).get("groups", {})
+    for name in args.group or list(GROUPS):
+        print(f"[mutation] {name}: running mutmut ...", flush=True)
+        r = run_group(name, GROUPS[name], out, args.children)
+        results["groups"][name] = r
+        for mod, c in r["modules"].items():
+            print(f"[mutation] {mod}: {c['killed']}/{c['mutants'] - c['equivalent']} killed "
+                  f"({100 * c['score']:.1f} %), {c['equivalent']} equivalent, {c['survived']} survived "
+                  f"[{r['seconds']:.0f} s]", flush=True)
+        write_report(results, out)
+    if args.save:
+        slim = {"command": results["command"],
+                "groups": {g: {"modules": r["modules"], "seconds": r["seconds"],
+                               "survivors": {m: [s["name"] for s in v] for m, v in r["survivors"].items()}}
+                           for g, r in results["groups"].items()}}
+        pathlib.Path(args.save).write_text(json.dumps(slim, indent=1, ensure_ascii=False))
+    print(f"[mutation] report: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

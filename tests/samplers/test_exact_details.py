@@ -1,0 +1,132 @@
+"""Exact values, defaults, dtypes and boundaries of the sampler maths: the details the mutation
+audit (issue 26, `make mutation`) found no test pinning down."""
+
+import math
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+import samplers
+from samplers.completion import complete_on_grid, complete_trajectory, ode_complete
+from tests.helpers import gaussian_velocity
+
+
+@pytest.mark.parametrize("steps", [3, 10, 28])
+def test_default_schedule_is_diffusers_bit_for_bit(steps):
+    """shift defaults to 1 and the grid is built in float32 like the scheduler's."""
+    for kw, sch in (({}, FlowMatchEulerDiscreteScheduler()), ({"shift": 3.0}, FlowMatchEulerDiscreteScheduler(shift=3.0))):
+        sch.set_timesteps(steps)
+        assert torch.equal(samplers.flow_match_sigmas(steps, **kw), sch.sigmas)
+
+
+def test_linear_time_shift_closed_form_and_through_the_schedule():
+    s = torch.tensor([0.9, 0.5, 0.2], dtype=torch.float64)
+    mu = 0.7
+    want = torch.tensor([mu / (mu + (1 / x - 1)) for x in s.tolist()], dtype=torch.float64)
+    assert torch.allclose(samplers.time_shift(s, mu, "linear"), want, rtol=1e-15, atol=0)
+    assert torch.allclose(samplers.time_shift(s, mu), torch.exp(torch.tensor(mu)) / (math.exp(mu) + 1 / s - 1))
+    with pytest.raises(ValueError, match="'cubic'"):
+        samplers.time_shift(s, mu, "cubic")
+    sch = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="linear")
+    sch.set_timesteps(8, mu=mu)
+    got = samplers.flow_match_sigmas(8, mu=mu, time_shift_kind="linear")
+    assert torch.allclose(got, sch.sigmas, atol=1e-6)
+    assert not torch.allclose(got, samplers.flow_match_sigmas(8, mu=mu), atol=1e-3)
+
+
+def test_step_kinds_window_defaults_and_boundaries():
+    from samplers.rollout import step_kinds
+
+    assert step_kinds(3) == ["flow_sde"] * 3
+    assert step_kinds(4, "cps", (0, 4)) == ["cps"] * 4  # end == num_steps is allowed
+    assert step_kinds(4, "cps", (3, 4)) == ["ode", "ode", "ode", "cps"]
+    with pytest.raises(ValueError, match="SDE window"):
+        step_kinds(4, "cps", (2, 2))  # empty window
+    with pytest.raises(ValueError, match="SDE window"):
+        step_kinds(4, "cps", (0, 5))
+
+
+def test_noise_level_conversions_are_float64_from_python_floats_and_allow_zero():
+    from samplers.flow_sde import flow_sde_std_scale, psi_to_noise_levels
+
+    grid = [1.0, 0.7, 0.3, 0.0]
+    scale = flow_sde_std_scale(grid)
+    s = torch.tensor(grid, dtype=torch.float64)
+    want = torch.sqrt(s[:-1] / (1 - torch.where(s[:-1] == 1, s[1:], s[:-1])))
+    assert scale.dtype == torch.float64 and torch.allclose(scale, want, rtol=1e-15, atol=0)
+    psi = [0.0, 0.1, 0.3]  # 0 is a valid std (that step is an ODE step)
+    levels = psi_to_noise_levels(psi, grid)
+    assert torch.equal(levels, torch.tensor(psi, dtype=torch.float64) / scale)
+    with pytest.raises(ValueError, match="negative"):
+        psi_to_noise_levels([0.1, -1e-9, 0.2], grid)
+
+
+def test_tree_edges_paths_and_leaf_log_probs_by_hand():
+    g = torch.Generator().manual_seed(0)
+    t = samplers.tree_rollout(gaussian_velocity(0.5, 0.3), torch.randn(2, 3, generator=g, dtype=torch.float64),
+                              samplers.linear_sigmas(6), split_steps=(0, 2, 4), branch_factor=2, generator=g)
+    assert t.edges().tolist() == [n for n in range(t.num_nodes) if int(t.parent[n]) != -1]
+    assert 0 in t.parent.tolist()  # node 0 has children: an edge out of node 0 is an edge
+    t.log_probs = torch.randn(t.num_nodes, generator=g, dtype=torch.float64)  # every edge its own value
+    want = []
+    for leaf in t.leaves.tolist():
+        path = t.leaf_path(leaf)
+        assert int(t.parent[path[0]]) == -1 and path[-1] == leaf  # root first, leaf last
+        assert all(int(t.parent[b]) == a for a, b in zip(path, path[1:]))
+        want.append(sum(float(t.log_probs[n]) for n in path))
+    assert t.leaf_log_prob().tolist() == pytest.approx(want, rel=1e-12)
+
+
+def test_gaussian_kls_with_a_nonzero_reference_at_float64_precision():
+    g = torch.Generator().manual_seed(1)
+    m, ref = (torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    want = [sum((a - b) ** 2 for a, b in zip(m[i].tolist(), ref[i].tolist())) / 3 / (2 * 0.3 ** 2) for i in range(2)]
+    assert samplers.gaussian_mean_kl(m, ref, 0.3).tolist() == pytest.approx(want, rel=1e-14)
+    from samplers.gaussian import flow_grpo_kl
+
+    # Flow-GRPO divides by the std before the noise scale: std_t = std / noise_scale
+    got = flow_grpo_kl(m, ref, 0.3, 0.5)
+    want = [sum((a - b) ** 2 for a, b in zip(m[i].tolist(), ref[i].tolist())) / 3 / (2 * 0.6 ** 2) for i in range(2)]
+    assert got.tolist() == pytest.approx(want, rel=1e-14)
+
+
+def test_euler_step_computes_low_precision_inputs_in_float32():
+    x = torch.tensor([[0.3, -1.2]], dtype=torch.bfloat16)
+    v = torch.tensor([[0.7, 0.1]], dtype=torch.bfloat16)
+    out = samplers.euler_step(x, v, 0.8, 0.55)
+    assert out.prev_sample.dtype == torch.float32
+    assert torch.equal(out.prev_sample, x.float() + (0.55 - 0.8) * v.float())
+
+
+def _row_velocity(c):
+    """v = c[row] x: a velocity that depends on which conditioning row a latent belongs to."""
+    def vel(x, s, rows):
+        return c[rows].view(-1, *([1] * (x.ndim - 1))).to(x.dtype) * x
+    return vel
+
+
+def _euler_product(c, s0, n):
+    return math.prod(1 + (s0 * (1 - (j + 1) / n) - s0 * (1 - j / n)) * c for j in range(n))
+
+
+def test_completions_pass_each_latents_conditioning_row():
+    c = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    x = torch.ones(3, 2, dtype=torch.float64)
+    out = ode_complete(_row_velocity(c), x, torch.tensor([0.9, 0.6, 0.3]), 3)  # rows default to 0..N-1
+    for i, s0 in enumerate([0.9, 0.6, 0.3]):
+        s0 = float(torch.tensor(s0, dtype=torch.float32))
+        assert out[i].tolist() == pytest.approx([_euler_product(float(c[i]), s0, 3)] * 2, rel=1e-12)
+    # trajectories: state (b, k) belongs to row b
+    lat = torch.ones(3, 4, 2, dtype=torch.float64)
+    sig = samplers.linear_sigmas(3)
+    traj = complete_trajectory(_row_velocity(c), lat, sig, 2, steps=[1, 2])
+    assert traj.shape == (3, 2, 2)
+    for b in range(3):
+        for j, k in enumerate([1, 2]):
+            assert traj[b, j, 0].item() == pytest.approx(_euler_product(float(c[b]), float(sig[k]), 2), rel=1e-12)
+    grid = complete_on_grid(_row_velocity(c), lat, sig.tolist(), [1])
+    for b in range(3):
+        want = math.prod(1 + (float(sig[j + 1]) - float(sig[j])) * float(c[b]) for j in range(1, 3))
+        assert grid[b, 0, 0].item() == pytest.approx(want, rel=1e-12)
+    assert complete_on_grid(_row_velocity(c), lat, sig, []).shape == (3, 0, 2)
