@@ -85,7 +85,8 @@ GROUPS: dict[str, Group] = {
                "resume or save or torn or crafted or ema or rule or checkpoint")),
     "geneval_rules": Group(
         files=("reward_models/geneval_rules.py",),
-        tests=("tests/reward_models/test_geneval.py", "tests/reward_models/test_geneval_rules_fidelity.py")),
+        tests=("tests/reward_models/test_geneval.py", "tests/reward_models/test_geneval_rules_fidelity.py",
+               "tests/reward_models/test_geneval_rules_details.py")),
     "reward_objectives": Group(
         files=("reward_models/adversarial.py", "reward_models/prompt_echo.py", "reward_models/weighted.py",
                "flowalign/noise_opt.py"),
@@ -207,21 +208,27 @@ def read_statuses(work: pathlib.Path, patterns: tuple[str, ...]) -> dict[str, st
     return out
 
 
-def run_group(name: str, group: Group, out: pathlib.Path, children: int) -> dict:
+def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect_only: bool = False) -> dict:
     work = out / "work" / name
-    copy_repo(work)
-    with open(work / "pyproject.toml", "a") as f:
-        f.write(mutmut_section(group))
     mutmut = str(pathlib.Path(sys.executable).with_name("mutmut"))
-    t0 = time.time()
-    log = open(out / f"{name}.log", "w")
-    rc = subprocess.run([mutmut, "run", "--max-children", str(children), *group.functions], cwd=work,
-                        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}).returncode
-    seconds = time.time() - t0
+    rc, seconds = 0, 0.0
+    if not collect_only:
+        copy_repo(work)
+        with open(work / "pyproject.toml", "a") as f:
+            f.write(mutmut_section(group))
+        t0 = time.time()
+        with open(out / f"{name}.log", "w") as log:
+            rc = subprocess.run([mutmut, "run", "--max-children", str(children), *group.functions], cwd=work,
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}).returncode
+        seconds = time.time() - t0
+    elif not (work / "mutants").is_dir():
+        raise FileNotFoundError(f"--collect-only: {work} holds no mutmut run of group {name!r}; run it first.")
     statuses = read_statuses(work, group.functions)
     checked = {k: v for k, v in statuses.items() if v != "not checked"}
     if rc != 0 or not checked:
-        raise RuntimeError(f"mutmut on group {name!r} exited {rc} with {len(checked)} mutants checked; see {log.name}")
+        raise RuntimeError(f"mutmut on group {name!r} exited {rc} with {len(checked)} mutants checked; "
+                           f"see {out / (name + '.log')}")
     diffs = {}
     for m, st in checked.items():
         if st not in ("killed", "timeout"):
@@ -240,7 +247,7 @@ def write_report(results: dict, out: pathlib.Path) -> None:
     for g, r in results["groups"].items():
         for mod, c in r["modules"].items():
             lines.append(f"| {g} | {mod} | {c['mutants']} | {c['killed']} | {c['equivalent']} | "
-                         f"{c['device_only']} | {c['survived']} | "
+                         f"{c.get('device_only', 0)} | {c['survived']} | "
                          f"{100 * c['score']:.1f} % |")
     lines.append("")
     for g, r in results["groups"].items():
@@ -257,6 +264,8 @@ def main(argv=None) -> None:
                     help="a group to run (repeatable; default: all)")
     ap.add_argument("--out", default="runs/mutation")
     ap.add_argument("--children", type=int, default=2, help="mutants tested in parallel")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="score the mutmut runs already in OUT/work (an interrupted run's checked mutants)")
     ap.add_argument("--save", default=None, help="also write the report's json here (e.g. benchmarks/results/mutation.json)")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
@@ -268,7 +277,7 @@ def main(argv=None) -> None:
         results["groups"] = json.loads(previous.read_text()).get("groups", {})
     for name in args.group or list(GROUPS):
         print(f"[mutation] {name}: running mutmut ...", flush=True)
-        r = run_group(name, GROUPS[name], out, args.children)
+        r = run_group(name, GROUPS[name], out, args.children, args.collect_only)
         results["groups"][name] = r
         for mod, c in r["modules"].items():
             print(f"[mutation] {mod}: {c['killed']}/{c['mutants'] - c['equivalent']} killed "

@@ -130,3 +130,51 @@ def test_completions_pass_each_latents_conditioning_row():
         want = math.prod(1 + (float(sig[j + 1]) - float(sig[j])) * float(c[b]) for j in range(1, 3))
         assert grid[b, 0, 0].item() == pytest.approx(want, rel=1e-12)
     assert complete_on_grid(_row_velocity(c), lat, sig, []).shape == (3, 0, 2)
+
+
+def _root_velocity(x, s, rows):
+    """A velocity that depends on the latent, the noise level and the conditioning row."""
+    return (0.3 + 0.2 * rows.to(x.dtype)).view(-1, *([1] * (x.ndim - 1))) * x - 0.1 * s.to(x.dtype).view(-1, 1)
+
+
+def test_tree_rollout_equals_a_hand_replay_of_its_steps_and_noise():
+    """R=2 roots, K=3 steps, one correlated split at step 1: the same generator, replayed by hand
+    through the step functions, gives every node."""
+    sig = samplers.linear_sigmas(3)
+    noise = torch.randn(2, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    t = samplers.tree_rollout(_root_velocity, noise, sig, split_steps=(1,), branch_factor=2, noise_level=0.4,
+                              split_noise_scale=0.5, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    rows = torch.arange(2)
+    x = samplers.flow_sde_step(noise, _root_velocity(noise, torch.full((2,), float(sig[0])), rows), float(sig[0]),
+                               float(sig[1]), noise_level=0.4, generator=g).prev_sample
+    v = _root_velocity(x, torch.full((2,), float(sig[1])), rows)
+    eta = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    xi0 = torch.randn(2, 4, generator=g, dtype=torch.float64).repeat_interleave(2, 0)
+    xi = (xi0 + 0.5 * eta) / math.sqrt(1 + 0.25)
+    x2 = samplers.flow_sde_step(x.repeat_interleave(2, 0), v.repeat_interleave(2, 0), float(sig[1]), float(sig[2]),
+                                noise_level=0.4, noise=xi)
+    rows = rows.repeat_interleave(2)
+    x3 = samplers.flow_sde_step(x2.prev_sample, _root_velocity(x2.prev_sample, torch.full((4,), float(sig[2])), rows),
+                                float(sig[2]), float(sig[3]), noise_level=0.4, generator=g)
+    assert torch.equal(t.latents, torch.cat([noise, x, x2.prev_sample, x3.prev_sample]))
+    assert torch.equal(t.log_probs[4:8], x2.log_prob.float()) and torch.equal(t.log_probs[8:], x3.log_prob.float())
+    assert t.step.dtype == t.depth.dtype == t.parent.dtype == torch.long and t.sde_mask.dtype == torch.bool
+    assert t.log_probs.dtype == torch.float32 and t.latents.dtype == torch.float64
+    assert t.depth.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert t.root.tolist() == [0, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1]
+
+
+def test_tree_rollout_defaults_and_split_boundary():
+    sig = samplers.linear_sigmas(3)
+    noise = torch.randn(2, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    default = samplers.tree_rollout(_root_velocity, noise, sig, split_steps=(0,),
+                                    generator=torch.Generator().manual_seed(1))
+    explicit = samplers.tree_rollout(_root_velocity, noise, sig, split_steps=(0,), branch_factor=2, kinds="flow_sde",
+                                     noise_level=0.7, split_noise_scale=1.0, mode="correlated",
+                                     generator=torch.Generator().manual_seed(1))
+    assert torch.equal(default.latents, explicit.latents) and default.latents.shape[0] == 2 + 4 * 3
+    with pytest.raises(ValueError, match="split_steps"):
+        samplers.tree_rollout(_root_velocity, noise, sig, split_steps=(3,))  # a split needs a step after it
+    low = samplers.tree_rollout(_root_velocity, noise.to(torch.bfloat16), samplers.linear_sigmas(1), split_steps=(0,))
+    assert low.latents.dtype == torch.float32  # roots cast to the steps' compute dtype
