@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test test-slow lint bench clean
+.PHONY: venv demo test test-slow lint bench mutation clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ lint: venv
 
 bench: venv
 	$(PY) -m benchmarks.speed.rollout
+
+# mutation testing of the core (docs/testing.md): about an hour on 2 CPU cores, not part of `make test`.
+# GROUPS="samplers geneval_rules" runs only those groups.
+mutation: venv
+	$(PY) -m pip install -q -e '.[mutation]'
+	$(PY) -m benchmarks.mutation $(foreach g,$(GROUPS),--group $(g)) --save benchmarks/results/mutation.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

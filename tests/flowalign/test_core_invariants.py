@@ -2,6 +2,7 @@
 checkpoint atomicity when a save fails partway, per-tree and per-group normalisation at very
 different reward scales, and gradients that do not depend on how a batch is split into chunks."""
 
+import json
 import os
 
 import pytest
@@ -131,3 +132,31 @@ def test_branch_epoch_gradient_does_not_depend_on_the_chunking(chunk):
     edges = torch.nonzero(stochastic_edges(tree)).flatten()
     want = float(-(adv[edges] * coef[edges]).mean())  # d/dtheta of mean(-A ratio) at ratio 1
     assert grad_with(chunk) == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_resume_restores_every_global_rng_and_the_checkpoints_keep_count(tiny_sd3_dir, tmp_path, prompts_file):
+    """The torch, python and numpy global generators come back exactly as they were when the
+    checkpoint was written, whatever ran in between; run.keep_checkpoints keeps the newest ones."""
+    import random
+
+    import numpy as np
+
+    from flowalign.trainer import load_state
+
+    out = tmp_path / "run"
+    kw = {"run.checkpoint_every": 1, "run.keep_checkpoints": 2}
+    Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 3, **kw})).train()
+    assert [os.path.basename(c) for c in _checkpoints(str(out / "checkpoints"))] == ["iter_000002", "iter_000003"]
+    saved = load_state(str(out / "checkpoints" / "iter_000003" / "rng_0.pt"))
+    torch.manual_seed(12345), random.seed(12345), np.random.seed(12345)  # anything could have run since
+    t = Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 4, "run.resume": True, **kw}))
+    t.resume()
+    assert torch.equal(torch.get_rng_state(), saved["torch"])
+    assert random.getstate() == saved["python"]
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    assert (kind, pos, has_gauss, cached) == (saved["numpy"]["kind"], saved["numpy"]["pos"],
+                                              saved["numpy"]["has_gauss"], saved["numpy"]["cached_gaussian"])
+    assert np.array_equal(keys, saved["numpy"]["keys"].numpy().astype(np.uint32))
+    assert t.iteration == 3
+    state = json.load(open(out / "checkpoints" / "iter_000003" / "state.json"))
+    assert state == {"iteration": 3, "data_position": 3, "seed": t.cfg.run.seed, "world_size": 1, "sharding": "none"}

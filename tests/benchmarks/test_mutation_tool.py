@@ -1,0 +1,82 @@
+"""The mutation report's bookkeeping (benchmarks/mutation.py): module names, the device-only rule,
+equivalent mutants that must still match their diff, the per-module score, the skipped lines."""
+
+import re
+
+import pytest
+
+from benchmarks import mutation as M
+
+DIFF = """--- samplers/completion.py
++++ samplers/completion.py
+@@ -1,3 +1,3 @@
+-    rows = torch.arange(N, device=x.device) if rows is None else rows
++    rows = torch.arange(N, ) if rows is None else rows
+"""
+
+
+def test_module_of_a_mutant_name():
+    assert M.module_of("flowalign.trainer.xǁTrainerǁresume__mutmut_3") == "flowalign/trainer.py"
+    assert M.module_of("samplers.tree.x_tree_rollout__mutmut_12") == "samplers/tree.py"
+
+
+def test_device_only_mutants_are_recognised_and_nothing_else():
+    assert M.device_only(DIFF)
+    assert M.device_only(DIFF.replace("torch.arange(N, )", "torch.arange(N, device=None)"))
+    assert not M.device_only(DIFF.replace("torch.arange(N, )", "torch.arange(N + 1, )"))
+    assert not M.device_only(DIFF.replace("torch.arange(N, )", "torch.arange(N, device=x.device) if False"))
+
+
+def test_score_counts_equivalents_only_while_their_line_matches(tmp_path):
+    statuses = {"samplers.a.x_f__mutmut_1": "killed", "samplers.a.x_f__mutmut_2": "survived",
+                "samplers.a.x_f__mutmut_3": "no tests", "samplers.a.x_f__mutmut_4": "timeout",
+                "samplers.a.x_f__mutmut_5": "survived"}
+    diffs = {"samplers.a.x_f__mutmut_2": "-    y = x * 1\n+    y = x * 2\n",
+             "samplers.a.x_f__mutmut_3": "-    z = 0\n+    z = 1\n", "samplers.a.x_f__mutmut_5": DIFF}
+    eq_file = tmp_path / "eq.toml"
+    eq_file.write_text('[[mutant]]\nname = "samplers.a.x_f__mutmut_2"\nline = "y = x * 2"\nwhy = "x is 0 there"\n')
+    eq = M.load_equivalent(eq_file)
+    out = M.score(statuses, diffs, eq)
+    assert out["modules"]["samplers/a.py"] == {"mutants": 5, "killed": 2, "equivalent": 1, "device_only": 1,
+                                                "survived": 1, "score": round(2 / 3, 4)}
+    assert [s["name"] for s in out["survivors"]["samplers/a.py"]] == ["samplers.a.x_f__mutmut_3"]
+    # the code moved: the listed line is no longer the mutant's diff, so it is a survivor again
+    diffs["samplers.a.x_f__mutmut_2"] = "-    y = x * 1\n+    y = x * 3\n"
+    assert M.score(statuses, diffs, eq)["modules"]["samplers/a.py"]["survived"] == 2
+
+
+def test_an_equivalent_entry_without_its_reason_is_refused(tmp_path):
+    f = tmp_path / "eq.toml"
+    f.write_text('[[mutant]]\nname = "samplers.a.x_f__mutmut_2"\nline = "y = x * 2"\n')
+    with pytest.raises(ValueError, match="why"):
+        M.load_equivalent(f)
+
+
+def test_the_shipped_equivalent_list_reads_and_names_known_groups():
+    eq = M.load_equivalent()
+    for name, entry in eq.items():
+        assert entry["why"].strip() and "__mutmut_" in name
+        assert any(M.module_of(name) == f or re.fullmatch(f.replace("*", ".*"), M.module_of(name))
+                   for g in M.GROUPS.values() for f in g.files), name
+
+
+@pytest.mark.parametrize("line, skipped", [
+    ('        raise ValueError(f"bad {x}")', True),
+    ('                         "(calibrate with the same sampler.num_steps).")', True),
+    ('    self.acc.print(f"resumed from {path}")', True),
+    ('    x = "linear"', False),
+    ('    "a": "b",', False),
+    ('    return mu / (mu + (1 / sigmas - 1))', False),
+])
+def test_message_lines_are_not_mutated_and_code_lines_are(line, skipped):
+    assert any(re.search(p, line) for p in M.SKIP_PATTERNS) == skipped
+
+
+def test_every_group_names_existing_files_and_tests():
+    root = M.ROOT
+    for name, g in M.GROUPS.items():
+        for f in g.files:
+            assert list(root.glob(f)), (name, f)
+        for t in g.tests:
+            if t.startswith("tests/"):
+                assert (root / t.split("::")[0]).exists(), (name, t)
