@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -85,8 +86,7 @@ GROUPS: dict[str, Group] = {
                "resume or save or torn or crafted or ema or rule or checkpoint")),
     "geneval_rules": Group(
         files=("reward_models/geneval_rules.py",),
-        tests=("tests/reward_models/test_geneval.py", "tests/reward_models/test_geneval_rules_fidelity.py",
-               "tests/reward_models/test_geneval_rules_details.py")),
+        tests=("tests/reward_models/test_geneval_rules_fidelity.py", "tests/reward_models/test_geneval_rules_details.py")),
     "reward_objectives": Group(
         files=("reward_models/adversarial.py", "reward_models/prompt_echo.py", "reward_models/weighted.py",
                "flowalign/noise_opt.py"),
@@ -94,8 +94,9 @@ GROUPS: dict[str, Group] = {
                    "flowalign.noise_opt.x_chi_regulariser*", "flowalign.noise_opt.x_parse_reward_weights*",
                    "flowalign.noise_opt.x_weighted_reward*", "flowalign.noise_opt.x_optimize_noise*",
                    "flowalign.noise_opt.x_best_of_n*", "flowalign.noise_opt.x_differentiable_sample*"),
-        tests=("tests/reward_models/test_adversarial.py", "tests/reward_models/test_prompt_echo.py",
-               "tests/reward_models/test_rewards.py", "tests/flowalign/test_reno.py")),
+        tests=("tests/reward_models/test_objective_coefficients.py", "tests/reward_models/test_adversarial.py",
+               "tests/reward_models/test_prompt_echo.py", "tests/reward_models/test_rewards.py",
+               "tests/flowalign/test_reno.py")),
 }
 
 
@@ -208,24 +209,48 @@ def read_statuses(work: pathlib.Path, patterns: tuple[str, ...]) -> dict[str, st
     return out
 
 
-def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect_only: bool = False) -> dict:
+KILLED = ("killed", "timeout", "caught by type check", "segfault")
+
+
+def source_hash(group: Group) -> str:
+    """A hash of the group's mutated files: mutmut numbers mutants in source order, so earlier
+    results apply to a later run only while these files are unchanged."""
+    h = hashlib.sha256()
+    for pattern in group.files:
+        for f in sorted(ROOT.glob(pattern)):
+            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect_only: bool = False,
+              previous: dict | None = None) -> dict:
+    """Run mutmut on one group. With `previous` (this group's earlier result on the same sources),
+    only its surviving mutants are tested again (with the current tests) and its kills are kept."""
     work = out / "work" / name
     mutmut = str(pathlib.Path(sys.executable).with_name("mutmut"))
     rc, seconds = 0, 0.0
-    if not collect_only:
+    names = list(group.functions)
+    if previous is not None:
+        if previous.get("source_hash") != source_hash(group):
+            raise ValueError(f"--recheck: the sources of group {name!r} changed since its last run (mutants are "
+                             "numbered anew); run the group in full.")
+        names = sorted(k for k, v in previous["statuses"].items() if v not in KILLED)
+    if not collect_only and (previous is None or names):
         copy_repo(work)
         with open(work / "pyproject.toml", "a") as f:
             f.write(mutmut_section(group))
         t0 = time.time()
         with open(out / f"{name}.log", "w") as log:
-            rc = subprocess.run([mutmut, "run", "--max-children", str(children), *group.functions], cwd=work,
+            rc = subprocess.run([mutmut, "run", "--max-children", str(children), *names], cwd=work,
                                 stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}).returncode
         seconds = time.time() - t0
-    elif not (work / "mutants").is_dir():
+    elif collect_only and not (work / "mutants").is_dir():
         raise FileNotFoundError(f"--collect-only: {work} holds no mutmut run of group {name!r}; run it first.")
-    statuses = read_statuses(work, group.functions)
+    statuses = read_statuses(work, tuple(names)) if (work / "mutants").is_dir() else {}
     checked = {k: v for k, v in statuses.items() if v != "not checked"}
+    if previous is not None:
+        checked = {**{k: v for k, v in previous["statuses"].items() if v in KILLED}, **checked}
     if rc != 0 or not checked:
         raise RuntimeError(f"mutmut on group {name!r} exited {rc} with {len(checked)} mutants checked; "
                            f"see {out / (name + '.log')}")
@@ -234,8 +259,10 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
         if st not in ("killed", "timeout"):
             diffs[m] = subprocess.run([mutmut, "show", m], cwd=work, capture_output=True, text=True).stdout
     result = score(checked, diffs, load_equivalent())
-    result["seconds"] = round(seconds, 1)
-    result["unchecked"] = len(statuses) - len(checked)
+    result["seconds"] = round(seconds + (previous or {}).get("seconds", 0.0), 1)
+    result["unchecked"] = len(statuses) - len({k: v for k, v in statuses.items() if v != "not checked"})
+    result["statuses"] = checked
+    result["source_hash"] = source_hash(group)
     return result
 
 
@@ -266,6 +293,9 @@ def main(argv=None) -> None:
     ap.add_argument("--children", type=int, default=2, help="mutants tested in parallel")
     ap.add_argument("--collect-only", action="store_true",
                     help="score the mutmut runs already in OUT/work (an interrupted run's checked mutants)")
+    ap.add_argument("--recheck", action="store_true",
+                    help="test again only the survivors of each group's last run in OUT (sources unchanged), "
+                         "keeping its kills: for after adding tests")
     ap.add_argument("--save", default=None, help="also write the report's json here (e.g. benchmarks/results/mutation.json)")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
@@ -277,11 +307,15 @@ def main(argv=None) -> None:
         results["groups"] = json.loads(previous.read_text()).get("groups", {})
     for name in args.group or list(GROUPS):
         print(f"[mutation] {name}: running mutmut ...", flush=True)
-        r = run_group(name, GROUPS[name], out, args.children, args.collect_only)
+        prev = results["groups"].get(name) if args.recheck else None
+        if args.recheck and prev is None:
+            raise ValueError(f"--recheck: {out} has no earlier result of group {name!r}; run it first.")
+        r = run_group(name, GROUPS[name], out, args.children, args.collect_only, prev)
         results["groups"][name] = r
         for mod, c in r["modules"].items():
-            print(f"[mutation] {mod}: {c['killed']}/{c['mutants'] - c['equivalent']} killed "
-                  f"({100 * c['score']:.1f} %), {c['equivalent']} equivalent, {c['survived']} survived "
+            print(f"[mutation] {mod}: {c['killed']}/{c['mutants'] - c['equivalent'] - c.get('device_only', 0)} killed "
+                  f"({100 * c['score']:.1f} %), {c['equivalent']} equivalent, {c.get('device_only', 0)} device only, "
+                  f"{c['survived']} survived "
                   f"[{r['seconds']:.0f} s]", flush=True)
         write_report(results, out)
     if args.save:

@@ -80,3 +80,11 @@ def test_every_group_names_existing_files_and_tests():
         for t in g.tests:
             if t.startswith("tests/"):
                 assert (root / t.split("::")[0]).exists(), (name, t)
+
+
+def test_recheck_refuses_results_of_other_sources(tmp_path):
+    """Mutants are numbered in source order: earlier kills apply only to the same sources."""
+    group = M.GROUPS["losses_advantages"]
+    assert M.source_hash(group) == M.source_hash(group)
+    with pytest.raises(ValueError, match="changed since its last run"):
+        M.run_group("losses_advantages", group, tmp_path, 1, previous={"source_hash": "0" * 16, "statuses": {}})
