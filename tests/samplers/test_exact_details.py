@@ -12,7 +12,7 @@ from samplers.completion import complete_on_grid, complete_trajectory, ode_compl
 from tests.helpers import gaussian_velocity
 
 
-@pytest.mark.parametrize("steps", [3, 10, 28])
+@pytest.mark.parametrize("steps", [3, 10, 28, 48, 50])
 def test_default_schedule_is_diffusers_bit_for_bit(steps):
     """shift defaults to 1 and the grid is built in float32 like the scheduler's."""
     for kw, sch in (({}, FlowMatchEulerDiscreteScheduler()), ({"shift": 3.0}, FlowMatchEulerDiscreteScheduler(shift=3.0))):
@@ -125,10 +125,11 @@ def test_completions_pass_each_latents_conditioning_row():
     for b in range(3):
         for j, k in enumerate([1, 2]):
             assert traj[b, j, 0].item() == pytest.approx(_euler_product(float(c[b]), float(sig[k]), 2), rel=1e-12)
-    grid = complete_on_grid(_row_velocity(c), lat, sig.tolist(), [1])
+    grid = complete_on_grid(_row_velocity(c), lat, sig.tolist(), [1, 2])
     for b in range(3):
-        want = math.prod(1 + (float(sig[j + 1]) - float(sig[j])) * float(c[b]) for j in range(1, 3))
-        assert grid[b, 0, 0].item() == pytest.approx(want, rel=1e-12)
+        for j, k in enumerate([1, 2]):
+            want = math.prod(1 + (float(sig[i + 1]) - float(sig[i])) * float(c[b]) for i in range(k, 3))
+            assert grid[b, j, 0].item() == pytest.approx(want, rel=1e-12)
     assert complete_on_grid(_row_velocity(c), lat, sig, []).shape == (3, 0, 2)
 
 
@@ -178,3 +179,39 @@ def test_tree_rollout_defaults_and_split_boundary():
         samplers.tree_rollout(_root_velocity, noise, sig, split_steps=(3,))  # a split needs a step after it
     low = samplers.tree_rollout(_root_velocity, noise.to(torch.bfloat16), samplers.linear_sigmas(1), split_steps=(0,))
     assert low.latents.dtype == torch.float32  # roots cast to the steps' compute dtype
+
+
+def test_transition_noise_scale_of_every_kind():
+    assert samplers.transition_noise_scale("cps", 0.8, 0.6) == 1.0
+    for kind in ("flow_sde", "dance_sde"):
+        assert samplers.transition_noise_scale(kind, 0.8, 0.6) == math.sqrt(0.8 - 0.6)
+    with pytest.raises(ValueError, match="no transition noise"):
+        samplers.transition_noise_scale("ode", 0.8, 0.6)
+    with pytest.raises(ValueError, match="unknown"):
+        samplers.transition_noise_scale("sde", 0.8, 0.6)
+
+
+def test_dpm2_trajectory_fields_rows_and_dtypes():
+    """x0 predictions x - sigma v at every step, each row's own conditioning, float32 latents from
+    float64 noise, ODE bookkeeping (zero log-probs, no stochastic step, zero noise levels)."""
+    c = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)  # more rows than latents: rows must be passed
+    sig = samplers.flow_match_sigmas(4, shift=3.0)
+    seen = []
+
+    def vel(x, s, rows):
+        seen.append(x.clone())
+        return _row_velocity(c)(x, s, rows).float()
+
+    noise = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = samplers.dpm2_rollout(vel, noise, sig)
+    assert t.latents.dtype == torch.float32 and t.latents.shape == (2, 5, 3)
+    assert torch.equal(t.latents[:, 0], noise.float())
+    for k in range(4):
+        v = vel(t.latents[:, k], None, torch.arange(2))
+        assert torch.allclose(t.x0_preds[:, k], t.latents[:, k] - float(sig[k]) * v, rtol=0, atol=1e-7)
+    # step 0 is Euler with each row's own velocity
+    assert torch.allclose(t.latents[:, 1], noise.float() * (1 + (float(sig[1]) - float(sig[0])) * c[:2].float()[:, None]),
+                          rtol=1e-6)
+    assert torch.equal(t.log_probs, torch.zeros(2, 4)) and torch.equal(t.sde_mask, torch.zeros(4, dtype=torch.bool))
+    assert t.kinds == ("ode",) * 4 and torch.equal(t.sigmas, sig)
+    assert torch.equal(t.noise_level, torch.zeros(4, dtype=torch.float64))
