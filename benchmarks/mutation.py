@@ -250,6 +250,7 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
     statuses = read_statuses(work, tuple(names)) if (work / "mutants").is_dir() else {}
     checked = {k: v for k, v in statuses.items() if v != "not checked"}
     if previous is not None:
+        statuses = {**previous["statuses"], **statuses}
         checked = {**{k: v for k, v in previous["statuses"].items() if v in KILLED}, **checked}
     if rc != 0 or not checked:
         raise RuntimeError(f"mutmut on group {name!r} exited {rc} with {len(checked)} mutants checked; "
@@ -261,7 +262,7 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
     result = score(checked, diffs, load_equivalent())
     result["seconds"] = round(seconds + (previous or {}).get("seconds", 0.0), 1)
     result["unchecked"] = len(statuses) - len({k: v for k, v in statuses.items() if v != "not checked"})
-    result["statuses"] = checked
+    result["statuses"] = {**statuses, **checked}  # with the unchecked ones, which a --recheck runs
     result["source_hash"] = source_hash(group)
     return result
 
