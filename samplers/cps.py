@@ -34,4 +34,4 @@ def cps_step(
     x0_hat = x - s * v
     eps_hat = x + (1 - s) * v
     mean = x0_hat * (1 - s_next) + eps_hat * torch.sqrt(torch.clamp(s_next**2 - std**2, min=0))
-    return finish_step(x, mean, std, noise=noise, generator=generator, prev_sample=prev_sample)
+    return finish_step(mean, std, noise=noise, generator=generator, prev_sample=prev_sample)

@@ -30,4 +30,4 @@ def dance_sde_step(
     score = -(x - (1 - s) * x0_hat) / s**2
     mean = x + dt * v - 0.5 * noise_level**2 * score * dt
     std = noise_level * torch.sqrt(-dt)
-    return finish_step(x, mean, std, noise=noise, generator=generator, prev_sample=prev_sample)
+    return finish_step(mean, std, noise=noise, generator=generator, prev_sample=prev_sample)

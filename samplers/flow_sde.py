@@ -34,7 +34,7 @@ def flow_sde_step(
     std_t = noise_level * _std_scale(s, s_next)
     mean = x * (1 + std_t**2 / (2 * s) * dt) + v * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
     std = std_t * torch.sqrt(-dt)
-    return finish_step(x, mean, std, noise=noise, generator=generator, prev_sample=prev_sample)
+    return finish_step(mean, std, noise=noise, generator=generator, prev_sample=prev_sample)
 
 
 def flow_sde_std_scale(sigmas: Tensor) -> Tensor:

@@ -63,7 +63,6 @@ def randn(shape, generator: torch.Generator | None, device, dtype) -> Tensor:
 
 
 def finish_step(
-    x: Tensor,
     mean: Tensor,
     std: Tensor,
     *,

@@ -215,3 +215,36 @@ def test_dpm2_trajectory_fields_rows_and_dtypes():
     assert torch.equal(t.log_probs, torch.zeros(2, 4)) and torch.equal(t.sde_mask, torch.zeros(4, dtype=torch.bool))
     assert t.kinds == ("ode",) * 4 and torch.equal(t.sigmas, sig)
     assert torch.equal(t.noise_level, torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("step", ["euler", "cps"])
+def test_low_precision_steps_use_float32_sigmas_and_velocities(step):
+    """bf16 inputs: the step's sigmas and product are float32 (0.7 and 0.33 are not bf16 numbers)."""
+    x = torch.tensor([[0.3, -1.2]], dtype=torch.bfloat16)
+    v = torch.tensor([[0.7, 0.1]], dtype=torch.bfloat16)
+    fn = samplers.euler_step if step == "euler" else samplers.cps_step
+    noise = torch.tensor([[0.5, -0.25]])
+    kw = {} if step == "euler" else {"noise": noise}
+    low = fn(x, v, 0.7, 0.33, **kw)
+    ref = fn(x.float(), v.float(), 0.7, 0.33, **kw)
+    assert low.prev_sample.dtype == torch.float32 and torch.equal(low.prev_sample, ref.prev_sample)
+    assert torch.equal(low.mean, ref.mean)
+
+
+def test_euler_rescoring_returns_the_given_sample_in_the_compute_dtype():
+    x, v = torch.zeros(1, 2), torch.ones(1, 2)
+    given = torch.tensor([[0.25, 0.5]], dtype=torch.bfloat16)
+    out = samplers.euler_step(x, v, 0.8, 0.5, prev_sample=given)
+    assert out.prev_sample.dtype == torch.float32 and torch.equal(out.prev_sample, given.float())
+    assert torch.equal(out.mean, torch.full((1, 2), -0.30000001192092896)) and out.log_prob.tolist() == [0.0]
+
+
+def test_cps_defaults_and_its_generator():
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    a = samplers.cps_step(x, v, 0.8, 0.6, generator=torch.Generator().manual_seed(4))
+    b = samplers.cps_step(x, v, 0.8, 0.6, noise_level=0.7, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.prev_sample, b.prev_sample)  # noise_level defaults to 0.7
+    torch.manual_seed(123)  # the global generator is not the one given
+    c = samplers.cps_step(x, v, 0.8, 0.6, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.prev_sample, c.prev_sample)
