@@ -212,14 +212,14 @@ def read_statuses(work: pathlib.Path, patterns: tuple[str, ...]) -> dict[str, st
 KILLED = ("killed", "timeout", "caught by type check", "segfault")
 
 
-def source_hash(group: Group) -> str:
-    """A hash of the group's mutated files: mutmut numbers mutants in source order, so earlier
-    results apply to a later run only while these files are unchanged."""
-    h = hashlib.sha256()
+def source_hashes(group: Group) -> dict[str, str]:
+    """{file: hash} of the group's mutated files: mutmut numbers mutants within each function in
+    source order, so an earlier result applies to a later run only where its file is unchanged."""
+    out = {}
     for pattern in group.files:
         for f in sorted(ROOT.glob(pattern)):
-            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
+            out[str(f.relative_to(ROOT))] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+    return out
 
 
 def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect_only: bool = False,
@@ -231,10 +231,18 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
     rc, seconds = 0, 0.0
     names = list(group.functions)
     if previous is not None:
-        if previous.get("source_hash") != source_hash(group):
-            raise ValueError(f"--recheck: the sources of group {name!r} changed since its last run (mutants are "
+        old_hashes, now = previous.get("source_hashes", {}), source_hashes(group)
+        changed = {f for f in now if old_hashes.get(f) != now[f]}
+        if changed == set(now):
+            raise ValueError(f"--recheck: every source of group {name!r} changed since its last run (mutants are "
                              "numbered anew); run the group in full.")
+        # a changed file's earlier results are void: all its mutants run again
+        previous = {**previous, "statuses": {k: v for k, v in previous["statuses"].items()
+                                             if module_of(k) not in changed}}
         names = sorted(k for k, v in previous["statuses"].items() if v not in KILLED)
+        for f in sorted(changed):
+            mod = f[:-3].replace("/", ".")
+            names += [p for p in group.functions if p.startswith(mod + ".")] or [mod + ".*"]
     if not collect_only and (previous is None or names):
         copy_repo(work)
         with open(work / "pyproject.toml", "a") as f:
@@ -263,7 +271,7 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
     result["seconds"] = round(seconds + (previous or {}).get("seconds", 0.0), 1)
     result["unchecked"] = len(statuses) - len({k: v for k, v in statuses.items() if v != "not checked"})
     result["statuses"] = {**statuses, **checked}  # with the unchecked ones, which a --recheck runs
-    result["source_hash"] = source_hash(group)
+    result["source_hashes"] = source_hashes(group)
     return result
 
 

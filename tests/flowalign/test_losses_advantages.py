@@ -213,5 +213,10 @@ def test_multi_reward_advantages_equal_a_hand_computation_at_float64_precision()
     want = torch.tensor([sum(w[i] * cols[i][k] for i in range(3)) for k in range(6)], dtype=torch.float64)
     got = multi_reward_advantages(parts, w, ids6)
     assert torch.equal(got, want.float())
+    # a part's own advantage is not clipped before the weighting: sqrt(29) > 5, times 0.5
+    out = torch.zeros(30, 1, dtype=torch.float64)
+    out[0, 0] = 1.0
+    a = multi_reward_advantages(out, [0.5], torch.zeros(30, dtype=torch.long), eps=0.0)
+    assert a[0].item() == pytest.approx(0.5 * math.sqrt(29), rel=1e-6)
     with pytest.raises(ValueError, match="one column per weight"):
         multi_reward_advantages(torch.zeros(4, 3), [1.0, 1.0], torch.zeros(4))

@@ -110,8 +110,19 @@ def _euler_product(c, s0, n):
     return math.prod(1 + (s0 * (1 - (j + 1) / n) - s0 * (1 - j / n)) * c for j in range(n))
 
 
+def test_ode_complete_with_one_step_and_a_scalar_sigma():
+    """num_steps=1 is one Euler step; a python float sigma applies to every latent, in float64."""
+    x = torch.tensor([[1.0, -2.0], [0.5, 0.25], [3.0, 0.0]], dtype=torch.float64)
+    out = ode_complete(lambda x, s, rows: 0.3 * x, x, 0.7, 1)
+    assert torch.equal(out, x + (0.0 - 0.7) * (0.3 * x))
+    out2 = ode_complete(lambda x, s, rows: 0.3 * x, x, 0.7, 2)
+    assert torch.equal(out2, (x + (0.35 - 0.7) * 0.3 * x) * (1 + (0.0 - 0.35) * 0.3))
+    with pytest.raises(ValueError, match="num_steps=0"):
+        ode_complete(lambda x, s, rows: x, x, 0.7, 0)
+
+
 def test_completions_pass_each_latents_conditioning_row():
-    c = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    c = torch.tensor([0.5, -1.0, 2.0, 7.0], dtype=torch.float64)  # more rows than latents: rows must be passed
     x = torch.ones(3, 2, dtype=torch.float64)
     out = ode_complete(_row_velocity(c), x, torch.tensor([0.9, 0.6, 0.3]), 3)  # rows default to 0..N-1
     for i, s0 in enumerate([0.9, 0.6, 0.3]):
