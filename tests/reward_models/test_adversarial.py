@@ -265,5 +265,17 @@ def test_learned_reward_protocol_finds_the_discriminator_alone_or_inside_a_weigh
     mixed = build_reward("weighted", weights={"adversarial_dino": 1.0, "jpeg_compressibility": 0.5}, args=args)
     assert learned(mixed) is mixed and mixed.learned == ["adversarial_dino"]
     assert set(mixed.state_dict()) == {"adversarial_dino"}
+    # a weighted reward's state is its learned parts' states, and loads back into them
+    import copy
+
+    state = copy.deepcopy(mixed.state_dict())
+    with torch.no_grad():
+        for p in mixed.parts["adversarial_dino"].head.parameters():
+            p.add_(1.0)
+    assert not torch.equal(next(mixed.parts["adversarial_dino"].head.parameters()),
+                           next(iter(state["adversarial_dino"]["head"].values())))
+    mixed.load_state_dict(state)
+    for k, v in mixed.parts["adversarial_dino"].head.state_dict().items():
+        assert torch.equal(v, state["adversarial_dino"]["head"][k])
     plain = build_reward("weighted", weights={"jpeg_compressibility": 1.0})
     assert learned(plain) is None and learned(build_reward("jpeg_compressibility")) is None

@@ -46,14 +46,14 @@ def test_reference_hinge_loss_by_hand_with_its_default_patch_weight():
 
 
 def test_normalized_hinge_loss_by_hand_with_its_default_global_weight():
-    h = linear_head([1.0, -2.0])
+    h = linear_head([3.0, -6.0])  # logits up to +-6.7: some hinges are active, some are not
     g = torch.Generator().manual_seed(0)
     real = (torch.randn(3, 2, generator=g, dtype=torch.float64), torch.randn(3, 4, 2, generator=g, dtype=torch.float64))
     fake = (torch.randn(3, 2, generator=g, dtype=torch.float64), torch.randn(3, 4, 2, generator=g, dtype=torch.float64))
 
     def hu(f):
         n = math.hypot(*f) + 1e-6
-        return f[0] / n - 2 * f[1] / n
+        return 3 * f[0] / n - 6 * f[1] / n
 
     def part(r, f):
         return sum(relu(1 - a) for a in r) / len(r) + sum(relu(1 + b) for b in f) / len(f)
@@ -153,3 +153,32 @@ def test_reno_minimises_the_reward_loss_plus_the_weighted_regulariser(sd3_policy
     want = eps0 - st.lr * (eps.grad + 0.25 * reg_grad)
     assert torch.allclose(eps1, want, rtol=0, atol=1e-6 * float(eps0.abs().max()))
     assert not torch.allclose(eps1, eps0 - st.lr * (eps.grad - 0.25 * reg_grad), rtol=0, atol=1e-6)
+
+
+def test_load_image_reads_rgb_in_unit_range_and_resizes_bilinear_to_height_width(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from reward_models.adversarial import load_image
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(5, 7), dtype=np.uint8)  # a grayscale file, 5 high and 7 wide
+    Image.fromarray(arr, mode="L").save(tmp_path / "g.png")
+    img = load_image(str(tmp_path / "g.png"))
+    assert img.shape == (3, 5, 7) and torch.equal(img[1], torch.from_numpy(arr).float() / 255)
+    assert torch.equal(load_image(str(tmp_path / "g.png"), (5, 7)), img)  # its own size: unchanged
+    small = load_image(str(tmp_path / "g.png"), (3, 4))
+    want = np.array(Image.fromarray(arr, mode="L").convert("RGB").resize((4, 3), Image.BILINEAR))
+    assert small.shape == (3, 3, 4) and torch.equal(small, torch.from_numpy(want).permute(2, 0, 1).float() / 255)
+
+
+def test_reference_map_accepts_one_file_name_or_a_list(tmp_path):
+    import json
+
+    from reward_models.adversarial import load_reference_map
+
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "map.json").write_text(json.dumps({"a cat": "a.png", "two cats": ["b.png", "c.png"]}))
+    assert load_reference_map(str(tmp_path / "map.json"), str(tmp_path)) == {"a cat": ["a.png"],
+                                                                              "two cats": ["b.png", "c.png"]}
