@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import os
@@ -90,10 +91,27 @@ GROUPS: dict[str, Group] = {
     "reward_objectives": Group(
         files=("reward_models/adversarial.py", "reward_models/prompt_echo.py", "reward_models/weighted.py",
                "flowalign/noise_opt.py"),
-        functions=("reward_models.adversarial.*", "reward_models.prompt_echo.*", "reward_models.weighted.*",
-                   "flowalign.noise_opt.x_chi_regulariser*", "flowalign.noise_opt.x_parse_reward_weights*",
-                   "flowalign.noise_opt.x_weighted_reward*", "flowalign.noise_opt.x_optimize_noise*",
-                   "flowalign.noise_opt.x_best_of_n*", "flowalign.noise_opt.x_differentiable_sample*"),
+        functions=("reward_models.adversarial.x_unit*", "reward_models.adversarial.x_pick_patches*",
+                   "reward_models.adversarial.x_adversarial_scores*", "reward_models.adversarial.x_reference_hinge_loss*",
+                   "reward_models.adversarial.x_normalized_hinge_loss*", "reward_models.adversarial.x_load_image*",
+                   "reward_models.adversarial.x_load_reference_map*",
+                   "reward_models.adversarial.xǁAdversarialDinoRewardǁscores*",
+                   "reward_models.adversarial.xǁAdversarialDinoRewardǁ__call__*",
+                   "reward_models.adversarial.xǁAdversarialDinoRewardǁhead_step*",
+                   "reward_models.adversarial.xǁAdversarialDinoRewardǁtrains_generator*",
+                   "reward_models.adversarial.xǁAdversarialDinoRewardǁreal_images*",
+                   "reward_models.adversarial.xǁAdversarialDinoRewardǁupdate*",
+                   "reward_models.adversarial.xǁAdversarialDinoRewardǁstate_dict*",
+                   "reward_models.adversarial.xǁAdversarialDinoRewardǁload_state_dict*",
+                   "reward_models.prompt_echo.x_query_prefix*", "reward_models.prompt_echo.x_answer_texts*",
+                   "reward_models.prompt_echo.x_answer_token_losses*",
+                   "reward_models.prompt_echo.xǁPromptEchoRewardǁtoken_losses*",
+                   "reward_models.prompt_echo.xǁPromptEchoRewardǁ__call__*",
+                   "reward_models.weighted.x_weighted_sum*", "reward_models.weighted.xǁWeightedRewardǁ__call__*",
+                   "reward_models.weighted.xǁWeightedRewardǁstate_dict*",
+                   "reward_models.weighted.xǁWeightedRewardǁload_state_dict*",
+                   "flowalign.noise_opt.x_chi_regulariser*", "flowalign.noise_opt.x_weighted_reward*",
+                   "flowalign.noise_opt.x_optimize_noise*", "flowalign.noise_opt.x_differentiable_sample*"),
         tests=("tests/reward_models/test_objective_coefficients.py", "tests/reward_models/test_adversarial.py",
                "tests/reward_models/test_prompt_echo.py", "tests/reward_models/test_rewards.py",
                "tests/flowalign/test_reno.py")),
@@ -196,8 +214,6 @@ def mutmut_section(group: Group) -> str:
 
 
 def read_statuses(work: pathlib.Path, patterns: tuple[str, ...]) -> dict[str, str]:
-    import fnmatch
-
     from mutmut.stats import status_by_exit_code
 
     out = {}
@@ -237,8 +253,9 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
             raise ValueError(f"--recheck: every source of group {name!r} changed since its last run (mutants are "
                              "numbered anew); run the group in full.")
         # a changed file's earlier results are void: all its mutants run again
+        in_scope = (lambda k: any(fnmatch.fnmatch(k, p) for p in group.functions)) if group.functions else (lambda k: True)
         previous = {**previous, "statuses": {k: v for k, v in previous["statuses"].items()
-                                             if module_of(k) not in changed}}
+                                             if module_of(k) not in changed and in_scope(k)}}
         names = sorted(k for k, v in previous["statuses"].items() if v not in KILLED)
         for f in sorted(changed):
             mod = f[:-3].replace("/", ".")
