@@ -226,6 +226,11 @@ def test_dpm2_trajectory_fields_rows_and_dtypes():
     assert torch.equal(t.log_probs, torch.zeros(2, 4)) and torch.equal(t.sde_mask, torch.zeros(4, dtype=torch.bool))
     assert t.kinds == ("ode",) * 4 and torch.equal(t.sigmas, sig)
     assert torch.equal(t.noise_level, torch.zeros(4, dtype=torch.float64))
+    assert (t.sde_mask.dtype, t.noise_level.dtype, t.log_probs.dtype) == (torch.bool, torch.float64, torch.float32)
+    # explicit rows reach the velocity
+    r = samplers.dpm2_rollout(vel, noise, sig, rows=torch.tensor([2, 0]))
+    assert torch.allclose(r.latents[:, 1], noise.float() * (1 + (float(sig[1]) - float(sig[0])) * c[[2, 0]].float()[:, None]),
+                          rtol=1e-6)
 
 
 @pytest.mark.parametrize("step", ["euler", "cps"])
@@ -247,6 +252,8 @@ def test_euler_rescoring_returns_the_given_sample_in_the_compute_dtype():
     given = torch.tensor([[0.25, 0.5]], dtype=torch.bfloat16)
     out = samplers.euler_step(x, v, 0.8, 0.5, prev_sample=given)
     assert out.prev_sample.dtype == torch.float32 and torch.equal(out.prev_sample, given.float())
+    assert out.log_prob.dtype == torch.float32
+    assert samplers.euler_step(x.double(), v.double(), 0.8, 0.5).log_prob.dtype == torch.float64
     assert torch.equal(out.mean, torch.full((1, 2), -0.30000001192092896)) and out.log_prob.tolist() == [0.0]
 
 
