@@ -288,6 +288,7 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
     result["seconds"] = round(seconds + (previous or {}).get("seconds", 0.0), 1)
     result["unchecked"] = len(statuses) - len({k: v for k, v in statuses.items() if v != "not checked"})
     result["statuses"] = {**statuses, **checked}  # with the unchecked ones, which a --recheck runs
+    result["diffs"] = diffs  # of every mutant not killed, so the report can be scored again
     result["source_hashes"] = source_hashes(group)
     return result
 
@@ -347,6 +348,7 @@ def main(argv=None) -> None:
     if args.save:
         slim = {"command": results["command"],
                 "groups": {g: {"modules": r["modules"], "seconds": r["seconds"],
+                               "unchecked": sum(v == "not checked" for v in r.get("statuses", {}).values()),
                                "survivors": {m: [s["name"] for s in v] for m, v in r["survivors"].items()}}
                            for g, r in results["groups"].items()}}
         pathlib.Path(args.save).write_text(json.dumps(slim, indent=1, ensure_ascii=False))

@@ -233,12 +233,12 @@ def test_dpm2_trajectory_fields_rows_and_dtypes():
                           rtol=1e-6)
 
 
-@pytest.mark.parametrize("step", ["euler", "cps"])
+@pytest.mark.parametrize("step", ["euler", "cps", "dance_sde"])
 def test_low_precision_steps_use_float32_sigmas_and_velocities(step):
     """bf16 inputs: the step's sigmas and product are float32 (0.7 and 0.33 are not bf16 numbers)."""
     x = torch.tensor([[0.3, -1.2]], dtype=torch.bfloat16)
     v = torch.tensor([[0.7, 0.1]], dtype=torch.bfloat16)
-    fn = samplers.euler_step if step == "euler" else samplers.cps_step
+    fn = {"euler": samplers.euler_step, "cps": samplers.cps_step, "dance_sde": samplers.dance_sde_step}[step]
     noise = torch.tensor([[0.5, -0.25]])
     kw = {} if step == "euler" else {"noise": noise}
     low = fn(x, v, 0.7, 0.33, **kw)
@@ -253,16 +253,19 @@ def test_euler_rescoring_returns_the_given_sample_in_the_compute_dtype():
     out = samplers.euler_step(x, v, 0.8, 0.5, prev_sample=given)
     assert out.prev_sample.dtype == torch.float32 and torch.equal(out.prev_sample, given.float())
     assert out.log_prob.dtype == torch.float32
-    assert samplers.euler_step(x.double(), v.double(), 0.8, 0.5).log_prob.dtype == torch.float64
+    d = samplers.euler_step(x.double(), v.double(), 0.8, 0.5)
+    assert d.log_prob.dtype == d.std.dtype == torch.float64
     assert torch.equal(out.mean, torch.full((1, 2), -0.30000001192092896)) and out.log_prob.tolist() == [0.0]
 
 
-def test_cps_defaults_and_its_generator():
+@pytest.mark.parametrize("step, default_level", [("cps_step", 0.7), ("dance_sde_step", 0.3)])
+def test_step_defaults_and_their_generator(step, default_level):
+    fn = getattr(samplers, step)
     g = torch.Generator().manual_seed(0)
     x, v = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
-    a = samplers.cps_step(x, v, 0.8, 0.6, generator=torch.Generator().manual_seed(4))
-    b = samplers.cps_step(x, v, 0.8, 0.6, noise_level=0.7, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(a.prev_sample, b.prev_sample)  # noise_level defaults to 0.7
+    a = fn(x, v, 0.8, 0.6, generator=torch.Generator().manual_seed(4))
+    b = fn(x, v, 0.8, 0.6, noise_level=default_level, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.prev_sample, b.prev_sample)  # the documented default noise level
     torch.manual_seed(123)  # the global generator is not the one given
-    c = samplers.cps_step(x, v, 0.8, 0.6, generator=torch.Generator().manual_seed(4))
+    c = fn(x, v, 0.8, 0.6, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a.prev_sample, c.prev_sample)
