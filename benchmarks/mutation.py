@@ -240,8 +240,9 @@ def source_hashes(group: Group) -> dict[str, str]:
 
 def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect_only: bool = False,
               previous: dict | None = None) -> dict:
-    """Run mutmut on one group. With `previous` (this group's earlier result on the same sources),
-    only its surviving mutants are tested again (with the current tests) and its kills are kept."""
+    """Run mutmut on one group. With `previous` (this group's earlier result), the survivors and
+    unchecked mutants of its unchanged files run again with the current tests, their kills are kept,
+    and every mutant of a changed file runs again."""
     work = out / "work" / name
     mutmut = str(pathlib.Path(sys.executable).with_name("mutmut"))
     rc, seconds = 0, 0.0
@@ -282,11 +283,11 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
                            f"see {out / (name + '.log')}")
     diffs = {}
     for m, st in checked.items():
-        if st not in ("killed", "timeout"):
+        if st not in KILLED:
             diffs[m] = subprocess.run([mutmut, "show", m], cwd=work, capture_output=True, text=True).stdout
     result = score(checked, diffs, load_equivalent())
     result["seconds"] = round(seconds + (previous or {}).get("seconds", 0.0), 1)
-    result["unchecked"] = len(statuses) - len({k: v for k, v in statuses.items() if v != "not checked"})
+    result["unchecked"] = sum(v == "not checked" for v in statuses.values())
     result["statuses"] = {**statuses, **checked}  # with the unchecked ones, which a --recheck runs
     result["diffs"] = diffs  # of every mutant not killed, so the report can be scored again
     result["source_hashes"] = source_hashes(group)
@@ -321,8 +322,8 @@ def main(argv=None) -> None:
     ap.add_argument("--collect-only", action="store_true",
                     help="score the mutmut runs already in OUT/work (an interrupted run's checked mutants)")
     ap.add_argument("--recheck", action="store_true",
-                    help="test again only the survivors of each group's last run in OUT (sources unchanged), "
-                         "keeping its kills: for after adding tests")
+                    help="test again only the survivors and unchecked mutants of each group's last run in OUT, "
+                         "keeping its kills (all mutants of a file changed since): for after adding tests")
     ap.add_argument("--save", default=None, help="also write the report's json here (e.g. benchmarks/results/mutation.json)")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
