@@ -159,6 +159,9 @@ def device_only(diff: str) -> bool:
     return norm(minus[0]) == norm(plus[0].replace("device=None", ""))
 
 
+KILLED = ("killed", "timeout", "caught by type check", "segfault")  # mutmut's statuses that detect a mutant
+
+
 def score(statuses: dict[str, str], diffs: dict[str, str], equivalent: dict[str, dict]) -> dict:
     """Per module: counts and the score over non-equivalent mutants. `statuses` maps a mutant to
     killed / survived / no tests / timeout / ...; an equivalent entry applies only while its line
@@ -168,7 +171,7 @@ def score(statuses: dict[str, str], diffs: dict[str, str], equivalent: dict[str,
     for name, status in sorted(statuses.items()):
         mod = module_of(name)
         per[mod]["mutants"] += 1
-        if status in ("killed", "timeout", "caught by type check", "segfault"):
+        if status in KILLED:
             per[mod]["killed"] += 1
             continue
         if device_only(diffs.get(name, "")):
@@ -223,9 +226,6 @@ def read_statuses(work: pathlib.Path, patterns: tuple[str, ...]) -> dict[str, st
             if not patterns or any(fnmatch.fnmatch(name, p) for p in patterns):
                 out[name] = status_by_exit_code[code]
     return out
-
-
-KILLED = ("killed", "timeout", "caught by type check", "segfault")
 
 
 def source_hashes(group: Group) -> dict[str, str]:
