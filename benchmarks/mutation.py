@@ -239,7 +239,7 @@ def source_hashes(group: Group) -> dict[str, str]:
 
 
 def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect_only: bool = False,
-              previous: dict | None = None) -> dict:
+              previous: dict | None = None, survivors_only: bool = False) -> dict:
     """Run mutmut on one group. With `previous` (this group's earlier result), the survivors and
     unchecked mutants of its unchanged files run again with the current tests, their kills are kept,
     and every mutant of a changed file runs again."""
@@ -257,7 +257,8 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
         in_scope = (lambda k: any(fnmatch.fnmatch(k, p) for p in group.functions)) if group.functions else (lambda k: True)
         previous = {**previous, "statuses": {k: v for k, v in previous["statuses"].items()
                                              if module_of(k) not in changed and in_scope(k)}}
-        names = sorted(k for k, v in previous["statuses"].items() if v not in KILLED)
+        skip = KILLED + (("not checked",) if survivors_only else ())
+        names = sorted(k for k, v in previous["statuses"].items() if v not in skip)
         for f in sorted(changed):
             mod = f[:-3].replace("/", ".")
             names += [p for p in group.functions if p.startswith(mod + ".")] or [mod + ".*"]
@@ -324,6 +325,8 @@ def main(argv=None) -> None:
     ap.add_argument("--recheck", action="store_true",
                     help="test again only the survivors and unchecked mutants of each group's last run in OUT, "
                          "keeping its kills (all mutants of a file changed since): for after adding tests")
+    ap.add_argument("--survivors-only", action="store_true",
+                    help="with --recheck: leave the unchecked mutants unchecked (a quick look at the survivors)")
     ap.add_argument("--save", default=None, help="also write the report's json here (e.g. benchmarks/results/mutation.json)")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
@@ -338,7 +341,7 @@ def main(argv=None) -> None:
         prev = results["groups"].get(name) if args.recheck else None
         if args.recheck and prev is None:
             raise ValueError(f"--recheck: {out} has no earlier result of group {name!r}; run it first.")
-        r = run_group(name, GROUPS[name], out, args.children, args.collect_only, prev)
+        r = run_group(name, GROUPS[name], out, args.children, args.collect_only, prev, args.survivors_only)
         results["groups"][name] = r
         for mod, c in r["modules"].items():
             print(f"[mutation] {mod}: {c['killed']}/{c['mutants'] - c['equivalent'] - c.get('device_only', 0)} killed "
