@@ -125,3 +125,48 @@ def test_llava_style_answer_keeps_its_separator_and_eos(vlm_dir):
     bad.chat_template = "{% for m in messages %}{{ m['role'] }}{% endfor %}{% if add_generation_prompt %}>{% endif %}"
     with pytest.raises(ValueError, match="does not render an assistant answer"):
         answer_texts(bad, query_prefix(bad, "q"), ["x"], "q")
+
+
+# llava-hf/llava-1.5-7b-hf's form: the parts of a turn are picked by their "type" (images first, then texts)
+LLAVA_HF = ("{% for m in messages %}{{ m['role'].upper() + ': ' }}"
+            "{% for c in m['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+            "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] + ' ' }}{% endfor %}"
+            "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+
+
+def test_template_that_picks_parts_by_type_gets_typed_text_parts_and_the_tokenizers_eos():
+    """A template that selects text parts by `type == "text"` (LLaVA-1.5's) sees the query and the
+    answer; its assistant turn has no closing marker, so the tokenizer's eos ends the answer, and
+    without an eos token nothing is appended."""
+    from reward_models.prompt_echo import answer_texts, query_prefix
+
+    tok = chatml_tokenizer()
+    tok.chat_template = LLAVA_HF
+    q = "Describe the image."
+    prefix = query_prefix(tok, q)
+    assert prefix == "USER: <image>\nDescribe the image. ASSISTANT:"
+    assert answer_texts(tok, prefix, ["a red circle"], q) == [prefix + " a red circle<|endoftext|>"]
+    tok.eos_token = None
+    assert tok.eos_token is None
+    assert answer_texts(tok, prefix, ["a red circle"], q) == [prefix + " a red circle"]
+
+
+def test_answer_found_again_in_the_closing_marker_is_cut_at_its_first_occurrence():
+    """The answer "im" also occurs inside ChatML's <|im_end|>: the answer is the first occurrence after
+    the generation prompt, and the whole marker follows it."""
+    from reward_models.prompt_echo import answer_texts, query_prefix
+
+    tok = chatml_tokenizer()
+    prefix = query_prefix(tok, "q")
+    assert answer_texts(tok, prefix, ["im"], "q") == [prefix + "im<|im_end|>"]
+
+
+def test_template_whose_answer_turn_does_not_extend_the_generation_prompt_is_refused_even_if_the_answer_occurs():
+    """`userassistant` does not start with the generation prompt `user>`: refused, although the answer
+    "t" occurs in what follows the prefix's length."""
+    from reward_models.prompt_echo import answer_texts, query_prefix
+
+    bad = chatml_tokenizer()
+    bad.chat_template = "{% for m in messages %}{{ m['role'] }}{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    with pytest.raises(ValueError, match="does not render an assistant answer"):
+        answer_texts(bad, query_prefix(bad, "q"), ["t"], "q")
