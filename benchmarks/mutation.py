@@ -288,11 +288,28 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
             diffs[m] = subprocess.run([mutmut, "show", m], cwd=work, capture_output=True, text=True).stdout
     result = score(checked, diffs, load_equivalent())
     result["seconds"] = round(seconds + (previous or {}).get("seconds", 0.0), 1)
-    result["unchecked"] = sum(v == "not checked" for v in statuses.values())
     result["statuses"] = {**statuses, **checked}  # with the unchecked ones, which a --recheck runs
     result["diffs"] = diffs  # of every mutant not killed, so the report can be scored again
     result["source_hashes"] = source_hashes(group)
     return result
+
+
+def rescore(result: dict, equivalent: dict | None = None) -> dict:
+    """A group's stored result scored again against the current equivalent list (its statuses and
+    the diffs of its survivors are kept): for after reviewing survivors, without running mutmut."""
+    checked = {k: v for k, v in result["statuses"].items() if v != "not checked"}
+    eq = load_equivalent() if equivalent is None else equivalent
+    return {**result, **score(checked, result.get("diffs", {}), eq)}
+
+
+def slim_report(results: dict) -> dict:
+    """What benchmarks/results keeps of a report: the scores, seconds, the number of unchecked
+    mutants and the survivors' names (not the statuses of every mutant nor the diffs)."""
+    return {"command": results["command"],
+            "groups": {g: {"modules": r["modules"], "seconds": r["seconds"],
+                           "unchecked": sum(v == "not checked" for v in r.get("statuses", {}).values()),
+                           "survivors": {m: [s["name"] for s in v] for m, v in r["survivors"].items()}}
+                       for g, r in results["groups"].items()}}
 
 
 def write_report(results: dict, out: pathlib.Path) -> None:
@@ -314,6 +331,13 @@ def write_report(results: dict, out: pathlib.Path) -> None:
     (out / "report.md").write_text("\n".join(lines))
 
 
+def print_scores(r: dict) -> None:
+    for mod, c in r["modules"].items():
+        print(f"[mutation] {mod}: {c['killed']}/{c['mutants'] - c['equivalent'] - c.get('device_only', 0)} killed "
+              f"({100 * c['score']:.1f} %), {c['equivalent']} equivalent, {c.get('device_only', 0)} device only, "
+              f"{c['survived']} survived [{r['seconds']:.0f} s]", flush=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--group", action="append", choices=sorted(GROUPS),
@@ -327,6 +351,8 @@ def main(argv=None) -> None:
                          "keeping its kills (all mutants of a file changed since): for after adding tests")
     ap.add_argument("--survivors-only", action="store_true",
                     help="with --recheck: leave the unchecked mutants unchecked (a quick look at the survivors)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score OUT/report.json again against benchmarks/mutation_equivalent.toml, running nothing")
     ap.add_argument("--save", default=None, help="also write the report's json here (e.g. benchmarks/results/mutation.json)")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
@@ -336,26 +362,25 @@ def main(argv=None) -> None:
     previous = out / "report.json"
     if previous.is_file():  # groups run earlier keep their results: run one group at a time if you like
         results["groups"] = json.loads(previous.read_text()).get("groups", {})
-    for name in args.group or list(GROUPS):
+    if args.rescore:
+        if not results["groups"]:
+            raise FileNotFoundError(f"--rescore: {previous} holds no results; run some groups first.")
+        results["groups"] = {g: rescore(r) for g, r in results["groups"].items()}
+        for r in results["groups"].values():
+            print_scores(r)
+        write_report(results, out)
+        args.group = []
+    for name in args.group if args.group is not None else list(GROUPS):
         print(f"[mutation] {name}: running mutmut ...", flush=True)
         prev = results["groups"].get(name) if args.recheck else None
         if args.recheck and prev is None:
             raise ValueError(f"--recheck: {out} has no earlier result of group {name!r}; run it first.")
         r = run_group(name, GROUPS[name], out, args.children, args.collect_only, prev, args.survivors_only)
         results["groups"][name] = r
-        for mod, c in r["modules"].items():
-            print(f"[mutation] {mod}: {c['killed']}/{c['mutants'] - c['equivalent'] - c.get('device_only', 0)} killed "
-                  f"({100 * c['score']:.1f} %), {c['equivalent']} equivalent, {c.get('device_only', 0)} device only, "
-                  f"{c['survived']} survived "
-                  f"[{r['seconds']:.0f} s]", flush=True)
+        print_scores(r)
         write_report(results, out)
     if args.save:
-        slim = {"command": results["command"],
-                "groups": {g: {"modules": r["modules"], "seconds": r["seconds"],
-                               "unchecked": sum(v == "not checked" for v in r.get("statuses", {}).values()),
-                               "survivors": {m: [s["name"] for s in v] for m, v in r["survivors"].items()}}
-                           for g, r in results["groups"].items()}}
-        pathlib.Path(args.save).write_text(json.dumps(slim, indent=1, ensure_ascii=False))
+        pathlib.Path(args.save).write_text(json.dumps(slim_report(results), indent=1, ensure_ascii=False))
     print(f"[mutation] report: {out / 'report.md'}")
 
 

@@ -89,3 +89,39 @@ def test_recheck_refuses_results_of_other_sources(tmp_path):
     assert set(M.source_hashes(group)) == {"flowalign/losses.py", "flowalign/advantages.py"}
     with pytest.raises(ValueError, match="every source of group"):
         M.run_group("losses_advantages", group, tmp_path, 1, previous={"source_hashes": {}, "statuses": {}})
+
+
+def test_rescore_applies_a_newly_listed_equivalent_and_the_saved_report_is_slim(tmp_path):
+    """--rescore scores stored statuses and diffs again; the kept json names survivors and counts the
+    unchecked mutants, without every status or diff."""
+    statuses = {"samplers.a.x_f__mutmut_1": "killed", "samplers.a.x_f__mutmut_2": "survived",
+                "samplers.a.x_f__mutmut_3": "not checked"}
+    diffs = {"samplers.a.x_f__mutmut_2": "-    y = x * 1\n+    y = x * 2\n"}
+    result = {**M.score({k: v for k, v in statuses.items() if v != "not checked"}, diffs, {}),
+              "statuses": statuses, "diffs": diffs, "seconds": 3.0}
+    assert result["modules"]["samplers/a.py"]["score"] == 0.5
+    eq_file = tmp_path / "eq.toml"
+    eq_file.write_text('[[mutant]]\nname = "samplers.a.x_f__mutmut_2"\nline = "y = x * 2"\nwhy = "x is 0 there"\n')
+    again = M.rescore(result, M.load_equivalent(eq_file))
+    assert again["modules"]["samplers/a.py"] == {"mutants": 2, "killed": 1, "equivalent": 1, "device_only": 0,
+                                                 "survived": 0, "score": 1.0}
+    assert again["statuses"] == statuses and again["diffs"] == diffs
+    slim = M.slim_report({"command": "c", "groups": {"g": result}})
+    assert slim == {"command": "c", "groups": {"g": {"modules": result["modules"], "seconds": 3.0, "unchecked": 1,
+                                                     "survivors": {"samplers/a.py": ["samplers.a.x_f__mutmut_2"]}}}}
+
+
+def test_rescore_command_rewrites_the_report_without_running_mutmut(tmp_path):
+    import json
+
+    statuses = {"flowalign.losses.x_f__mutmut_1": "killed", "flowalign.losses.x_f__mutmut_2": "survived"}
+    diffs = {"flowalign.losses.x_f__mutmut_2": "-    y = x * 1\n+    y = x * 2\n"}
+    stale = {"modules": {}, "survivors": {}, "statuses": statuses, "diffs": diffs, "seconds": 1.0}
+    (tmp_path / "report.json").write_text(json.dumps({"command": "x", "groups": {"losses_advantages": stale}}))
+    M.main(["--rescore", "--out", str(tmp_path), "--save", str(tmp_path / "slim.json")])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["groups"]["losses_advantages"]["modules"]["flowalign/losses.py"]["survived"] == 1
+    assert "flowalign.losses.x_f__mutmut_2" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "slim.json").read_text())["groups"]["losses_advantages"]["unchecked"] == 0
+    with pytest.raises(FileNotFoundError, match="holds no results"):
+        M.main(["--rescore", "--out", str(tmp_path / "empty")])
