@@ -72,7 +72,9 @@ GROUPS: dict[str, Group] = {
         tests=("tests/flowalign/test_flow_grpo_estimator.py", "tests/flowalign/test_dense_grpo.py",
                "tests/flowalign/test_branch_grpo.py", "tests/flowalign/test_fidelity_flow_grpo.py",
                "tests/flowalign/test_fidelity_branch_grpo.py", "tests/flowalign/test_nft.py",
-               "tests/flowalign/test_core_invariants.py", "-k", "not two_process and not torchrun")),
+               "tests/flowalign/test_core_invariants.py",
+               "tests/test_architecture.py::test_one_registry_whose_schemas_validate_themselves",
+               "tests/test_architecture.py::test_shipped_configs_load", "-k", "not two_process and not torchrun")),
     "trainer_checkpoint": Group(
         files=("flowalign/trainer.py", "flowalign/ema.py"),
         functions=("flowalign.trainer.x_load_state*", "flowalign.trainer.x_numpy_rng_state*",
