@@ -184,3 +184,15 @@ def test_branch_config_errors(tiny_sd3_dir, tmp_path, prompts_file):
         _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"algorithm.split_steps": "[1,9]"})
     with pytest.raises(ValueError, match="outside sampler.sde_window"):
         _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"sampler.sde_window": "[0,2]"})
+
+
+def test_comparable_edges_include_the_first_trees_split_from_its_root():
+    """Split at step 0: the edges out of each root (node 0 included) are comparable, as every
+    stochastic edge into a step its tree holds more than one node at; counted by hand."""
+    t, _ = _tree(R=2, K=4, splits=(0, 2), nb=2)
+    want = []
+    for n in range(t.num_nodes):
+        same = sum(int(t.root[m]) == int(t.root[n]) and int(t.step[m]) == int(t.step[n]) for m in range(t.num_nodes))
+        want.append(int(t.parent[n]) >= 0 and bool(t.sde_mask[n]) and same > 1)
+    assert comparable_edges(t).tolist() == want
+    assert any(want[n] for n in range(t.num_nodes) if int(t.parent[n]) == 0)

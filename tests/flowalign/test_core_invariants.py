@@ -160,3 +160,18 @@ def test_resume_restores_every_global_rng_and_the_checkpoints_keep_count(tiny_sd
     assert t.iteration == 3
     state = json.load(open(out / "checkpoints" / "iter_000003" / "state.json"))
     assert state == {"iteration": 3, "data_position": 3, "seed": t.cfg.run.seed, "world_size": 1, "sharding": "none"}
+
+
+def test_group_noise_is_one_seeded_draw_per_group_at_the_asked_size(sd3_policy):
+    """Flow-GRPO's shared noise: row i is the policy's noise from a generator seeded by
+    (seed, iteration, group_ids[i]), at the requested height and width; the same on every call."""
+    from flowalign.algorithms.flow_grpo import group_noise
+    from flowalign.seeds import group_noise_seed
+
+    ids = torch.tensor([4, 9, 4])
+    a = group_noise(sd3_policy, ids, 3, 2, 64, 32)
+    assert a.shape == (3, *sd3_policy.latent_shape(64, 32)) and sd3_policy.latent_shape(64, 32) != sd3_policy.latent_shape(None, None)
+    assert torch.equal(a, group_noise(sd3_policy, ids, 3, 2, 64, 32))
+    assert torch.equal(a[0], a[2]) and not torch.equal(a[0], a[1])
+    want = sd3_policy.initial_noise(1, 64, 32, torch.Generator().manual_seed(group_noise_seed(3, 2, 9)))
+    assert torch.equal(a[1:2], want)

@@ -160,6 +160,7 @@ def test_width_pruning_matches_the_released_code(K, splits, nb, mode, ratio):
             adv = (adv * 2).round() / 2  # ties: the depth-first order decides, as in the reference
         name = "branch_top" if mode == 1 else "batch_extreme"
         keep = width_prune(tree, adv, list(splits), name, ratio=ratio)
+        assert keep.dtype == torch.bool and keep.shape == (tree.num_nodes,)
         ours = {n for n in range(tree.num_nodes) if keep[n] and tree.parent[n] >= 0}
         assert ours == ref_width_pruning(ref_training_samples(tree, adv), max(splits), mode, ratio)
         split_edges = {n for n in range(tree.num_nodes) if tree.parent[n] >= 0 and int(tree.step[n]) == max(splits) + 1}
@@ -254,3 +255,87 @@ def test_sampler_shift_gives_the_released_codes_sigma_schedule(tiny_sd3_dir):
     t = torch.linspace(1, 0, 21)
     want = (3.0 * t) / (1 + (3.0 - 1) * t)
     assert torch.allclose(policy.sigmas(20), want, atol=1e-6) and not torch.allclose(own, want)
+
+
+def run_transitions(G, roots, keep_edges, zero_frac=0.3, kl_beta=0.0, seed=0, schedule="transitions", epochs=1):
+    """BranchGRPO's transition schedule on a random tree of `roots` trees with a scalar policy
+    (log p = old + theta c, plain SGD), training the first `keep_edges` stochastic edges (all: None).
+    Returns (theta, the reference loop's theta, stats, the grad norms the steps reported, order)."""
+    from omegaconf import OmegaConf
+
+    from flowalign.algorithms.base import Advantages
+    from flowalign.algorithms.branch_grpo import BranchGRPO, TreeRollout, stochastic_edges
+    from flowalign.config import SamplerConfig
+    from flowalign.losses import grpo_objective
+
+    g = torch.Generator().manual_seed(seed)
+    tree = samplers.tree_rollout(gaussian_velocity(0.3, 0.5), torch.randn(roots, 3, generator=g, dtype=torch.float64),
+                                 samplers.linear_sigmas(6), split_steps=(0, 2), branch_factor=2, generator=g)
+    cfg = OmegaConf.merge(OmegaConf.structured(BranchGRPOConfig), {
+        "gradient_accumulation_steps": G, "clip_range": 0.05, "split_steps": [0, 2], "group_size": 4,
+        "train_batch_size": 3, "kl_beta": kl_beta, "update_schedule": schedule, "inner_epochs": epochs})
+    algo = BranchGRPO(cfg, OmegaConf.structured(SamplerConfig(num_steps=6)))
+    adv = torch.randn(tree.num_nodes, generator=g, dtype=torch.float64)
+    adv[torch.rand(tree.num_nodes, generator=g) < zero_frac] = 0.0
+    coef = torch.randn(tree.num_nodes, generator=g, dtype=torch.float64)
+    theta = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    algo._edges_loss = lambda policy, ro, parents, child, a: grpo_objective(
+        tree.log_probs[child] + theta * coef[child], tree.log_probs[child], a[child], 0.05)
+    norms = []
+
+    class SGD:
+        def backward(self, loss, last=True):
+            loss.backward()
+
+        def step(self):
+            with torch.no_grad():
+                theta.sub_(0.5 * (theta.grad if theta.grad is not None else 0.0))
+            theta.grad = None
+            norms.append(float(len(norms) + 1) ** 2)  # distinct values, so their mean is checked
+            return {"grad_norm": norms[-1]}
+
+    mask = stochastic_edges(tree).clone()
+    if keep_edges is not None:
+        mask[torch.nonzero(mask).flatten()[keep_edges:]] = False
+    edges = torch.nonzero(mask).flatten()
+    ro = TreeRollout([f"p{i}" for i in range(roots)], [{}] * roots, torch.arange(roots), None, tree, algo.kinds,
+                     torch.ones(6))
+    perm_gen = torch.Generator().manual_seed(7)
+    order = edges[torch.randperm(edges.numel(), generator=torch.Generator().set_state(perm_gen.get_state()))]
+    stats = algo.policy_step(None, ro, Advantages(None, adv, mask), SGD(), perm_gen)
+    per_tree = max(1, edges.numel() // roots)
+    want = ref_transition_loop(order.tolist(), adv, tree.log_probs.double(), coef, 0.0, 0.5, G, per_tree, 0.05)
+    return float(theta.detach()), want, stats, norms, order, adv
+
+
+@pytest.mark.parametrize("roots,keep", [(1, None), (2, 5), (2, 1), (3, None)])
+def test_transition_loss_scale_is_the_kept_transitions_per_tree(roots, keep):
+    """The loss scale G x (kept transitions // trees, at least 1): one tree, an odd number of kept
+    transitions, fewer kept transitions than trees; the statistics are means over the steps."""
+    theta, want, stats, norms, order, adv = run_transitions(3, roots, keep, zero_frac=0.0)
+    assert abs(theta - want) < 1e-10 and theta != 0.0
+    assert stats["optimizer_steps"] == len(norms) == -(-order.numel() // 3)
+    assert stats["grad_norm"] == pytest.approx(sum(norms) / len(norms))
+    assert stats["edges_computed"] == stats["edges_trained"] == order.numel()
+
+
+def test_transition_windows_compute_their_nonzero_advantages_or_one_and_kl_computes_all():
+    """Without KL a window computes its non-zero-advantage transitions, or one when it has none; with
+    KL every transition is computed (its KL term has a gradient at zero advantage)."""
+    theta, want, stats, norms, order, adv = run_transitions(2, 2, None, zero_frac=0.6, seed=3)
+    windows = order.split(2)
+    assert any(bool((adv[w] == 0).all()) and w.numel() == 2 for w in windows)  # a window with none to compute
+    assert stats["edges_computed"] == sum(max(1, int((adv[w] != 0).sum())) for w in windows)
+    assert abs(theta - want) < 1e-10
+    _, _, stats_kl, _, order_kl, _ = run_transitions(2, 2, None, zero_frac=0.6, kl_beta=0.5, seed=3)
+    assert stats_kl["edges_computed"] == order_kl.numel()
+
+
+@pytest.mark.parametrize("schedule", ["transitions", "epoch"])
+def test_the_update_order_comes_from_the_given_generator_only(schedule):
+    """Both schedules shuffle with the generator they are given: the same generator seed gives the
+    same parameters, and the global RNG is left untouched (exact resume depends on it)."""
+    before = torch.get_rng_state()
+    runs = [run_transitions(2, 2, None, seed=5, schedule=schedule, epochs=2) for _ in range(2)]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert runs[0][0] == runs[1][0] and runs[0][0] != 0.0
