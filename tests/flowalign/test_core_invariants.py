@@ -175,3 +175,28 @@ def test_group_noise_is_one_seeded_draw_per_group_at_the_asked_size(sd3_policy):
     assert torch.equal(a[0], a[2]) and not torch.equal(a[0], a[1])
     want = sd3_policy.initial_noise(1, 64, 32, torch.Generator().manual_seed(group_noise_seed(3, 2, 9)))
     assert torch.equal(a[1:2], want)
+
+
+def test_final_prompts_pair_each_final_latent_with_its_own_prompt():
+    """The learned reward's update gets one prompt per final image, in the final latents' order:
+    the rollout's prompts (Flow-GRPO, NFT), each leaf's tree's prompt (BranchGRPO)."""
+    from omegaconf import OmegaConf
+
+    import samplers
+    from flowalign.algorithms.branch_grpo import BranchGRPO, BranchGRPOConfig, TreeRollout
+    from flowalign.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig, Rollout
+    from flowalign.algorithms.nft import NFT, NFTConfig
+    from flowalign.config import SamplerConfig
+
+    sampler = OmegaConf.structured(SamplerConfig(num_steps=4))
+    traj = samplers.rollout(lambda x, s, rows=None: -x, torch.randn(3, 2), samplers.linear_sigmas(4), kinds="ode")
+    ro = Rollout(["a", "b", "a"], [{}] * 3, torch.tensor([0, 1, 0]), None, traj)
+    for algo in (FlowGRPO(OmegaConf.structured(FlowGRPOConfig), sampler), NFT(OmegaConf.structured(NFTConfig), sampler)):
+        assert algo.final_prompts(ro) == ["a", "b", "a"] and algo.final_latents(ro).shape[0] == 3
+    cfg = OmegaConf.merge(OmegaConf.structured(BranchGRPOConfig), {"split_steps": [1], "group_size": 2})
+    tree = samplers.tree_rollout(lambda x, s, rows=None: -x, torch.randn(2, 2), samplers.linear_sigmas(4),
+                                 split_steps=(1,), branch_factor=2, generator=torch.Generator().manual_seed(0))
+    branch = BranchGRPO(cfg, sampler)
+    tro = TreeRollout(["p", "q"], [{}, {}], torch.tensor([0, 1]), None, tree, branch.kinds, torch.ones(4))
+    assert branch.final_prompts(tro) == [["p", "q"][r] for r in tree.root[tree.leaves].tolist()]
+    assert sorted(branch.final_prompts(tro)) == ["p", "p", "q", "q"]
