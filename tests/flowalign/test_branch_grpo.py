@@ -196,3 +196,37 @@ def test_comparable_edges_include_the_first_trees_split_from_its_root():
         want.append(int(t.parent[n]) >= 0 and bool(t.sde_mask[n]) and same > 1)
     assert comparable_edges(t).tolist() == want
     assert any(want[n] for n in range(t.num_nodes) if int(t.parent[n]) == 0)
+
+
+def _algo(**over):
+    from omegaconf import OmegaConf
+
+    from flowalign.algorithms.branch_grpo import BranchGRPO, BranchGRPOConfig
+    from flowalign.config import SamplerConfig
+
+    cfg = OmegaConf.merge(OmegaConf.structured(BranchGRPOConfig), over)
+    return BranchGRPO(cfg, OmegaConf.structured(SamplerConfig(num_steps=4)))
+
+
+def test_assign_gives_each_process_its_own_whole_trees():
+    algo = _algo(split_steps=[1], group_size=2)
+    metas = [{"prompt": p} for p in "abcdef"]
+    parts = [algo.assign(metas, r, 2) for r in range(2)]
+    assert [m["prompt"] for m in parts[0][0]] == ["a", "b", "c"] and parts[0][1].tolist() == [0, 1, 2]
+    assert [m["prompt"] for m in parts[1][0]] == ["d", "e", "f"] and parts[1][1].tolist() == [3, 4, 5]
+    with pytest.raises(ValueError, match="must divide evenly over 4 processes"):
+        algo.assign(metas, 0, 4)
+
+
+@pytest.mark.parametrize("schedule,G,epochs", [("transitions", 5, 1), ("transitions", 4, 2), ("epoch", 4, 3)])
+def test_updates_per_iteration_counts_the_optimiser_steps_of_a_real_tree(schedule, G, epochs):
+    """transitions: ceil(edges of the local trees / G) per inner epoch, the edges counted on a real tree
+    (branch factor 3, splits at 0 and 2, 4 steps: 3 + 3 + 9 + 9 per tree); epoch: one per inner epoch."""
+    algo = _algo(split_steps=[0, 2], branch_factor=3, group_size=9, gradient_accumulation_steps=G,
+                 inner_epochs=epochs, update_schedule=schedule)
+    tree = samplers.tree_rollout(lambda x, s, rows=None: -x, torch.randn(2, 2), samplers.linear_sigmas(4),
+                                 split_steps=(0, 2), branch_factor=3, generator=torch.Generator().manual_seed(0))
+    edges = tree.num_nodes - 2
+    assert edges == 2 * 24
+    want = epochs * -(-edges // G) if schedule == "transitions" else epochs
+    assert algo.updates_per_iteration(2) == want

@@ -339,3 +339,12 @@ def test_the_update_order_comes_from_the_given_generator_only(schedule):
     runs = [run_transitions(2, 2, None, seed=5, schedule=schedule, epochs=2) for _ in range(2)]
     assert torch.equal(torch.get_rng_state(), before)
     assert runs[0][0] == runs[1][0] and runs[0][0] != 0.0
+
+
+def test_epoch_schedule_reports_the_first_epochs_first_ratio_and_mean_statistics():
+    """Two inner epochs: first_ratio is the first chunk's of the first epoch (1: on-policy), not the
+    second's (the parameters moved); the statistics are means over the optimiser steps."""
+    theta, _, stats, norms, order, adv = run_transitions(2, 2, None, zero_frac=0.0, seed=4, schedule="epoch", epochs=2)
+    assert len(norms) == 2 and theta != 0.0
+    assert stats["first_ratio"] == pytest.approx(1.0, abs=1e-12)
+    assert stats["grad_norm"] == pytest.approx(sum(norms) / len(norms))
