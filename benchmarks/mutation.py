@@ -49,6 +49,8 @@ EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
 SKIP_PATTERNS = [r"^\s*raise ", r"^\s*(self\.)?(acc\.)?print\(", r"^\s*warnings\.warn\(", r"^\s*log(ger)?\.\w+\(",
                  r"""^\s*[rf]?"[^"]*"\)*[,;]?\s*$""", r"""^\s*[rf]?'[^']*'\)*[,;]?\s*$"""]
 DEVICE_ARG = re.compile(r",?\s*device=[\w.]+(\[[^\]]*\])?")
+DEVICE_POSITIONAL = re.compile(r"\.to\((dev|device|[\w.]+\.device)\)")
+DEVICE_VARIABLE = re.compile(r"^(\s*(?:dev|device)\s*=\s*)[\w.]+\.device(\s*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,18 +149,25 @@ def diff_added_lines(diff: str) -> list[str]:
 
 
 def device_only(diff: str) -> bool:
-    """A mutant that only drops a `device=` argument or sets it to None: on a machine with one
-    device every tensor is already there, so it changes no output where these tests run (a GPU
-    run of the same tests is what would catch it)."""
+    """A mutant that only drops a `device=` argument or sets it to None, turns `.to(dev)` into
+    `.to(None)`, or `dev = x.device` into `dev = None`: on a machine with one device every tensor is
+    already there, so it changes no output where these tests run (a GPU run of the same tests is
+    what would catch it)."""
     minus = [ln[1:] for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
     plus = [ln[1:] for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
-    if len(minus) != 1 or len(plus) != 1 or "device=" not in minus[0]:
+    if len(minus) != 1 or len(plus) != 1:
         return False
 
     def norm(line: str) -> str:
         return re.sub(r"\s+", "", DEVICE_ARG.sub("", line)).replace(",)", ")")
 
-    return norm(minus[0]) == norm(plus[0].replace("device=None", ""))
+    if "device=" in minus[0] and norm(minus[0]) == norm(plus[0].replace("device=None", "")):
+        return True
+    # the positional forms: `.to(dev)` -> `.to(None)`, and `dev = x.device` -> `dev = None`
+    for m in DEVICE_POSITIONAL.finditer(minus[0]):
+        if minus[0][:m.start()] + ".to(None)" + minus[0][m.end():] == plus[0]:
+            return True
+    return bool(DEVICE_VARIABLE.match(minus[0])) and plus[0] == DEVICE_VARIABLE.sub(r"\1None", minus[0])
 
 
 KILLED = ("killed", "timeout", "caught by type check", "segfault")  # mutmut's statuses that detect a mutant

@@ -25,6 +25,14 @@ def test_device_only_mutants_are_recognised_and_nothing_else():
     assert M.device_only(DIFF.replace("torch.arange(N, )", "torch.arange(N, device=None)"))
     assert not M.device_only(DIFF.replace("torch.arange(N, )", "torch.arange(N + 1, )"))
     assert not M.device_only(DIFF.replace("torch.arange(N, )", "torch.arange(N, device=x.device) if False"))
+    # the positional forms
+    to = "-    x = t.latents[parents.to(dev)]\n+    x = t.latents[parents.to(None)]\n"
+    assert M.device_only(to) and M.device_only(to.replace("(dev)", "(x.device)"))
+    assert not M.device_only(to.replace("(dev)", "(torch.float32)"))  # a dtype is not a device
+    assert not M.device_only(to.replace("[parents.to(None)]", "[parents.to(None) + 1]"))
+    assert M.device_only("-    dev = t.latents.device\n+    dev = None\n")
+    assert not M.device_only("-    dev = t.latents.device\n+    dev = 0\n")
+    assert not M.device_only("-    n = t.latents.shape\n+    n = None\n")
 
 
 def test_score_counts_equivalents_only_while_their_line_matches(tmp_path):

@@ -148,11 +148,13 @@ def test_branch_training_iteration_nfe_and_on_policy(tiny_sd3_dir, tmp_path, pro
 
 def test_branch_transition_schedule_steps_every_g_transitions(tiny_sd3_dir, tmp_path, prompts_file):
     """The default (the released code's): every stochastic edge (1 + 2 + 4 + 4 a tree) in windows of
-    gradient_accumulation_steps, one optimiser step per window, no KL (no reference forward)."""
+    gradient_accumulation_steps, one optimiser step per window, no KL (no reference forward). On
+    policy at a noise level other than the step function's default: the loss uses the rollout's."""
     from flowalign.trainer import Trainer
 
     cfg = _branch_cfg(tiny_sd3_dir, tmp_path, prompts_file, **{"run.max_iterations": 1, "run.sample_every": 0,
                                                                 "algorithm.gradient_accumulation_steps": 4,
+                                                                "sampler.noise_level": 0.4,  # not the step's default
                                                                 "algorithm.kl_beta": 0.0})  # the default; overrides() sets one
     Trainer(cfg).train()
     m = json.loads(open(os.path.join(cfg.run.output_dir, "metrics.jsonl")).readline())
