@@ -348,3 +348,67 @@ def test_epoch_schedule_reports_the_first_epochs_first_ratio_and_mean_statistics
     assert len(norms) == 2 and theta != 0.0
     assert stats["first_ratio"] == pytest.approx(1.0, abs=1e-12)
     assert stats["grad_norm"] == pytest.approx(sum(norms) / len(norms))
+
+
+class ToyPolicy:
+    """The two calls BranchGRPO's loss makes of a policy: the exact Gaussian velocity (data N(0.3,
+    0.5^2)), and the same under `reference()` with the data mean moved, so the KL is not zero."""
+
+    def __init__(self):
+        self.ref = False
+
+    def velocity(self, x, sigma, cond, *, guidance=1.0, rows=None):
+        return gaussian_velocity(0.1 if self.ref else 0.3, 0.5)(x, sigma)
+
+    def reference(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            self.ref = True
+            try:
+                yield
+            finally:
+                self.ref = False
+        return ctx()
+
+
+@pytest.mark.parametrize("form", ["flow_grpo", "exact"])
+def test_branch_kl_is_the_configured_form_at_the_rollouts_noise_level(form):
+    """_edges_loss's KL term: for every trained edge, step_kl(kl_form) between the policy's and the
+    reference's transition means at the rollout's noise level (0.4, not the step's default), on its
+    own recorded child; the global RNG is not used."""
+    from omegaconf import OmegaConf
+
+    from flowalign.algorithms.branch_grpo import BranchGRPO, TreeRollout, comparable_edges
+    from flowalign.algorithms.flow_grpo import step_kl
+    from flowalign.config import SamplerConfig
+
+    g = torch.Generator().manual_seed(11)
+    levels = torch.full((6,), 0.4)
+    tree = samplers.tree_rollout(gaussian_velocity(0.3, 0.5), torch.randn(2, 3, generator=g, dtype=torch.float64),
+                                 samplers.linear_sigmas(6), split_steps=(0, 2), branch_factor=2, noise_level=levels,
+                                 generator=g)
+    cfg = OmegaConf.merge(OmegaConf.structured(BranchGRPOConfig), {
+        "split_steps": [0, 2], "group_size": 4, "kl_beta": 0.5, "kl_form": form})
+    algo = BranchGRPO(cfg, OmegaConf.structured(SamplerConfig(num_steps=6)))
+    ro = TreeRollout(["p", "q"], [{}, {}], torch.tensor([0, 1]), None, tree, algo.kinds, levels)
+    child = torch.nonzero(comparable_edges(tree)).flatten()
+    parents = torch.unique(tree.parent[child])
+    adv = torch.randn(tree.num_nodes, generator=g, dtype=torch.float64)
+    before = torch.get_rng_state()
+    _, st = algo._edges_loss(ToyPolicy(), ro, parents, child, adv)
+    assert torch.equal(torch.get_rng_state(), before)
+    want = []
+    for n in child.tolist():
+        p, k = int(tree.parent[n]), int(tree.step[tree.parent[n]])
+        s, sn = float(tree.sigmas[k]), float(tree.sigmas[k + 1])
+        fn = samplers.step_fn(ro.kinds[k])
+        x = tree.latents[p:p + 1]
+        out = fn(x, gaussian_velocity(0.3, 0.5)(x, torch.tensor([s])), s, sn, noise_level=0.4,
+                 prev_sample=tree.latents[n:n + 1])
+        ref = fn(x, gaussian_velocity(0.1, 0.5)(x, torch.tensor([s])), s, sn, noise_level=0.4,
+                 prev_sample=tree.latents[n:n + 1])
+        assert torch.allclose(out.log_prob.double(), tree.log_probs[n:n + 1].double(), atol=1e-6)  # on policy
+        want.append(step_kl(form, ro.kinds[k], out.mean, ref.mean, out.std, s, sn))
+    assert st["kl"] == pytest.approx(float(torch.cat(want).mean()), rel=1e-6) and st["kl"] > 0
