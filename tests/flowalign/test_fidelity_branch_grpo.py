@@ -412,3 +412,4 @@ def test_branch_kl_is_the_configured_form_at_the_rollouts_noise_level(form):
         assert torch.allclose(out.log_prob.double(), tree.log_probs[n:n + 1].double(), atol=1e-6)  # on policy
         want.append(step_kl(form, ro.kinds[k], out.mean, ref.mean, out.std, s, sn))
     assert st["kl"] == pytest.approx(float(torch.cat(want).mean()), rel=1e-6) and st["kl"] > 0
+    assert st["loss"] == pytest.approx(st["policy_loss"] + 0.5 * st["kl"], rel=1e-9, abs=1e-12)
