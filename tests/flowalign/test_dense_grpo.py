@@ -46,6 +46,49 @@ def test_calibration_raises_psi_where_outcomes_are_balanced_and_lowers_it_elsewh
     assert_tensors_close(new, torch.tensor([0.51, 0.49, 0.5, 0.0], dtype=torch.float64), atol=1e-9)
 
 
+def test_dense_advantages_are_group_advantages_of_each_trained_step_with_flow_grpos_defaults():
+    """Defaults clip 5 and eps 1e-4 (Flow-GRPO's), std within the group; std_scope and clip are passed
+    on (the batch std, clip 1); float32, 0 on untrained steps. DenseGRPO.step_advantages passes the
+    config's std_scope and adv_clip_max."""
+    from omegaconf import OmegaConf
+
+    from flowalign.advantages import group_advantages
+    from flowalign.algorithms.dense_grpo import DenseGRPOConfig
+    from flowalign.config import SamplerConfig
+
+    g = torch.Generator().manual_seed(0)
+    gids = torch.tensor([0] * 40 + [1] * 3)  # a group large enough for a z-score above 5
+    gains = torch.randn(43, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0] * 40 + [50.0] * 3)[:, None]
+    gains[0, 2] = 400.0  # an outlier: clipped at 5 by default
+    adv = dense_advantages(gains, gids, [0, 2])
+    assert adv.dtype == torch.float32 and adv[:, [1, 3]].abs().max() == 0
+    for k in (0, 2):
+        want = group_advantages(gains[:, k], gids, std_scope="group", clip=5.0, eps=1e-4)
+        assert torch.allclose(adv[:, k], want.float(), atol=1e-6)
+    assert adv.abs().max() == 5.0
+    other = dense_advantages(gains, gids, [2], std_scope="batch", clip=1.0)
+    want = group_advantages(gains[:, 2], gids, std_scope="batch", clip=1.0, eps=1e-4).float()
+    assert torch.allclose(other[:, 2], want, atol=1e-6)
+    assert not torch.allclose(want, group_advantages(gains[:, 2], gids, std_scope="group", clip=1.0).float())
+    cfg = OmegaConf.merge(OmegaConf.structured(DenseGRPOConfig), {"std_scope": "batch", "adv_clip_max": 0.7})
+    algo = DenseGRPO(cfg, OmegaConf.structured(SamplerConfig(num_steps=4)))
+    R = torch.cat([torch.zeros(43, 1, dtype=torch.float64), gains.cumsum(1)], 1)  # rewards whose gains are `gains`
+    got = algo.step_advantages(R, gids)
+    for k in algo.train_steps:
+        want = group_advantages(gains[:, k], gids, std_scope="batch", clip=0.7, eps=1e-4).float()
+        assert torch.allclose(got[:, k], want, atol=1e-5)
+    assert got.abs().max() == pytest.approx(0.7)
+
+
+def test_calibration_counts_only_strict_gains_and_needs_imbalance_below_eps1():
+    """A zero gain is neither up nor down; |up - down| equal to eps1 is not balanced."""
+    psi = torch.tensor([0.5, 0.5])
+    gains = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 0.0], [0.0, -1.0]])
+    # step 0: 2 up, 1 down -> |1| < 2, balanced -> +; step 1: 3 up, 1 down -> |2| = eps1 -> -
+    new = calibrate_psi(psi, gains, steps=[0, 1], eps1=2, eps2=0.01)
+    assert_tensors_close(new, torch.tensor([0.51, 0.49], dtype=torch.float64), atol=1e-12)
+
+
 def _dense(tiny_sd3_dir, tmp_path, prompts_file, **extra):
     cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file,
                                       **{"algorithm.name": "dense_grpo", **extra}))

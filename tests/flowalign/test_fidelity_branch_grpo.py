@@ -257,14 +257,15 @@ def test_sampler_shift_gives_the_released_codes_sigma_schedule(tiny_sd3_dir):
     assert torch.allclose(policy.sigmas(20), want, atol=1e-6) and not torch.allclose(own, want)
 
 
-def run_transitions(G, roots, keep_edges, zero_frac=0.3, kl_beta=0.0, seed=0, schedule="transitions", epochs=1):
+def run_transitions(G, roots, keep_edges, zero_frac=0.3, kl_beta=0.0, seed=0, schedule="transitions", epochs=1,
+                    mask_given=True):
     """BranchGRPO's transition schedule on a random tree of `roots` trees with a scalar policy
     (log p = old + theta c, plain SGD), training the first `keep_edges` stochastic edges (all: None).
     Returns (theta, the reference loop's theta, stats, the grad norms the steps reported, order)."""
     from omegaconf import OmegaConf
 
     from flowalign.algorithms.base import Advantages
-    from flowalign.algorithms.branch_grpo import BranchGRPO, TreeRollout, stochastic_edges
+    from flowalign.algorithms.branch_grpo import BranchGRPO, TreeRollout, comparable_edges, stochastic_edges
     from flowalign.config import SamplerConfig
     from flowalign.losses import grpo_objective
 
@@ -294,7 +295,7 @@ def run_transitions(G, roots, keep_edges, zero_frac=0.3, kl_beta=0.0, seed=0, sc
             norms.append(float(len(norms) + 1) ** 2)  # distinct values, so their mean is checked
             return {"grad_norm": norms[-1]}
 
-    mask = stochastic_edges(tree).clone()
+    mask = stochastic_edges(tree).clone() if mask_given else comparable_edges(tree)
     if keep_edges is not None:
         mask[torch.nonzero(mask).flatten()[keep_edges:]] = False
     edges = torch.nonzero(mask).flatten()
@@ -302,7 +303,7 @@ def run_transitions(G, roots, keep_edges, zero_frac=0.3, kl_beta=0.0, seed=0, sc
                      torch.ones(6))
     perm_gen = torch.Generator().manual_seed(7)
     order = edges[torch.randperm(edges.numel(), generator=torch.Generator().set_state(perm_gen.get_state()))]
-    stats = algo.policy_step(None, ro, Advantages(None, adv, mask), SGD(), perm_gen)
+    stats = algo.policy_step(None, ro, Advantages(None, adv, mask if mask_given else None), SGD(), perm_gen)
     per_tree = max(1, edges.numel() // roots)
     want = ref_transition_loop(order.tolist(), adv, tree.log_probs.double(), coef, 0.0, 0.5, G, per_tree, 0.05)
     return float(theta.detach()), want, stats, norms, order, adv
@@ -413,3 +414,10 @@ def test_branch_kl_is_the_configured_form_at_the_rollouts_noise_level(form):
         want.append(step_kl(form, ro.kinds[k], out.mean, ref.mean, out.std, s, sn))
     assert st["kl"] == pytest.approx(float(torch.cat(want).mean()), rel=1e-6) and st["kl"] > 0
     assert st["loss"] == pytest.approx(st["policy_loss"] + 0.5 * st["kl"], rel=1e-9, abs=1e-12)
+
+
+def test_without_a_train_mask_the_comparable_edges_are_trained_and_with_an_empty_one_nothing():
+    theta, want, stats, norms, order, adv = run_transitions(3, 2, None, zero_frac=0.0, mask_given=False)
+    assert abs(theta - want) < 1e-10 and theta != 0.0 and stats["edges_trained"] == order.numel()
+    theta, _, stats, norms, _, _ = run_transitions(3, 2, 0, zero_frac=0.0)
+    assert stats == {"edges_trained": 0.0} and theta == 0.0 and norms == []
