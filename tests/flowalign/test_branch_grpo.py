@@ -232,3 +232,29 @@ def test_updates_per_iteration_counts_the_optimiser_steps_of_a_real_tree(schedul
     assert edges == 2 * 24
     want = epochs * -(-edges // G) if schedule == "transitions" else epochs
     assert algo.updates_per_iteration(2) == want
+
+
+def test_node_advantages_and_edge_mask_use_every_setting_of_the_config():
+    """Non-default fusion temperature and form, depth std, clip, width pruning (keep, ratio) and a
+    sliding depth pruning (with and without its stop) all reach the functions they configure."""
+    from flowalign.algorithms.branch_grpo import depth_prune, width_prune
+
+    t, _ = _tree(R=2, K=8, splits=(0, 2), nb=2, seed=3)
+    r = torch.randn(t.leaves.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    algo = _algo(split_steps=[0, 2], group_size=4, reward_beta=0.7, reward_fusion="path", depth_std="population",
+                 adv_clip_max=0.8)
+    adv = algo.node_advantages(t, r)
+    want = depthwise_advantages(t, fuse_rewards(t, r, 0.7, "path"), std="population", clip=0.8)
+    assert adv.dtype == torch.float32 and torch.equal(adv, want.to(torch.float32))
+    assert not torch.equal(adv, _algo(split_steps=[0, 2], group_size=4).node_advantages(t, r))
+    for mode, extra in (("extreme", {"width_keep": 1}), ("branch_top", {"width_pruning_ratio": 0.3})):
+        for stop, step in ((None, 2), (3, 3)):  # slide from step 4 one step an iteration until the stop
+            algo = _algo(split_steps=[0, 2], group_size=4, update_schedule="epoch", width_pruning=mode,
+                         depth_pruning=[4], depth_pruning_slide=True, depth_pruning_stop=stop, **extra)
+            got = algo.edge_mask(t, adv, iteration=5)
+            width = width_prune(t, adv, [0, 2], mode, keep=extra.get("width_keep", 1),
+                                ratio=extra.get("width_pruning_ratio", 0.5))
+            assert not width.all()
+            if mode == "branch_top":
+                assert not torch.equal(width, width_prune(t, adv, [0, 2], mode, ratio=0.5))
+            assert torch.equal(got, comparable_edges(t) & width & depth_prune(t, [step])), (mode, stop)

@@ -282,16 +282,19 @@ def run_transitions(G, roots, keep_edges, zero_frac=0.3, kl_beta=0.0, seed=0, sc
     theta = torch.zeros((), dtype=torch.float64, requires_grad=True)
     algo._edges_loss = lambda policy, ro, parents, child, a: grpo_objective(
         tree.log_probs[child] + theta * coef[child], tree.log_probs[child], a[child], 0.05)
-    norms = []
+    norms, lasts = [], []
 
     class SGD:
         def backward(self, loss, last=True):
+            lasts.append(last)  # the last backward before a step (DDP syncs the gradient only there)
             loss.backward()
 
         def step(self):
             with torch.no_grad():
                 theta.sub_(0.5 * (theta.grad if theta.grad is not None else 0.0))
             theta.grad = None
+            assert lasts and lasts[-1] is True and all(x is False for x in lasts[:-1])
+            lasts.clear()
             norms.append(float(len(norms) + 1) ** 2)  # distinct values, so their mean is checked
             return {"grad_norm": norms[-1]}
 
