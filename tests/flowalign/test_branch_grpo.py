@@ -258,3 +258,41 @@ def test_node_advantages_and_edge_mask_use_every_setting_of_the_config():
             if mode == "branch_top":
                 assert not torch.equal(width, width_prune(t, adv, [0, 2], mode, ratio=0.5))
             assert torch.equal(got, comparable_edges(t) & width & depth_prune(t, [step])), (mode, stop)
+
+
+@pytest.mark.parametrize("splits,ok", [("[0]", True), ("[3]", True), ("[4]", False), ("[-1]", False), ("[1,1]", False)])
+def test_split_steps_must_be_distinct_steps_of_the_sampler(splits, ok):
+    """With 4 steps the splits may be at steps 0 to 3 (the first and the last step included)."""
+    over = ["algorithm.name=branch_grpo", "sampler.num_steps=4", f"algorithm.split_steps={splits}",
+            f"algorithm.group_size={2 ** len(splits.split(','))}"]
+    if ok:
+        assert list(load_config(None, over).algorithm.split_steps) == json.loads(splits)
+    else:
+        with pytest.raises(ValueError, match="must be distinct steps in"):
+            load_config(None, over)
+
+
+def test_a_slide_that_starts_at_its_stop_does_not_move():
+    from flowalign.algorithms.branch_grpo import pruned_depths
+
+    assert pruned_depths([2, 3], 5, slide=True, interval=1, stop=2) == [2, 3]
+    assert pruned_depths([3, 4], 5, slide=True, interval=2, stop=1) == [1, 2]  # min(5 // 2, 3 - 1)
+
+
+def test_advantages_hand_over_node_advantages_and_the_iterations_edge_mask():
+    """advantages(): the leaf rewards gathered, per-node advantages, and the edge mask of the given
+    iteration (0 when not given: the depth-pruning slide has not moved)."""
+    from flowalign.algorithms.branch_grpo import TreeRollout
+
+    t, _ = _tree(R=2, K=8, splits=(0, 2), nb=2, seed=3)
+    r = torch.randn(t.leaves.numel(), generator=torch.Generator().manual_seed(1))
+    algo = _algo(split_steps=[0, 2], group_size=4, update_schedule="epoch", width_pruning="extreme",
+                 depth_pruning=[6], depth_pruning_slide=True)
+    ro = TreeRollout(["p", "q"], [{}, {}], torch.tensor([0, 1]), None, t, algo.kinds, torch.ones(8))
+    first = algo.advantages(ro, r, LocalComm())
+    node = algo.node_advantages(t, r)
+    assert torch.equal(first.all_rewards, r) and torch.equal(first.local, node)
+    assert torch.equal(first.train_mask, algo.edge_mask(t, node, 0))
+    later = algo.advantages(ro, r, LocalComm(), iteration=3)
+    assert torch.equal(later.train_mask, algo.edge_mask(t, node, 3))
+    assert not torch.equal(later.train_mask, first.train_mask)
