@@ -296,3 +296,48 @@ def test_advantages_hand_over_node_advantages_and_the_iterations_edge_mask():
     later = algo.advantages(ro, r, LocalComm(), iteration=3)
     assert torch.equal(later.train_mask, algo.edge_mask(t, node, 3))
     assert not torch.equal(later.train_mask, first.train_mask)
+
+
+@pytest.mark.parametrize("extra,error", [
+    ({"algorithm.branch_factor": 3, "algorithm.split_steps": "[0,2]", "algorithm.group_size": 9}, None),
+    ({"algorithm.branch_factor": 3, "algorithm.split_steps": "[0,2]", "algorithm.group_size": 6}, "must equal branch_factor"),
+    ({"sampler.sde_window": "[1,3]", "algorithm.split_steps": "[1]"}, None),
+    ({"sampler.sde_window": "[1,3]", "algorithm.split_steps": "[2]"}, None),
+    ({"sampler.sde_window": "[1,3]", "algorithm.split_steps": "[3]"}, "lie outside sampler.sde_window"),
+    ({"sampler.sde_window": "[1,3]", "algorithm.split_steps": "[0]"}, "lie outside sampler.sde_window"),
+    ({"algorithm.width_pruning_ratio": 1.0}, None),
+    ({"algorithm.width_pruning_ratio": 0.0}, "must be in \\(0, 1\\]"),
+    ({"algorithm.width_pruning_ratio": 1.5}, "must be in \\(0, 1\\]"),
+    ({"algorithm.depth_pruning": "[1,4]"}, None),
+    ({"algorithm.depth_pruning": "[0]"}, "must lie in \\[1, sampler.num_steps=4\\]"),
+    ({"algorithm.depth_pruning": "[5]"}, "must lie in \\[1, sampler.num_steps=4\\]"),
+])
+def test_branch_config_bounds(extra, error):
+    over = {"algorithm.name": "branch_grpo", "sampler.num_steps": 4, "algorithm.split_steps": "[1]",
+            "algorithm.group_size": 2, **extra}
+    args = [f"{k}={v}" for k, v in over.items()]
+    if error is None:
+        load_config(None, args)
+    else:
+        with pytest.raises(ValueError, match=error):
+            load_config(None, args)
+
+
+@pytest.mark.parametrize("mix,window,want", [
+    (False, (1, 3), ["ode", "dance_sde", "dance_sde", "ode", "ode"]),
+    (False, None, ["dance_sde"] * 5),
+    (True, (1, 3), ["dance_sde", "dance_sde", "dance_sde", "ode", "dance_sde"]),
+    (True, None, ["dance_sde", "ode", "ode", "ode", "dance_sde"]),
+])
+def test_step_kinds_follow_the_sampler_kind_window_and_mix(mix, window, want):
+    """Without mix: the sampler's kind on its SDE window (every step without one); with mix (BranchGRPO-
+    Mix): the split steps and the window's steps are SDE, the others ODE."""
+    from omegaconf import OmegaConf
+
+    from flowalign.algorithms.branch_grpo import BranchGRPO, BranchGRPOConfig
+    from flowalign.config import SamplerConfig
+
+    cfg = OmegaConf.merge(OmegaConf.structured(BranchGRPOConfig), {"split_steps": [0, 4], "group_size": 4, "mix": mix})
+    sampler = OmegaConf.merge(OmegaConf.structured(SamplerConfig), {"num_steps": 5, "kind": "dance_sde",
+                                                                  "sde_window": list(window) if window else None})
+    assert BranchGRPO(cfg, sampler).kinds == want
