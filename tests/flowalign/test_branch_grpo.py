@@ -341,3 +341,26 @@ def test_step_kinds_follow_the_sampler_kind_window_and_mix(mix, window, want):
     sampler = OmegaConf.merge(OmegaConf.structured(SamplerConfig), {"num_steps": 5, "kind": "dance_sde",
                                                                   "sde_window": list(window) if window else None})
     assert BranchGRPO(cfg, sampler).kinds == want
+
+
+def test_depthwise_defaults_many_roots_and_float32_rewards():
+    """Default clip 5 (a 36-node step with one outlier); the population std's default eps is 1e-4;
+    nodes are grouped per (tree, step) also with more trees than steps; float32 rewards are
+    normalised in float64."""
+    big, _ = _tree(R=1, K=3, splits=(0, 1), nb=6, seed=2)
+    r = torch.zeros(big.num_nodes, dtype=torch.float64)
+    r[big.leaves[0]] = 1.0
+    assert float(depthwise_advantages(big, r).max()) == 5.0
+    t, _ = _tree(R=4, K=2, splits=(0,), nb=3, seed=5)  # 4 trees, steps 0..2
+    r = torch.randn(t.num_nodes, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    adv = depthwise_advantages(t, r, std="population")
+    assert torch.equal(adv, depthwise_advantages(t, r, std="population", eps=1e-4))
+    assert not torch.equal(adv, depthwise_advantages(t, r, std="population", eps=1e-8))
+    for root in range(4):
+        for step in range(3):
+            idx = torch.nonzero((t.root == root) & (t.step == step)).flatten()
+            x = r[idx]
+            want = torch.zeros_like(x) if idx.numel() < 2 else (x - x.mean()) / (x.std(unbiased=False) + 1e-4)
+            assert torch.allclose(adv[idx], want.clamp(-5, 5), atol=1e-12), (root, step)
+    r32 = r.to(torch.float32)
+    assert torch.equal(depthwise_advantages(t, r32), depthwise_advantages(t, r32.double()))

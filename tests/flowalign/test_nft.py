@@ -226,3 +226,20 @@ def test_resume_is_bit_identical_with_the_old_policy_restored(tiny_sd3_dir, tmp_
     a = [json.loads(x) for x in open(tmp_path / "a" / "metrics.jsonl")]
     b = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")]
     assert a[-1]["loss"] == b[-1]["loss"] and a[-1]["first_deviation"] == b[-1]["first_deviation"]
+
+
+def test_state_before_the_first_update_round_trips_as_no_old_policy():
+    from omegaconf import OmegaConf
+
+    from flowalign.algorithms.nft import NFT, NFTConfig
+    from flowalign.config import SamplerConfig
+
+    algo = NFT(OmegaConf.structured(NFTConfig), OmegaConf.structured(SamplerConfig))
+    assert algo.state_dict() == {"old": [], "steps": 0}
+    algo.load_state_dict({"old": [torch.ones(2)], "steps": 3})
+    assert algo.steps == 3 and torch.equal(algo.old[0], torch.ones(2))
+    other = NFT(OmegaConf.structured(NFTConfig), OmegaConf.structured(SamplerConfig))
+    other.load_state_dict(algo.state_dict())
+    assert other.steps == 3 and torch.equal(other.old[0], torch.ones(2))
+    other.load_state_dict({"old": [], "steps": 0})
+    assert other.old is None
