@@ -364,3 +364,32 @@ def test_depthwise_defaults_many_roots_and_float32_rewards():
             assert torch.allclose(adv[idx], want.clamp(-5, 5), atol=1e-12), (root, step)
     r32 = r.to(torch.float32)
     assert torch.equal(depthwise_advantages(t, r32), depthwise_advantages(t, r32.double()))
+
+
+def test_fusion_and_width_pruning_defaults_and_the_std_floor_boundary():
+    """fuse_rewards' default is the mean of a node's leaves (beta 0, edge form); width_prune keeps 1
+    best and worst (extreme) or half a chain (branch_top) by default; a level whose std is exactly
+    1e-6 is normalised (only std < 1e-6 gives zeros, as in the released code)."""
+    from flowalign.algorithms.branch_grpo import descendant_leaves, width_prune
+
+    t, _ = _tree(R=2, K=6, splits=(0, 2), nb=2, seed=4)
+    r = torch.randn(t.leaves.numel(), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fused = fuse_rewards(t, r)
+    desc = descendant_leaves(t)
+    want = torch.stack([r[desc[n]].mean() for n in range(t.num_nodes)])
+    assert torch.allclose(fused, want, atol=1e-12) and torch.equal(fused, fuse_rewards(t, r, 0.0, "edge"))
+    adv = torch.randn(t.num_nodes, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(width_prune(t, adv, [0, 2], "extreme"), width_prune(t, adv, [0, 2], "extreme", keep=1))
+    assert not width_prune(t, adv, [0, 2], "extreme").all()
+    big, _ = _tree(R=1, K=8, splits=(0, 2), nb=2, seed=4)
+    adv = torch.randn(big.num_nodes, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    half = width_prune(big, adv, [0, 2], "branch_top")
+    assert torch.equal(half, width_prune(big, adv, [0, 2], "branch_top", ratio=0.5)) and not half.all()
+    # two nodes at one step whose unbiased std is exactly 1e-6
+    a = 1.414213562373095e-06
+    assert float(torch.tensor([0.0, a], dtype=torch.float64).std()) == 1e-6
+    two, _ = _tree(R=1, K=2, splits=(0,), nb=2, seed=0)
+    node_r = torch.zeros(two.num_nodes, dtype=torch.float64)
+    node_r[two.step == 1] = torch.tensor([0.0, a], dtype=torch.float64)
+    out = depthwise_advantages(two, node_r)
+    assert out[two.step == 1].abs().min() > 0.5
