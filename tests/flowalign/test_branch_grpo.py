@@ -110,6 +110,22 @@ def test_width_pruning_keeps_exactly_the_promised_edges():
     assert width_prune(t, adv, [0, 2], "none").all()
     with pytest.raises(ValueError, match="unknown"):
         width_prune(t, adv, [0, 2], "top3")
+    # the best is the first leaf of each pair; on a tie the smaller node id wins
+    adv[t.leaves] = torch.tensor([0.9, 0.2, 0.5, 0.5])
+    keep = width_prune(t, adv, [0, 2], "parent_top1")
+    assert {n for n in range(t.num_nodes) if not keep[n]} == {6, 10, 14, 8, 12, 16}
+    # extreme: per tree (two trees, the second's rewards all higher)
+    t2, _ = _tree(R=2, K=5, splits=(0, 2), nb=2)
+    adv2 = torch.zeros(t2.num_nodes)
+    leaves = t2.leaves.tolist()
+    vals = {leaf: float(i) + (10.0 if int(t2.root[leaf]) == 1 else 0.0) for i, leaf in enumerate(leaves)}
+    for leaf, v in vals.items():
+        adv2[leaf] = v
+    keep = width_prune(t2, adv2, [0, 2], "extreme", keep=1)
+    kept_leaves = {leaf for leaf in leaves if keep[leaf]}
+    for root in (0, 1):
+        mine = sorted((vals[leaf], leaf) for leaf in leaves if int(t2.root[leaf]) == root)
+        assert kept_leaves & {leaf for _, leaf in mine} == {mine[0][1], mine[-1][1]}
 
 
 def test_depth_pruning_and_its_sliding_window():
