@@ -243,3 +243,30 @@ def test_state_before_the_first_update_round_trips_as_no_old_policy():
     assert other.steps == 3 and torch.equal(other.old[0], torch.ones(2))
     other.load_state_dict({"old": [], "steps": 0})
     assert other.old is None
+
+
+@pytest.mark.parametrize("extra,error", [
+    ({"algorithm.group_size": 2}, None),
+    ({"algorithm.group_size": 1}, "must be at least 2"),
+    ({"algorithm.timestep_fraction": 1.0}, None),
+    ({"algorithm.timestep_fraction": 0.0}, "must be in \\(0, 1\\]"),
+    ({"algorithm.timestep_fraction": 1.5}, "must be in \\(0, 1\\]"),
+    ({"algorithm.beta": 0.0}, "must be > 0"),
+    ({"algorithm.kl_beta": -0.1}, "must be > 0"),
+    ({"algorithm.kl_beta": 0.0}, None),
+    ({"algorithm.adv_clip_max": 0.0}, "must be > 0"),
+    ({"algorithm.old_decay": "[0,0,0]"}, None),
+    ({"algorithm.old_decay": "[0,0.001,1.0]"}, "must be \\[flat >= 0"),
+    ({"algorithm.old_decay": "[-1,0.001,0.5]"}, "must be \\[flat >= 0"),
+    ({"algorithm.old_decay": "[0,-0.001,0.5]"}, "must be \\[flat >= 0"),
+    ({"algorithm.old_decay": "[0,0.001]"}, "must be \\[flat >= 0"),
+])
+def test_nft_config_bounds(extra, error):
+    from flowalign.config import load_config
+
+    args = ["algorithm.name=nft"] + [f"{k}={v}" for k, v in extra.items()]
+    if error is None:
+        load_config(None, args)
+    else:
+        with pytest.raises(ValueError, match=error):
+            load_config(None, args)
