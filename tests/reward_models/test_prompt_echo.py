@@ -170,3 +170,26 @@ def test_template_whose_answer_turn_does_not_extend_the_generation_prompt_is_ref
     bad.chat_template = "{% for m in messages %}{{ m['role'] }}{% endfor %}{% if add_generation_prompt %}>{% endif %}"
     with pytest.raises(ValueError, match="does not render an assistant answer"):
         answer_texts(bad, query_prefix(bad, "q"), ["t"], "q")
+
+
+def test_a_one_token_answer_has_equal_mean_and_sum(vlm_dir):
+    """Without the eos, the answer "red" is one token: its mean over answer tokens is its sum."""
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    mean = build_reward("prompt_echo", model=vlm_dir, append_eos=False, device="cpu")(images, ["red", "red"])
+    total = build_reward("prompt_echo", model=vlm_dir, append_eos=False, reduction="sum", device="cpu")(images, ["red", "red"])
+    assert torch.allclose(mean, total, atol=1e-6) and bool((mean < 0).all())
+
+
+def test_whitespace_between_the_answer_and_a_marker_that_repeats_it_is_dropped():
+    """The assistant turn renders "s </s>": the answer is its first "s", the separator before the
+    closing marker is not part of the answer, and the whole marker follows."""
+    from reward_models.prompt_echo import answer_texts, query_prefix
+
+    tok = chatml_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] %}"
+                         "{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+                         "{% if m['role'] == 'assistant' %} </s>{% endif %}{% endfor %}"
+                         "{% if add_generation_prompt %}ASSISTANT: {% endif %}")
+    prefix = query_prefix(tok, "q")
+    assert prefix == "USER: qASSISTANT: "
+    assert answer_texts(tok, prefix, ["s"], "q") == [prefix + "s</s>"]
