@@ -141,3 +141,43 @@ def test_reno_cli_writes_images_trace_and_summary(tiny_sd3_dir, tmp_path, capsys
     assert len((out / "00000" / "trace.jsonl").read_text().splitlines()) == 2  # --iters 2: two evaluations
     assert main(["reno", "--model", tiny_sd3_dir, "--prompt", "x", "--reward", "nope=1", "--out", str(out)]) == 2
     assert "reward 'nope' is unknown" in capsys.readouterr().err
+
+
+def test_reno_starts_from_the_seeded_noise_on_the_settings_grid_with_the_prompt_as_metadata(tmp_path, capsys):
+    """Defaults: seed 0, metadata {"prompt": prompt}, a progress bar. The first transformer call gets
+    the noise of a generator seeded with the seed, at the settings' height and width, on the sigma
+    grid of that size (FLUX shifts its grid by resolution)."""
+    from flowalign.noise_opt import RenoSettings, optimize_noise
+    from flowalign.policies import load_policy
+    from flowalign.testing import save_tiny_flux
+
+    policy = load_policy(save_tiny_flux(tmp_path / "flux"), max_sequence_length=8)
+    policy.transformer.requires_grad_(False)
+    policy.pipe.vae.requires_grad_(False)
+    H, W = 64, 32
+    assert not torch.equal(policy.sigmas(2, H, W), policy.sigmas(2, None, None))
+    calls, orig = [], policy.velocity
+
+    def spy(x, sigma, *a, **k):
+        calls.append((x.detach().clone(), sigma.detach().clone()))
+        return orig(x, sigma, *a, **k)
+
+    contexts = []
+
+    class Recording(ScriptedReward):
+        def __call__(self, images, prompts, **context):
+            contexts.append(context)
+            return super().__call__(images, prompts, **context)
+
+    fake = Recording([0.5])
+    st = RenoSettings(iters=1, steps=2, height=H, width=W, weights={"fake": 1.0}, reg_weight=0.0)
+    policy.velocity = spy
+    try:
+        optimize_noise(policy, "a red circle", {"fake": fake}, st)
+    finally:
+        del policy.velocity
+    x0 = calls[0][0]
+    assert torch.equal(x0, policy.initial_noise(1, H, W, torch.Generator().manual_seed(0)))
+    assert torch.allclose(torch.cat([s.flatten() for _, s in calls]), policy.sigmas(2, H, W)[:2].float())
+    assert contexts[0]["metadata"] == [{"prompt": "a red circle"}]
+    assert "flowalign reno" in capsys.readouterr().err
