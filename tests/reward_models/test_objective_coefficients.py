@@ -182,3 +182,20 @@ def test_reference_map_accepts_one_file_name_or_a_list(tmp_path):
     (tmp_path / "map.json").write_text(json.dumps({"a cat": "a.png", "two cats": ["b.png", "c.png"]}))
     assert load_reference_map(str(tmp_path / "map.json"), str(tmp_path)) == {"a cat": ["a.png"],
                                                                               "two cats": ["b.png", "c.png"]}
+
+
+def test_weighted_reward_scores_each_part_in_chunks_of_its_batch_size():
+    """reward.args.batch_sizes bounds each part's batch (its memory): 5 images in chunks of 2."""
+    from reward_models.weighted import WeightedReward
+
+    w = WeightedReward({"jpeg_compressibility": 1.0}, batch_sizes={"jpeg_compressibility": 2})
+    part, sizes = w.parts["jpeg_compressibility"], []
+
+    def recording(images, prompts, **context):
+        sizes.append(images.shape[0])
+        return part(images, prompts, **context)
+
+    w.parts["jpeg_compressibility"] = recording
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = w(images, ["p"] * 5)
+    assert sizes == [2, 2, 1] and torch.allclose(out, part(images, ["p"] * 5).float(), atol=1e-6)
