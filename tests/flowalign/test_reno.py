@@ -68,12 +68,23 @@ class ScriptedReward:
         return torch.full((images.shape[0],), self.values[len(self.seen) - 1]) + (m - m.detach())
 
 
-def test_best_image_rule_returns_the_best_scored_image(sd3_policy):
+def test_best_image_rule_returns_the_best_scored_image(sd3_policy, monkeypatch, capsys):
+    """Also: progress=False shows no bar; the settings' gradient checkpointing reaches the sampler."""
+    from flowalign import noise_opt
+
     sd3_policy.transformer.requires_grad_(False)
     sd3_policy.pipe.vae.requires_grad_(False)
     fake = ScriptedReward([0.1, 0.7, 0.3, 0.9, 0.2, 0.5])
-    st = RenoSettings(iters=6, steps=1, weights={"fake": 1.0}, reg_weight=0.0)
+    st = RenoSettings(iters=6, steps=1, weights={"fake": 1.0}, reg_weight=0.0, gradient_checkpointing=True)
+    flags, real = [], noise_opt.differentiable_sample
+
+    def recording(*a, gradient_checkpointing, **k):
+        flags.append(gradient_checkpointing)
+        return real(*a, gradient_checkpointing=gradient_checkpointing, **k)
+
+    monkeypatch.setattr(noise_opt, "differentiable_sample", recording)
     res = optimize_noise(sd3_policy, "a red circle", {"fake": fake}, st, progress=False)
+    assert flags == [True] * 6 and "flowalign reno" not in capsys.readouterr().err
     assert res["best_iteration"] == 3 and res["best_reward"] == pytest.approx(0.9)
     assert torch.equal(res["best_image"], fake.seen[3]) and torch.equal(res["initial_image"], fake.seen[0])
     # ReNO's training/trainer.py: n_iters reward evaluations, an update after each but the last
