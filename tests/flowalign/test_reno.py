@@ -91,6 +91,10 @@ def test_best_image_rule_returns_the_best_scored_image(sd3_policy, monkeypatch, 
     assert [r["iteration"] for r in res["trace"]] == list(range(6)) and len(fake.seen) == 6
     assert ["grad_norm" in r for r in res["trace"]] == [True] * 5 + [False]
     assert not torch.equal(fake.seen[0], fake.seen[1])  # the noise moved between iterations
+    tie = ScriptedReward([0.1, 0.9, 0.9])  # a tie keeps the earlier image
+    res = optimize_noise(sd3_policy, "a red circle", {"fake": tie}, RenoSettings(iters=3, steps=1, weights={"fake": 1.0},
+                                                                                 reg_weight=0.0), progress=False)
+    assert res["best_iteration"] == 1 and torch.equal(res["best_image"], tie.seen[1])
 
 
 def test_optimiser_settings_and_gradient_clipping():
