@@ -188,11 +188,14 @@ def test_reno_starts_from_the_seeded_noise_on_the_settings_grid_with_the_prompt_
     st = RenoSettings(iters=1, steps=2, height=H, width=W, weights={"fake": 1.0}, reg_weight=0.0)
     policy.velocity = spy
     try:
-        optimize_noise(policy, "a red circle", {"fake": fake}, st)
+        res = optimize_noise(policy, "a red circle", {"fake": fake}, st)
     finally:
         del policy.velocity
     x0 = calls[0][0]
+    assert res["trace"][0]["noise_norm"] == pytest.approx(float(x0.norm()), rel=1e-6)
+    assert 0 < res["seconds_per_iteration"] < 3600
     assert torch.equal(x0, policy.initial_noise(1, H, W, torch.Generator().manual_seed(0)))
     assert torch.allclose(torch.cat([s.flatten() for _, s in calls]), policy.sigmas(2, H, W)[:2].float())
     assert contexts[0]["metadata"] == [{"prompt": "a red circle"}]
-    assert "flowalign reno" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "flowalign reno" in err and "reward=0.500" in err and "best=0.500" in err
