@@ -83,7 +83,13 @@ def test_best_image_rule_returns_the_best_scored_image(sd3_policy, monkeypatch, 
         return real(*a, gradient_checkpointing=gradient_checkpointing, **k)
 
     monkeypatch.setattr(noise_opt, "differentiable_sample", recording)
+    import time
+
+    nfe0, t0 = sd3_policy.nfe, time.time()
     res = optimize_noise(sd3_policy, "a red circle", {"fake": fake}, st, progress=False)
+    wall = time.time() - t0
+    assert res["nfe"] == sd3_policy.nfe - nfe0 > 0 and 0 < res["seconds_per_iteration"] <= wall / 6
+    assert res["initial_reward"] == pytest.approx(0.1)
     assert flags == [True] * 6 and "flowalign reno" not in capsys.readouterr().err
     assert res["best_iteration"] == 3 and res["best_reward"] == pytest.approx(0.9)
     assert torch.equal(res["best_image"], fake.seen[3]) and torch.equal(res["initial_image"], fake.seen[0])
