@@ -90,6 +90,7 @@ def test_best_image_rule_returns_the_best_scored_image(sd3_policy, monkeypatch, 
     wall = time.time() - t0
     assert 0 < res["seconds_per_iteration"] <= wall / 6
     assert res["initial_reward"] == pytest.approx(0.1)
+    assert res["trace"][0]["loss"] == pytest.approx(-0.1)  # a reward without a ReNO offset: loss = 0 - R
     assert flags == [True] * 6 and "flowalign reno" not in capsys.readouterr().err
     assert res["best_iteration"] == 3 and res["best_reward"] == pytest.approx(0.9)
     assert torch.equal(res["best_image"], fake.seen[3]) and torch.equal(res["initial_image"], fake.seen[0])
