@@ -100,3 +100,20 @@ def test_keys_only_one_side_knows_are_not_differences(tiny_sd3_dir, tmp_path, pr
     old.algorithm["retired_key"] = 3
     OmegaConf.save(old, saved)
     Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.resume": True, "run.max_iterations": 2}))
+
+
+def test_checkpoint_states_load_weights_only_onto_the_cpu_whatever_torchs_default(tmp_path, monkeypatch):
+    """load_state asks torch.load for weights_only=True itself (torch < 2.6 defaults to False, and the
+    project allows torch >= 2.4) and maps onto the CPU (a GPU-written state loads on any machine)."""
+    from flowalign.trainer import load_state
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "s.pt")
+    seen, real = [], torch.load
+
+    def recording(*a, **k):
+        seen.append(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, "load", recording)
+    assert torch.equal(load_state(str(tmp_path / "s.pt"))["w"], torch.ones(2))
+    assert seen == [{"map_location": "cpu", "weights_only": True}]
