@@ -41,6 +41,8 @@ def test_resume_applies_a_new_learning_rate(tiny_sd3_dir, tmp_path, prompts_file
                                                           "optim.lr": 1e-4}))
     t.resume()
     assert [g["lr"] for g in t.optimizer.param_groups] == [pytest.approx(1e-4)]
+    # the base a scheduler built later from this optimiser reads (torch's LRScheduler: initial_lr)
+    assert [g["initial_lr"] for g in t.optimizer.param_groups] == [pytest.approx(1e-4)]
     assert t.scheduler.base_lrs == [pytest.approx(1e-4)] and t.scheduler.get_last_lr() == [pytest.approx(1e-4)]
     t.train()
     m = [json.loads(x) for x in open(out / "metrics.jsonl")]
