@@ -119,3 +119,18 @@ def test_checkpoint_states_load_weights_only_onto_the_cpu_whatever_torchs_defaul
     monkeypatch.setattr(torch, "load", recording)
     assert torch.equal(load_state(str(tmp_path / "s.pt"))["w"], torch.ones(2))
     assert seen == [{"map_location": "cpu", "weights_only": True}]
+
+
+def test_truncating_metrics_keeps_complete_lines_up_to_the_iteration_and_skips_torn_ones(tmp_path):
+    """A torn or foreign line in the middle is skipped (the lines after it stay); a last complete line
+    without its newline gets one; a run folder without metrics is left alone."""
+    from types import SimpleNamespace
+
+    me = SimpleNamespace(out=str(tmp_path), acc=SimpleNamespace(is_main_process=True))
+    Trainer._truncate_metrics(me, 5)  # no metrics.jsonl: nothing to do
+    assert not (tmp_path / "metrics.jsonl").exists()
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 1}\n{"iterat\n["foreign"]\n{"iteration": 2}\n'
+                                            '{"iteration": 3}\n{"iteration": 2, "note": "last"}')
+    Trainer._truncate_metrics(me, 2)
+    assert (tmp_path / "metrics.jsonl").read_text() == ('{"iteration": 1}\n{"iteration": 2}\n'
+                                                        '{"iteration": 2, "note": "last"}\n')
