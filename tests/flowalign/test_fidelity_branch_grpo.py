@@ -192,56 +192,12 @@ def ref_transition_loop(order, adv, old_lp, coef, theta0, lr, G, per_tree, clip_
 def test_transition_schedule_matches_the_released_loop(G):
     """Default update_schedule=transitions: the same optimiser steps, on the same shuffled transitions,
     with the same loss scale, as the reference; later windows are off-policy, so clipping acts."""
-    from omegaconf import OmegaConf
-
-    from flowalign.algorithms.base import Advantages
-    from flowalign.algorithms.branch_grpo import BranchGRPO, TreeRollout, stochastic_edges
-    from flowalign.config import SamplerConfig
-    from flowalign.losses import grpo_objective
-
     assert BranchGRPOConfig().update_schedule == "transitions" and BranchGRPOConfig().kl_beta == 0.0
-    g = torch.Generator().manual_seed(G)
-    tree = samplers.tree_rollout(gaussian_velocity(0.3, 0.5), torch.randn(2, 3, generator=g, dtype=torch.float64),
-                                 samplers.linear_sigmas(6), split_steps=(0, 2), branch_factor=2, generator=g)
-    cfg = OmegaConf.merge(OmegaConf.structured(BranchGRPOConfig), {
-        "gradient_accumulation_steps": G, "clip_range": 0.05, "split_steps": [0, 2], "group_size": 4,
-        "train_batch_size": 3})
-    algo = BranchGRPO(cfg, OmegaConf.structured(SamplerConfig(num_steps=6)))
-    adv = torch.randn(tree.num_nodes, generator=g, dtype=torch.float64)
-    adv[torch.rand(tree.num_nodes, generator=g) < 0.3] = 0.0  # zero advantages: counted, not computed
-    coef = torch.randn(tree.num_nodes, generator=g, dtype=torch.float64)
-    theta = torch.zeros((), dtype=torch.float64, requires_grad=True)
-
-    def edges_loss(policy, ro, parents, child, a):
-        lp = tree.log_probs[child] + theta * coef[child]
-        return grpo_objective(lp, tree.log_probs[child], a[child], 0.05)
-
-    algo._edges_loss = edges_loss
-
-    class SGD:
-        steps = 0
-
-        def backward(self, loss, last=True):
-            loss.backward()
-
-        def step(self):
-            with torch.no_grad():
-                theta.sub_(0.5 * (theta.grad if theta.grad is not None else 0.0))
-            theta.grad = None
-            SGD.steps += 1
-            return {"grad_norm": 0.0}
-
-    ro = TreeRollout(["p", "q"], [{}, {}], torch.tensor([0, 1]), None, tree, algo.kinds, torch.ones(6))
-    edges = torch.nonzero(stochastic_edges(tree)).flatten()
-    perm_gen = torch.Generator().manual_seed(7)
-    order = edges[torch.randperm(edges.numel(), generator=torch.Generator().set_state(perm_gen.get_state()))]
-    stats = algo.policy_step(None, ro, Advantages(None, adv, stochastic_edges(tree)), SGD(), perm_gen)
-    per_tree = edges.numel() // 2
-    want = ref_transition_loop(order.tolist(), adv, tree.log_probs.double(), coef, 0.0, 0.5, G, per_tree, 0.05)
-    assert abs(float(theta.detach()) - want) < 1e-10
-    assert SGD.steps == -(-edges.numel() // G) == stats["optimizer_steps"]
+    theta, want, stats, norms, order, adv = run_transitions(G, 2, None, zero_frac=0.3, seed=G)
+    assert abs(theta - want) < 1e-10
+    assert len(norms) == -(-order.numel() // G) == stats["optimizer_steps"]
     if G in (3, 5):  # windows mixing zero and non-zero advantages skip the zero ones
-        assert stats["edges_computed"] < edges.numel()
+        assert stats["edges_computed"] < order.numel()
 
 
 def test_sampler_shift_gives_the_released_codes_sigma_schedule(tiny_sd3_dir):
