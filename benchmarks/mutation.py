@@ -48,6 +48,7 @@ EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
 # a warning, or a line that is nothing but a string continuing such a message)
 SKIP_PATTERNS = [r"^\s*raise ", r"^\s*(self\.)?(acc\.)?print\(", r"^\s*warnings\.warn\(", r"^\s*log(ger)?\.\w+\(",
                  r"""^\s*[rf]?"[^"]*"\)*[,;]?\s*$""", r"""^\s*[rf]?'[^']*'\)*[,;]?\s*$"""]
+ALSO_COPY = ("configs",)  # data the tests read besides the packages, copied next to the mutants
 DEVICE_ARG = re.compile(r",?\s*device=[\w.]+(\[[^\]]*\])?")
 DEVICE_POSITIONAL = re.compile(r"\.to\((dev|device|[\w.]+\.device)\)")
 DEVICE_VARIABLE = re.compile(r"^(\s*(?:dev|device)\s*=\s*)[\w.]+\.device(\s*)$")
@@ -220,6 +221,9 @@ def mutmut_section(group: Group) -> str:
              f"source_paths = {json.dumps(packages)}",
              f"only_mutate = {json.dumps(list(group.files))}",
              f"pytest_add_cli_args_test_selection = {json.dumps(list(group.tests))}",
+             # tests run inside mutants/, which holds only the source packages and tests/: without the
+             # shipped configs a test that loads every configs/*.yaml would load none and pass
+             f"also_copy = {json.dumps(list(ALSO_COPY))}",
              'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]',
              'process_isolation = "forkserver"',
              f"do_not_mutate_patterns = {json.dumps(SKIP_PATTERNS)}",

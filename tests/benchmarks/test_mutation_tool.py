@@ -133,3 +133,13 @@ def test_rescore_command_rewrites_the_report_without_running_mutmut(tmp_path):
     assert json.loads((tmp_path / "slim.json").read_text())["groups"]["losses_advantages"]["unchecked"] == 0
     with pytest.raises(FileNotFoundError, match="holds no results"):
         M.main(["--rescore", "--out", str(tmp_path / "empty")])
+
+
+def test_mutmut_section_is_valid_toml_and_copies_the_data_tests_read():
+    """mutmut runs the tests inside mutants/; the shipped configs must be there too, or a test
+    that loads every configs/*.yaml finds none (it would pass, and kill no mutant)."""
+    section = M.mutmut_section(M.GROUPS["algorithms"])
+    cfg = M.tomllib.loads(section)["tool"]["mutmut"]
+    assert cfg["only_mutate"] == ["flowalign/algorithms/*.py"] and cfg["source_paths"] == ["flowalign"]
+    assert "configs" in cfg["also_copy"] and all((M.ROOT / p).is_dir() for p in cfg["also_copy"])
+    assert cfg["pytest_add_cli_args_test_selection"] == list(M.GROUPS["algorithms"].tests)

@@ -263,6 +263,19 @@ def test_node_advantages_and_edge_mask_use_every_setting_of_the_config():
     want = depthwise_advantages(t, fuse_rewards(t, r, 0.7, "path"), std="population", clip=0.8)
     assert adv.dtype == torch.float32 and torch.equal(adv, want.to(torch.float32))
     assert not torch.equal(adv, _algo(split_steps=[0, 2], group_size=4).node_advantages(t, r))
+    # the temperature and the form each change the advantages: with three siblings per level and no
+    # clip, depth normalisation no longer maps every fusion to the same +-1 pattern
+    t3, _ = _tree(R=2, K=8, splits=(0, 2), nb=3, seed=3)
+    r3 = torch.randn(t3.leaves.numel(), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fused = {}
+    for beta, form in ((0.7, "path"), (0.0, "path"), (0.7, "edge")):
+        got = _algo(split_steps=[0, 2], group_size=9, branch_factor=3, reward_beta=beta, reward_fusion=form,
+                    adv_clip_max=100.0).node_advantages(t3, r3)
+        want = depthwise_advantages(t3, fuse_rewards(t3, r3, beta, form), clip=100.0)
+        assert torch.equal(got, want.to(torch.float32))
+        fused[beta, form] = got
+    assert not torch.allclose(fused[0.7, "path"], fused[0.0, "path"])
+    assert not torch.allclose(fused[0.7, "path"], fused[0.7, "edge"])
     for mode, extra in (("extreme", {"width_keep": 1}), ("branch_top", {"width_pruning_ratio": 0.3})):
         for stop, step in ((None, 2), (3, 3)):  # slide from step 4 one step an iteration until the stop
             algo = _algo(split_steps=[0, 2], group_size=4, update_schedule="epoch", width_pruning=mode,

@@ -169,11 +169,13 @@ def test_group_noise_is_one_seeded_draw_per_group_at_the_asked_size(sd3_policy):
     from flowalign.seeds import group_noise_seed
 
     ids = torch.tensor([4, 9, 4])
-    a = group_noise(sd3_policy, ids, 3, 2, 64, 32)
-    assert a.shape == (3, *sd3_policy.latent_shape(64, 32)) and sd3_policy.latent_shape(64, 32) != sd3_policy.latent_shape(None, None)
-    assert torch.equal(a, group_noise(sd3_policy, ids, 3, 2, 64, 32))
+    # neither side is the policy's default, so dropping either one changes the shape
+    a = group_noise(sd3_policy, ids, 3, 2, 48, 64)
+    shape = sd3_policy.latent_shape(48, 64)
+    assert a.shape == (3, *shape) and shape not in (sd3_policy.latent_shape(None, 64), sd3_policy.latent_shape(48, None))
+    assert torch.equal(a, group_noise(sd3_policy, ids, 3, 2, 48, 64))
     assert torch.equal(a[0], a[2]) and not torch.equal(a[0], a[1])
-    want = sd3_policy.initial_noise(1, 64, 32, torch.Generator().manual_seed(group_noise_seed(3, 2, 9)))
+    want = sd3_policy.initial_noise(1, 48, 64, torch.Generator().manual_seed(group_noise_seed(3, 2, 9)))
     assert torch.equal(a[1:2], want)
 
 
