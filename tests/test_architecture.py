@@ -56,6 +56,9 @@ def test_one_registry_whose_schemas_validate_themselves():
         load_config(None, ["algorithm.name=branch_grpo", "algorithm.group_size=4"])
     with pytest.raises(ValueError, match="needs the adversarial_dino reward"):
         load_config(None, ["algorithm.name=adv_grpo"])
+    # ... which may also be a part of a weighted reward
+    weighted = "reward.args={weights: {adversarial_dino: 1.0, jpeg_compressibility: 0.5}}"
+    assert load_config(None, ["algorithm.name=adv_grpo", "reward.name=weighted", weighted]).algorithm.name == "adv_grpo"
     with pytest.raises(ValueError, match="algorithm.name='ppo' is unknown"):
         load_config(None, ["algorithm.name=ppo"])
 
