@@ -171,6 +171,16 @@ def device_only(diff: str) -> bool:
     return bool(DEVICE_VARIABLE.match(minus[0])) and plus[0] == DEVICE_VARIABLE.sub(r"\1None", minus[0])
 
 
+def reviewed(diff: str, entry: dict | None) -> str | None:
+    """Why a surviving mutant does not count against its module: "device_only", "equivalent" (its
+    entry in the list still matches its diff), or None."""
+    if device_only(diff):
+        return "device_only"
+    if entry is not None and entry["line"].strip() in diff_added_lines(diff):
+        return "equivalent"
+    return None
+
+
 KILLED = ("killed", "timeout", "caught by type check", "segfault")  # mutmut's statuses that detect a mutant
 
 
@@ -186,12 +196,9 @@ def score(statuses: dict[str, str], diffs: dict[str, str], equivalent: dict[str,
         if status in KILLED:
             per[mod]["killed"] += 1
             continue
-        if device_only(diffs.get(name, "")):
-            per[mod]["device_only"] += 1
-            continue
-        eq = equivalent.get(name)
-        if eq is not None and eq["line"].strip() in diff_added_lines(diffs.get(name, "")):
-            per[mod]["equivalent"] += 1
+        why = reviewed(diffs.get(name, ""), equivalent.get(name))
+        if why is not None:
+            per[mod][why] += 1
             continue
         per[mod]["survived"] += 1
         survivors[mod].append({"name": name, "status": status, "diff": diffs.get(name, "")})
@@ -261,7 +268,7 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
     work = out / "work" / name
     mutmut = str(pathlib.Path(sys.executable).with_name("mutmut"))
     rc, seconds = 0, 0.0
-    names = list(group.functions)
+    names, kept, old_diffs = list(group.functions), {}, {}
     if previous is not None:
         old_hashes, now = previous.get("source_hashes", {}), source_hashes(group)
         changed = {f for f in now if old_hashes.get(f) != now[f]}
@@ -272,8 +279,13 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
         in_scope = (lambda k: any(fnmatch.fnmatch(k, p) for p in group.functions)) if group.functions else (lambda k: True)
         previous = {**previous, "statuses": {k: v for k, v in previous["statuses"].items()
                                              if module_of(k) not in changed and in_scope(k)}}
+        # survivors already reviewed (device only, or listed as equivalent) cannot be killed: they keep
+        # their status and diff instead of running every test that reaches them again
+        eq, old_diffs = load_equivalent(), previous.get("diffs", {})
+        kept = {k: v for k, v in previous["statuses"].items() if v not in KILLED and v != "not checked"
+                and reviewed(old_diffs.get(k, ""), eq.get(k)) is not None}
         skip = KILLED + (("not checked",) if survivors_only else ())
-        names = sorted(k for k, v in previous["statuses"].items() if v not in skip)
+        names = sorted(k for k, v in previous["statuses"].items() if v not in skip and k not in kept)
         for f in sorted(changed):
             mod = f[:-3].replace("/", ".")
             names += [p for p in group.functions if p.startswith(mod + ".")] or [mod + ".*"]
@@ -293,13 +305,15 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
     checked = {k: v for k, v in statuses.items() if v != "not checked"}
     if previous is not None:
         statuses = {**previous["statuses"], **statuses}
-        checked = {**{k: v for k, v in previous["statuses"].items() if v in KILLED}, **checked}
+        checked = {**{k: v for k, v in previous["statuses"].items() if v in KILLED}, **kept, **checked}
     if rc != 0 or not checked:
         raise RuntimeError(f"mutmut on group {name!r} exited {rc} with {len(checked)} mutants checked; "
                            f"see {out / (name + '.log')}")
     diffs = {}
     for m, st in checked.items():
-        if st not in KILLED:
+        if m in kept:
+            diffs[m] = old_diffs[m]
+        elif st not in KILLED:
             diffs[m] = subprocess.run([mutmut, "show", m], cwd=work, capture_output=True, text=True).stdout
     result = score(checked, diffs, load_equivalent())
     result["seconds"] = round(seconds + (previous or {}).get("seconds", 0.0), 1)

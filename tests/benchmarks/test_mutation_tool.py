@@ -143,3 +143,30 @@ def test_mutmut_section_is_valid_toml_and_copies_the_data_tests_read():
     assert cfg["only_mutate"] == ["flowalign/algorithms/*.py"] and cfg["source_paths"] == ["flowalign"]
     assert "configs" in cfg["also_copy"] and all((M.ROOT / p).is_dir() for p in cfg["also_copy"])
     assert cfg["pytest_add_cli_args_test_selection"] == list(M.GROUPS["algorithms"].tests)
+
+
+def test_recheck_keeps_reviewed_survivors_without_running_them(tmp_path, monkeypatch):
+    """A --recheck runs again only what new tests could kill: a device-only or listed-equivalent
+    survivor keeps its status and diff (and its place in the score); the rest are rechecked."""
+    import json
+
+    group = M.GROUPS["losses_advantages"]
+    dev = "-    y = torch.zeros(3, device=x.device)\n+    y = torch.zeros(3, )\n"
+    eq_diff = "-    a = b * 2\n+    a = b * 2.0\n"
+    plain = "-    a = b + 1\n+    a = b - 1\n"
+    names = [f"flowalign.losses.x_f__mutmut_{i}" for i in range(1, 6)]
+    previous = {"source_hashes": M.source_hashes(group), "seconds": 5.0,
+                "statuses": dict(zip(names, ["killed", "survived", "survived", "survived", "not checked"])),
+                "diffs": {names[1]: dev, names[2]: eq_diff, names[3]: plain}}
+    eq = {names[2]: {"name": names[2], "line": "a = b * 2.0", "why": "an int times 2 equals it times 2.0"}}
+    # what mutmut left after rechecking: the plain survivor and the unchecked one were killed
+    meta = tmp_path / "work" / "losses_advantages" / "mutants" / "flowalign" / "losses.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"exit_code_by_key": {names[3]: 1, names[4]: 1}}))
+    monkeypatch.setattr(M, "load_equivalent", lambda path=M.EQUIVALENT: eq)
+    r = M.run_group("losses_advantages", group, tmp_path, 1, collect_only=True, previous=previous)
+    assert r["statuses"] == dict(zip(names, ["killed", "survived", "survived", "killed", "killed"]))
+    assert r["diffs"] == {names[1]: dev, names[2]: eq_diff}
+    assert r["modules"]["flowalign/losses.py"] == {"mutants": 5, "killed": 3, "equivalent": 1, "device_only": 1,
+                                                  "survived": 0, "score": 1.0}
+    assert M.reviewed(plain, eq.get(names[3])) is None and M.reviewed(eq_diff, eq[names[2]]) == "equivalent"
