@@ -137,6 +137,14 @@ def test_completions_in_chunks_equal_one_batch_float64(tiny_sd3_dir, tmp_path, p
     by_sample = torch.cat(algo._completions(vel, traj, inner, 3, per=1))
     assert one.dtype == torch.float64 and one.shape[:2] == (3, 4)
     assert_tensors_close(by_sample, one, atol=1e-10, rtol=0)
+    # with a fixed number of completion steps, exactly the asked states are completed, in order
+    cfg2 = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run2"), prompts_file,
+                                       **{"algorithm.name": "dense_grpo", "sampler.sde_window": "[0,3]",
+                                          "algorithm.completion_steps": 2}))
+    sub = torch.cat(DenseGRPO(cfg2.algorithm, cfg2.sampler)._completions(vel, traj, [3, 1], 3, per=2))
+    want = samplers.complete_trajectory(vel, traj.latents, traj.sigmas, 2, steps=torch.tensor([3, 1]))
+    assert sub.shape[:2] == (3, 2)
+    assert_tensors_close(sub, want, atol=1e-10, rtol=0)
 
 
 def test_dense_untrained_states_are_not_completed(tiny_sd3_dir, tmp_path, prompts_file):
