@@ -168,7 +168,21 @@ def test_one_iteration_trains_from_an_old_policy_equal_to_the_weights(tiny_sd3_d
                                       **{**NFT, "run.max_iterations": 2, "run.sample_every": 0}))
     t = Trainer(cfg)
     w0 = [p.detach().clone() for p in t.params]
+    seen, velocity = [], t.policy.velocity
+
+    def recording(x, sigma, *a, **k):
+        if torch.is_grad_enabled():  # the trained forwards (the rollout and v_old run without grad)
+            seen.append(torch.as_tensor(sigma).flatten())
+        return velocity(x, sigma, *a, **k)
+
+    t.policy.velocity = recording
     m1 = t.iterate()
+    t.policy.velocity = velocity
+    # the trained forwards (2 minibatches of 4, each at train_timesteps timesteps per sample) use the
+    # rollout's K = 4 sampling timesteps (sigma > 0), every one of them
+    grid = t.policy.sigmas(4)[:-1]
+    assert len(seen) == 2 * t.algo.train_timesteps and all(s.numel() == 4 for s in seen)
+    assert set(torch.cat(seen).tolist()) == set(grid.tolist()) and grid.min() > 0
     w1 = [p.detach().clone() for p in t.params]
     m2 = t.iterate()
     assert any(not torch.equal(a, b) for a, b in zip(w0, w1))
@@ -270,3 +284,64 @@ def test_nft_config_bounds(extra, error):
     else:
         with pytest.raises(ValueError, match=error):
             load_config(None, args)
+
+
+def _nft(**over):
+    from omegaconf import OmegaConf
+
+    from flowalign.algorithms.nft import NFT
+    from flowalign.config import SamplerConfig
+
+    return NFT(OmegaConf.merge(OmegaConf.structured(NFTConfig), over), OmegaConf.structured(SamplerConfig(num_steps=4)))
+
+
+class _SecondOfTwo:
+    """Rank 1 of two processes: its gathers, in call order, concatenate rank 0's tensors (`first`,
+    one per gather) with its own, in rank order."""
+
+    process_index = 1
+
+    def __init__(self, *first):
+        self.first = list(first)
+
+    def gather(self, t):
+        return torch.cat([self.first.pop(0).to(t), t])
+
+
+def test_engine_calls_use_their_settings():
+    """assign numbers each process's samples by their place in the whole batch; updates per
+    iteration count inner epochs x optimiser steps; advantages use the std scope and clip of the
+    config, over the whole gathered batch, and hand each process its own rows."""
+    from types import SimpleNamespace
+
+    from flowalign.advantages import group_advantages
+
+    algo = _nft(group_size=4)
+    metas = [{"prompt": p} for p in "abc"]
+    whole, whole_ids = algo.assign(metas, 0, 1)
+    shares = [algo.assign(metas, rank, 2) for rank in range(2)]
+    assert [m["sample_index"] for m in whole] == list(range(12))
+    assert [m for mine, _ in shares for m in mine] == whole
+    assert torch.equal(torch.cat([ids for _, ids in shares]), whole_ids)
+    assert _nft(inner_epochs=2, gradient_steps_per_iteration=3).updates_per_iteration(8) == 6
+
+    rewards = torch.tensor([0.0, 1.0, 5.0, 2.0, 10.0, 10.5, 9.0, 30.0])
+    ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    got = {}
+    for scope, clip in (("group", 0.7), ("batch", 1.2), ("batch", 5.0)):
+        algo = _nft(std_scope=scope, adv_clip_max=clip)
+        want = group_advantages(rewards, ids, std_scope=scope, clip=clip)
+        local = algo.advantages(SimpleNamespace(group_ids=ids[4:]), rewards[4:], _SecondOfTwo(rewards[:4], ids[:4]))
+        assert torch.equal(local.all_rewards, rewards) and torch.equal(local.local, want[4:])
+        got[scope, clip] = want
+    assert len({tuple(v.tolist()) for v in got.values()}) == 3  # each setting changes the advantages
+
+
+def test_the_old_policy_follows_the_parameters_device_and_dtype():
+    """A restored old policy (float32 on the CPU) is used in the trained parameters' dtype."""
+    algo = _nft()
+    params = [torch.zeros(3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
+    algo.load_state_dict({"old": [torch.ones(3), torch.full((2,), 2.0)], "steps": 1})
+    old = algo._old_weights(params)
+    assert [w.dtype for w in old] == [torch.float64] * 2
+    assert torch.equal(old[1], torch.full((2,), 2.0, dtype=torch.float64))
