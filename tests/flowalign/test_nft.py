@@ -345,3 +345,90 @@ def test_the_old_policy_follows_the_parameters_device_and_dtype():
     old = algo._old_weights(params)
     assert [w.dtype for w in old] == [torch.float64] * 2
     assert torch.equal(old[1], torch.full((2,), 2.0, dtype=torch.float64))
+
+
+def test_policy_step_gradient_equals_a_hand_reconstruction(tiny_sd3_dir, tmp_path, prompts_file):
+    """The second iteration's accumulated gradient (the old policy then differs from the weights),
+    rebuilt from the rollout: minibatches from the step generator's permutation; per sample, its own
+    generator draws T grid timesteps (a permutation's first T) and then the noise; x_t = (1 - t) x0 +
+    t eps; v_old under the old weights and v under the trained ones, both with the sampler's guidance;
+    r from the clipped advantages; the NFT loss x adv_clip_max / beta plus kl_beta (v - v_ref)^2, each
+    averaged over the minibatch and divided by the optimiser step's number of backwards. Minibatches
+    of 3 and 2 samples, so no broadcast against the 4 latent channels can pass by accident."""
+    from flowalign.losses import optimality_probability as r_of
+
+    cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file,
+                                      **{**NFT, "run.max_iterations": 2, "run.sample_every": 0,
+                                         "algorithm.train_batch_size": 3, "sampler.guidance": 2.0,
+                                         "algorithm.kl_beta": 0.1, "algorithm.beta": 0.5,
+                                         "algorithm.adv_clip_max": 2.0}))
+    t = Trainer(cfg)
+    t.iterate()
+    seen, real = {}, t.algo.policy_step
+
+    def spy(policy, ro, adv, update, gen):
+        seen.update(ro=ro, adv=adv, gen=gen.get_state(), gens=[g.get_state() for g in ro.generators],
+                    params=[p.detach().clone() for p in update.params], old=[w.clone() for w in t.algo.old])
+        step, backward, seen["last"] = update.step, update.backward, []
+
+        def capture():
+            seen["grads"] = [p.grad.detach().clone() for p in update.params]
+            return step()
+
+        def flagged(loss, last=True):  # whether each backward is the step's last (gradient sync)
+            seen["last"].append(last)
+            return backward(loss, last=last)
+
+        update.step, update.backward = capture, flagged
+        try:
+            return real(policy, ro, adv, update, gen)
+        finally:
+            del update.step, update.backward
+
+    t.algo.policy_step = spy
+    t.iterate()
+    a, policy, params = cfg.algorithm, t.policy, t.updater.params
+    ro, K = seen["ro"], cfg.sampler.num_steps
+    T = max(1, int(K * a.timestep_fraction))
+    with torch.no_grad():
+        for p, w in zip(params, seen["params"]):
+            p.copy_(w)
+    gen = torch.Generator()
+    gen.set_state(seen["gen"])
+    gens = [torch.Generator() for _ in seen["gens"]]
+    for g, s in zip(gens, seen["gens"]):
+        g.set_state(s)
+    x0_all, grid, n = ro.traj.final, ro.traj.sigmas[:-1], len(ro.prompts)
+    assert x0_all.shape[1] == 4 and grid.numel() == K
+    r_all = r_of(seen["adv"].local.float(), a.adv_clip_max)
+    batches = torch.randperm(n, generator=gen).split(a.train_batch_size)
+    draws = {}
+    for i in torch.cat(batches).tolist():
+        ts = grid[torch.randperm(K, generator=gens[i])[:T]]
+        draws[i] = ts, torch.randn((T, *x0_all.shape[1:]), generator=gens[i])
+    inputs = []  # (rows, x0, r, t, x_t) of every forward
+    for idx in batches:
+        x0 = x0_all[idx]
+        for j in range(T):
+            tj = torch.stack([draws[i][0][j] for i in idx.tolist()]).to(x0)
+            eps = torch.stack([draws[i][1][j] for i in idx.tolist()]).to(x0)
+            inputs.append((idx, x0, r_all[idx], tj, (1 - tj.view(-1, 1, 1, 1)) * x0 + tj.view(-1, 1, 1, 1) * eps))
+    with torch.no_grad():  # the old policy's and the reference's velocities first, then the trained ones
+        for p, w in zip(params, seen["old"]):
+            p.copy_(w)
+        v_olds = [policy.velocity(xt, tj, ro.cond, guidance=2.0, rows=idx) for idx, _, _, tj, xt in inputs]
+        for p, w in zip(params, seen["params"]):
+            p.copy_(w)
+        with policy.reference():
+            v_refs = [policy.velocity(xt, tj, ro.cond, guidance=2.0, rows=idx) for idx, _, _, tj, xt in inputs]
+    total = 0.0
+    for (idx, x0, r, tj, xt), v_old, v_ref in zip(inputs, v_olds, v_refs):
+        v = policy.velocity(xt, tj, ro.cond, guidance=2.0, rows=idx)
+        loss = (nft_loss(v, v_old, xt, x0, tj, r, a.beta, a.weighting) * a.adv_clip_max / a.beta).mean()
+        total = total + (loss + a.kl_beta * ((v - v_ref) ** 2).mean()) / (len(batches) * T)
+    want = torch.autograd.grad(total, params)
+    assert len(batches) == 3 and [len(b) for b in batches] == [3, 3, 2]
+    assert seen["last"] == [False] * (3 * T - 1) + [True]  # processes sync on the step's last backward only
+    assert any(g.abs().max() > 0 for g in want)
+    for got, w in zip(seen["grads"], want):
+        torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-7)
