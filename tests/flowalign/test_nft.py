@@ -347,7 +347,8 @@ def test_the_old_policy_follows_the_parameters_device_and_dtype():
     assert torch.equal(old[1], torch.full((2,), 2.0, dtype=torch.float64))
 
 
-def test_policy_step_gradient_equals_a_hand_reconstruction(tiny_sd3_dir, tmp_path, prompts_file):
+@pytest.mark.parametrize("weighting,kl_beta", [("adaptive", 0.1), ("none", 0.0)])
+def test_policy_step_gradient_equals_a_hand_reconstruction(weighting, kl_beta, tiny_sd3_dir, tmp_path, prompts_file):
     """The second iteration's accumulated gradient (the old policy then differs from the weights),
     rebuilt from the rollout: minibatches from the step generator's permutation; per sample, its own
     generator draws T grid timesteps (a permutation's first T) and then the noise; x_t = (1 - t) x0 +
@@ -360,7 +361,8 @@ def test_policy_step_gradient_equals_a_hand_reconstruction(tiny_sd3_dir, tmp_pat
     cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file,
                                       **{**NFT, "run.max_iterations": 2, "run.sample_every": 0,
                                          "algorithm.train_batch_size": 3, "sampler.guidance": 2.0,
-                                         "algorithm.kl_beta": 0.1, "algorithm.beta": 0.5,
+                                         "algorithm.kl_beta": kl_beta, "algorithm.beta": 0.5,
+                                         "algorithm.weighting": weighting,
                                          "algorithm.adv_clip_max": 2.0}))
     t = Trainer(cfg)
     t.iterate()
@@ -381,7 +383,8 @@ def test_policy_step_gradient_equals_a_hand_reconstruction(tiny_sd3_dir, tmp_pat
 
         update.step, update.backward = capture, flagged
         try:
-            return real(policy, ro, adv, update, gen)
+            seen["stats"] = real(policy, ro, adv, update, gen)
+            return seen["stats"]
         finally:
             del update.step, update.backward
 
@@ -421,14 +424,22 @@ def test_policy_step_gradient_equals_a_hand_reconstruction(tiny_sd3_dir, tmp_pat
             p.copy_(w)
         with policy.reference():
             v_refs = [policy.velocity(xt, tj, ro.cond, guidance=2.0, rows=idx) for idx, _, _, tj, xt in inputs]
-    total = 0.0
+    total, logged = 0.0, {"policy_loss": [], "kl": [], "old_deviation": [], "r_mean": []}
     for (idx, x0, r, tj, xt), v_old, v_ref in zip(inputs, v_olds, v_refs):
         v = policy.velocity(xt, tj, ro.cond, guidance=2.0, rows=idx)
-        loss = (nft_loss(v, v_old, xt, x0, tj, r, a.beta, a.weighting) * a.adv_clip_max / a.beta).mean()
-        total = total + (loss + a.kl_beta * ((v - v_ref) ** 2).mean()) / (len(batches) * T)
+        loss = (nft_loss(v, v_old, xt, x0, tj, r, a.beta, weighting) * a.adv_clip_max / a.beta).mean()
+        kl = ((v - v_ref) ** 2).mean() if kl_beta > 0 else torch.tensor(0.0)
+        total = total + (loss + kl_beta * kl) / (len(batches) * T)
+        for key, val in (("policy_loss", loss), ("kl", kl), ("old_deviation", ((v - v_old) ** 2).mean()),
+                         ("r_mean", r.mean())):
+            logged[key].append(val.item())
     want = torch.autograd.grad(total, params)
     assert len(batches) == 3 and [len(b) for b in batches] == [3, 3, 2]
     assert seen["last"] == [False] * (3 * T - 1) + [True]  # processes sync on the step's last backward only
     assert any(g.abs().max() > 0 for g in want)
     for got, w in zip(seen["grads"], want):
         torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-7)
+    # the logged means over the forwards
+    for key, vals in logged.items():
+        assert seen["stats"][key] == pytest.approx(sum(vals) / len(vals), rel=1e-4, abs=1e-9), key
+    assert (seen["stats"]["kl"] == 0.0) == (kl_beta == 0.0) and seen["stats"]["old_deviation"] > 0
