@@ -443,3 +443,5 @@ def test_policy_step_gradient_equals_a_hand_reconstruction(weighting, kl_beta, t
     for key, vals in logged.items():
         assert seen["stats"][key] == pytest.approx(sum(vals) / len(vals), rel=1e-4, abs=1e-9), key
     assert (seen["stats"]["kl"] == 0.0) == (kl_beta == 0.0) and seen["stats"]["old_deviation"] > 0
+    assert seen["stats"]["loss"] == pytest.approx(seen["stats"]["policy_loss"] + kl_beta * seen["stats"]["kl"], rel=1e-5)
+    assert {"grad_norm", "lr", "first_deviation", "old_decay"} <= set(seen["stats"])  # the optimiser step's too
