@@ -324,6 +324,8 @@ def test_engine_calls_use_their_settings():
     assert [m for mine, _ in shares for m in mine] == whole
     assert torch.equal(torch.cat([ids for _, ids in shares]), whole_ids)
     assert _nft(inner_epochs=2, gradient_steps_per_iteration=3).updates_per_iteration(8) == 6
+    # int(K f) of the K = 4 grid timesteps, at least one
+    assert [_nft(timestep_fraction=f).train_timesteps for f in (0.1, 0.25, 0.6, 0.99, 1.0)] == [1, 1, 2, 3, 4]
 
     rewards = torch.tensor([0.0, 1.0, 5.0, 2.0, 10.0, 10.5, 9.0, 30.0])
     ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
