@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -203,3 +204,25 @@ def test_calibrate_with_shared_noise_draws_fresh_noise_each_round_from_run_seed(
                                          "run.seed": 5}))
     calibration.calibrate(cfg, progress=False)
     assert calls == [(5, 0), (5, 1), (5, 2)]
+
+
+@pytest.mark.parametrize("extra,error", [
+    ({"algorithm.calib_rounds": 1, "algorithm.calib_trajectories": 2}, None),
+    ({"algorithm.calib_rounds": 0}, "algorithm.calib_rounds=0 must be at least 1"),
+    ({"algorithm.calib_trajectories": 1}, "algorithm.calib_trajectories=1 must be at least 2"),
+    ({"algorithm.calib_eps2": 1e-6}, None),
+    ({"algorithm.calib_eps2": 0.0}, "algorithm.calib_eps2=0.0 must be > 0"),
+    ({"algorithm.completion_steps": 1}, None),
+    ({"algorithm.completion_steps": 0}, "algorithm.completion_steps=0 must be at least 1"),
+    ({"algorithm.reward_aggregation": "advantage", "reward.name": "weighted",
+      "reward.args": "{weights: {jpeg_compressibility: 1.0, aesthetic: 0.5}}"}, "dense_grpo needs reward_aggregation=sum"),
+])
+def test_dense_config_bounds(extra, error):
+    """Each bound of DenseGRPO's schema at its edge: the smallest allowed value loads, one below is
+    refused with a message naming the key, its value and the bound."""
+    args = ["algorithm.name=dense_grpo"] + [f"{k}={v}" for k, v in extra.items()]
+    if error is None:
+        assert load_config(None, args).algorithm.name == "dense_grpo"
+    else:
+        with pytest.raises(ValueError, match=re.escape(error)):
+            load_config(None, args)

@@ -269,6 +269,7 @@ def test_state_before_the_first_update_round_trips_as_no_old_policy():
     ({"algorithm.kl_beta": -0.1}, "must be > 0"),
     ({"algorithm.kl_beta": 0.0}, None),
     ({"algorithm.adv_clip_max": 0.0}, "must be > 0"),
+    ({"algorithm.adv_clip_max": 0.5, "algorithm.beta": 0.5}, None),  # below 1 is fine for both
     ({"algorithm.old_decay": "[0,0,0]"}, None),
     ({"algorithm.old_decay": "[0,0.001,1.0]"}, "must be \\[flat >= 0"),
     ({"algorithm.old_decay": "[-1,0.001,0.5]"}, "must be \\[flat >= 0"),
