@@ -202,3 +202,69 @@ def test_final_prompts_pair_each_final_latent_with_its_own_prompt():
     tro = TreeRollout(["p", "q"], [{}, {}], torch.tensor([0, 1]), None, tree, branch.kinds, torch.ones(4))
     assert branch.final_prompts(tro) == [["p", "q"][r] for r in tree.root[tree.leaves].tolist()]
     assert sorted(branch.final_prompts(tro)) == ["p", "p", "q", "q"]
+
+
+class _Served:
+    """A reward scored in the background, as a served one is: submit() returns a future."""
+
+    def __init__(self, reward):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.reward, self.pool, self.calls = reward, ThreadPoolExecutor(1), []
+
+    def submit(self, images, prompts, **context):
+        self.calls.append(len(images))
+        return self.pool.submit(self.reward, images, prompts, **context)
+
+    def __call__(self, images, prompts, **context):
+        raise AssertionError("a served reward is submitted, not called")
+
+
+def test_decode_rewards_scores_each_chunk_with_its_own_prompts_and_metadata(sd3_policy):
+    """Rewards of latents decoded in chunks equal the reward of all the images at once, row for row
+    (prompts and metadata sliced with the chunk), as float32; a served reward is submitted chunk by
+    chunk; with parts (Flow-GRPO's reward_aggregation=advantage) each part's column comes before the
+    weighted total."""
+    from types import SimpleNamespace
+
+    from flowalign.algorithms import build_algorithm
+    from flowalign.algorithms.base import decode_rewards
+    from flowalign.config import SamplerConfig
+    from reward_models import build_reward
+
+    latents = sd3_policy.initial_noise(5, generator=torch.Generator().manual_seed(0))
+    colours = ["red", "blue", "green", "yellow", "purple"]
+    metas = [{"prompt": f"{1 + i % 2} {c} circles", "include": [{"class": "circle", "count": 1 + i % 2, "color": c}]}
+             for i, c in enumerate(colours)]
+    prompts = [m["prompt"] for m in metas]
+    images = sd3_policy.decode(latents)
+    soft = build_reward("shapes_soft", temperature=0.5)
+    want = soft(images, prompts, metadata=metas).float()
+    assert want.unique().numel() == 5  # rows differ, so a misaligned chunk shows
+    got = decode_rewards(sd3_policy, soft, latents, prompts, metas, chunk=2)
+    assert got.dtype == torch.float32 and got.shape == (5,)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    served = _Served(soft)
+    torch.testing.assert_close(decode_rewards(sd3_policy, served, latents, prompts, metas, chunk=2), want,
+                               rtol=1e-5, atol=1e-6)
+    assert served.calls == [2, 2, 1]
+
+    weighted = build_reward("weighted", weights={"shapes_soft": 2.0, "jpeg_compressibility": 0.5},
+                            args={"shapes_soft": {"temperature": 0.5}})
+    jpeg = build_reward("jpeg_compressibility")(images, prompts).float()
+    cols = torch.stack([want, jpeg, 2.0 * want + 0.5 * jpeg], dim=1)
+    torch.testing.assert_close(decode_rewards(sd3_policy, weighted, latents, prompts, metas, chunk=2, parts=True),
+                               cols, rtol=1e-5, atol=1e-6)
+    # Flow-GRPO scores the parts exactly when its advantages are per reward
+    ro = SimpleNamespace(traj=SimpleNamespace(final=latents), prompts=prompts, metadata=metas)
+    sampler = OmegaConf.structured(SamplerConfig)
+    for aggregation, shape in (("advantage", (5, 3)), ("sum", (5,))):
+        algo = build_algorithm(OmegaConf.create({"name": "flow_grpo", **_flow_grpo_defaults(),
+                                                 "reward_aggregation": aggregation}), sampler, part_weights=[2.0, 0.5])
+        assert algo.score(sd3_policy, ro, weighted).shape == shape
+
+
+def _flow_grpo_defaults():
+    from flowalign.algorithms.flow_grpo import FlowGRPOConfig
+
+    return OmegaConf.to_container(OmegaConf.structured(FlowGRPOConfig))
