@@ -4,6 +4,7 @@ different reward scales, and gradients that do not depend on how a batch is spli
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -225,8 +226,6 @@ def test_decode_rewards_scores_each_chunk_with_its_own_prompts_and_metadata(sd3_
     (prompts and metadata sliced with the chunk), as float32; a served reward is submitted chunk by
     chunk; with parts (Flow-GRPO's reward_aggregation=advantage) each part's column comes before the
     weighted total."""
-    from types import SimpleNamespace
-
     from flowalign.algorithms import build_algorithm
     from flowalign.algorithms.base import decode_rewards
     from flowalign.config import SamplerConfig
@@ -268,3 +267,34 @@ def _flow_grpo_defaults():
     from flowalign.algorithms.flow_grpo import FlowGRPOConfig
 
     return OmegaConf.to_container(OmegaConf.structured(FlowGRPOConfig))
+
+
+def test_flow_grpo_advantages_use_the_scope_the_clip_and_the_part_weights():
+    """Flow-GRPO's advantages over the gathered batch (this process is rank 1 of 2) equal the group
+    advantages with the config's std scope and clip; with per-part rewards [N, P + 1] they are the
+    weighted per-reward advantages of the parts (the total column is not used)."""
+    from flowalign.advantages import group_advantages, multi_reward_advantages
+    from flowalign.algorithms import build_algorithm
+    from flowalign.config import SamplerConfig
+    from tests.flowalign.test_nft import _SecondOfTwo
+
+    g = torch.Generator().manual_seed(5)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    total = torch.randn(8, generator=g, dtype=torch.float64) * torch.tensor([1.0] * 3 + [20.0] * 3 + [0.1] * 2,
+                                                                             dtype=torch.float64)
+    parts = torch.stack([total, torch.randn(8, generator=g, dtype=torch.float64), total * 3 + 1], dim=1)
+    sampler = OmegaConf.structured(SamplerConfig)
+    seen = set()
+    for scope, clip in (("group", 0.8), ("batch", 1.3), ("batch", 50.0)):
+        cfg = OmegaConf.create({**_flow_grpo_defaults(), "std_scope": scope, "adv_clip_max": clip})
+        algo = build_algorithm(cfg, sampler)
+        ro = SimpleNamespace(group_ids=ids[4:])
+        got = algo.advantages(ro, total[4:], _SecondOfTwo(total[:4], ids[:4]))
+        want = group_advantages(total, ids, std_scope=scope, clip=clip)
+        assert torch.equal(got.all_rewards, total) and torch.equal(got.local, want[4:])
+        seen.add(tuple(want.tolist()))
+        per = build_algorithm(OmegaConf.merge(cfg, {"reward_aggregation": "advantage"}), sampler, part_weights=[2.0, 0.5])
+        want = multi_reward_advantages(parts[:, :2], [2.0, 0.5], ids, std_scope=scope, clip=clip)
+        assert torch.equal(per.group_advantages(parts, ids), want)
+        seen.add(tuple(want.tolist()))
+    assert len(seen) == 6  # every setting, and the per-part path, changes the advantages
