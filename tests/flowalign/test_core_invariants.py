@@ -298,3 +298,45 @@ def test_flow_grpo_advantages_use_the_scope_the_clip_and_the_part_weights():
         assert torch.equal(per.group_advantages(parts, ids), want)
         seen.add(tuple(want.tolist()))
     assert len(seen) == 6  # every setting, and the per-part path, changes the advantages
+
+
+def test_the_engines_shared_helpers_on_hand_built_inputs(tmp_path):
+    """expand_groups: each prompt repeated group_size times, each process a contiguous share (a group
+    may span two), an uneven split refused; gathered: the whole batch's function, this rank's rows;
+    sde_noise_levels: the constant noise level, or psi from a list or a psi.json, converted as
+    samplers.psi_to_noise_levels does; the registry builds each algorithm with its weights."""
+    from flowalign.algorithms import ALGORITHMS, build_algorithm, registered
+    from flowalign.algorithms.base import expand_groups, gathered, sde_noise_levels
+    from flowalign.config import SamplerConfig
+    from tests.flowalign.test_nft import _SecondOfTwo
+
+    metas = [{"prompt": p} for p in "abc"]
+    shares = [expand_groups(metas, 4, rank, 3) for rank in range(3)]
+    assert [[m["prompt"] for m in mine] for mine, _ in shares] == [list("aaaa"), list("bbbb"), list("cccc")]
+    shares = [expand_groups(metas, 2, rank, 2) for rank in range(2)]
+    assert [[m["prompt"] for m in mine] for mine, _ in shares] == [list("aab"), list("bcc")]
+    assert [ids.tolist() for _, ids in shares] == [[0, 0, 1], [1, 2, 2]] and shares[0][1].dtype == torch.long
+    with pytest.raises(ValueError, match="= 6 samples must divide evenly over 4 processes"):
+        expand_groups(metas, 2, 0, 4)
+
+    r, ids = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 7.0]), torch.tensor([0, 0, 1, 1, 2, 2])
+    all_r, all_out, mine = gathered(_SecondOfTwo(r[:3], ids[:3]), r[3:], ids[3:], lambda x, g: x * 10 + g)
+    assert torch.equal(all_r, r) and torch.equal(all_out, r * 10 + ids) and torch.equal(mine, (r * 10 + ids)[3:])
+
+    sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64)
+    cfg = OmegaConf.structured(SamplerConfig(noise_level=0.65))
+    levels = sde_noise_levels(cfg, sigmas)
+    assert levels.dtype == torch.float64 and torch.equal(levels, torch.full((4,), 0.65, dtype=torch.float64))
+    psi = [0.2, 0.4, 0.6, 0.8]
+    want = samplers.psi_to_noise_levels(psi, sigmas)
+    cfg.psi = psi
+    assert torch.equal(sde_noise_levels(cfg, sigmas), want) and not torch.equal(want, levels)
+    (tmp_path / "psi.json").write_text(json.dumps({"psi": psi, "history": [psi]}))
+    cfg.psi = str(tmp_path / "psi.json")
+    assert torch.equal(sde_noise_levels(cfg, sigmas), want)
+
+    sampler = OmegaConf.structured(SamplerConfig)
+    for name, reg in ALGORITHMS.items():
+        assert registered(name) is reg
+        algo = build_algorithm(OmegaConf.structured(reg.schema), sampler, part_weights=[1.0, 2.0])
+        assert type(algo) is reg.algorithm and getattr(algo, "part_weights", [1.0, 2.0]) == [1.0, 2.0]
