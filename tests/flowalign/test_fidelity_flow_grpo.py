@@ -141,6 +141,9 @@ def test_zero_advantage_samples_leave_the_loss():
         assert (ours[nonzero]).all()  # every informative sample stays
         if nonzero.any():
             assert int(ours.sum()) % batches == 0 or int((~nonzero).sum()) < batches - int(nonzero.sum()) % batches
+    # nothing informative: one sample per minibatch stays, so every process makes its updates
+    for n, batches in ((8, 3), (5, 5), (6, 1)):
+        assert int(zero_advantage_mask(torch.zeros(n), batches, torch.Generator().manual_seed(0)).sum()) == batches
     # in training: the zero-advantage samples are never passed to the loss
     algo, calls = algo_and_calls(train_batch_size=4)
     adv = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.5, 0.0, 0.0, -0.5])
@@ -215,3 +218,11 @@ def test_random_window_rollout_and_step_on_the_tiny_model(tiny_sd3_dir, tmp_path
     assert len(seen) > 1
     loss, st = algo.step_loss(policy, ro, torch.tensor([0, 1]), window[0], torch.ones(2))
     assert abs(st["ratio"] - 1) < 1e-5
+
+
+def test_updates_per_iteration_count_whole_minibatches():
+    """Flow-GRPO makes inner_epochs x ceil(n / train_batch_size) optimiser steps (an integer)."""
+    for n, bs, epochs, want in ((8, 3, 2, 6), (8, 4, 1, 2), (1, 8, 3, 3)):
+        algo, _ = algo_and_calls(train_batch_size=bs, inner_epochs=epochs)
+        got = algo.updates_per_iteration(n)
+        assert got == want and isinstance(got, int)
