@@ -144,12 +144,29 @@ def test_zero_advantage_samples_leave_the_loss():
     # nothing informative: one sample per minibatch stays, so every process makes its updates
     for n, batches in ((8, 3), (5, 5), (6, 1)):
         assert int(zero_advantage_mask(torch.zeros(n), batches, torch.Generator().manual_seed(0)).sum()) == batches
+    # the samples put back are the step generator's pick among the dropped ones
+    adv = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.5, 0.0, 0.0, 0.0])
+    dropped = torch.tensor([0, 2, 5, 6, 7])
+    for seed in range(4):
+        want = adv != 0
+        want[dropped[torch.randperm(5, generator=torch.Generator().manual_seed(seed))[:1]]] = True
+        torch.manual_seed(100 + seed)  # the global generator must not be the one drawn from
+        assert torch.equal(zero_advantage_mask(adv, 2, torch.Generator().manual_seed(seed)), want)
     # in training: the zero-advantage samples are never passed to the loss
     algo, calls = algo_and_calls(train_batch_size=4)
     adv = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.5, 0.0, 0.0, -0.5])
     algo.policy_step(None, fake_rollout(8), Advantages(adv, adv), RecordingUpdate(), torch.Generator().manual_seed(0))
     trained = {i for idx, _ in calls for i in idx}
     assert trained == {1, 3, 4, 7}
+    # ... and the one put back to fill the minibatches is drawn from the step's generator
+    for seed in range(4):
+        algo, calls = algo_and_calls(train_batch_size=4)
+        adv = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.5, 0.0, 0.0, 0.0])
+        want = zero_advantage_mask(adv, 2, torch.Generator().manual_seed(seed))
+        torch.manual_seed(100 + seed)
+        algo.policy_step(None, fake_rollout(8), Advantages(adv, adv), RecordingUpdate(),
+                         torch.Generator().manual_seed(seed))
+        assert {i for idx, _ in calls for i in idx} == set(torch.nonzero(want).flatten().tolist())
 
 
 def test_fast_random_window_is_placed_per_rollout_like_the_reference():
