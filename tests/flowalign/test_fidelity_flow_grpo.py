@@ -243,3 +243,20 @@ def test_updates_per_iteration_count_whole_minibatches():
         algo, _ = algo_and_calls(train_batch_size=bs, inner_epochs=epochs)
         got = algo.updates_per_iteration(n)
         assert got == want and isinstance(got, int)
+
+
+def test_minibatches_follow_the_split_rule_of_each_setting():
+    """With zero-advantage dropping (Flow-GRPO's rule) the kept samples go into the same number of
+    minibatches, ceil(n / train_batch_size), of equal size; without it, into minibatches of
+    train_batch_size (the last one shorter)."""
+    cases = ((True, 8, [0.0, 1.0, 0.0, -1.0, 0.5, 0.0, 0.0, -0.5], [2, 2]),
+             (False, 7, [1.0, -1.0, 0.5, 0.2, -0.3, 0.4, -0.8], [4, 3]),
+             (False, 7, [1.0, -1.0, 0.5, 0.2, -0.3, 0.4, -0.8], None))
+    for drop, n, adv, want in cases:
+        bs = 4 if want is not None else 3
+        algo, calls = algo_and_calls(train_batch_size=bs, drop_zero_advantage=drop)
+        a = torch.tensor(adv)
+        algo.policy_step(None, fake_rollout(n), Advantages(a, a), RecordingUpdate(), torch.Generator().manual_seed(0))
+        first = calls[0][1]
+        sizes = [len(idx) for idx, k in calls if k == first]
+        assert sizes == (want if want is not None else [3, 3, 1]), (drop, n)
