@@ -127,6 +127,7 @@ def test_policy_step_gradients_equal_a_hand_reconstruction(selection, kl_beta, d
     assert seen["last"] == ([False] * (S - 1) + [True]) * 3
     assert abs(seen["stats"]["first_ratio"] - 1) < 1e-5 and seen["stats"]["samples_trained"] == kept.numel()
     assert float(traj.noise_level[0]) == 0.5
+    losses = []
     for idx, snapshot, got in zip(chunks, seen["params"], seen["grads"]):
         steps = train[:S] if selection == "first" else \
             [train[i] for i in torch.randperm(len(train), generator=gen)[:S].tolist()]
@@ -149,7 +150,11 @@ def test_policy_step_gradients_equal_a_hand_reconstruction(selection, kl_beta, d
                 kl = samplers.flow_grpo_kl(out.mean, ref, out.std, samplers.transition_noise_scale(kinds[k], s, sn))
             loss, _ = grpo_objective(out.log_prob, traj.log_probs[idx, k], adv[idx], 0.05, kl, kl_beta)
             total = total + loss / S
+            losses.append(loss.item())
         want = torch.autograd.grad(total, params)
         assert any(w.abs().max() > 0 for w in want)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-8)
+    # the logged statistics are means over the transitions (and over the optimiser steps for theirs)
+    assert seen["stats"]["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+    assert {"ratio", "clip_fraction", "kl", "policy_loss", "log_prob", "grad_norm", "lr"} <= set(seen["stats"])
