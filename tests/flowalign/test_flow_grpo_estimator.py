@@ -62,8 +62,10 @@ def test_policy_gradient_matches_the_reparameterised_gradient():
     assert torch.dot(sc.mean(0), true) > 0
 
 
-@pytest.mark.parametrize("selection,kl_beta,drop", [("first", 0.05, True), ("random", 0.0, False)])
-def test_policy_step_gradients_equal_a_hand_reconstruction(selection, kl_beta, drop, tiny_sd3_dir, tmp_path,
+@pytest.mark.parametrize("selection,kl_beta,kl_form,drop", [("first", 0.05, "flow_grpo", True),
+                                                              ("random", 0.0, "flow_grpo", False),
+                                                              ("first", 0.05, "exact", False)])
+def test_policy_step_gradients_equal_a_hand_reconstruction(selection, kl_beta, kl_form, drop, tiny_sd3_dir, tmp_path,
                                                            prompts_file):
     """Every optimiser step's gradient of Flow-GRPO's policy step on the tiny SD3, rebuilt from the
     rollout: the kept samples (Flow-GRPO's zero-advantage rule or all) in the step generator's order,
@@ -81,7 +83,7 @@ def test_policy_step_gradients_equal_a_hand_reconstruction(selection, kl_beta, d
     cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **{
         "sampler.num_steps": 4, "algorithm.train_batch_size": 3, "algorithm.timestep_fraction": 0.7,
         "algorithm.kl_beta": kl_beta, "algorithm.clip_range": 0.05, "algorithm.timestep_selection": selection,
-        "algorithm.drop_zero_advantage": drop, "sampler.noise_level": 0.5, "run.max_iterations": 1,
+        "algorithm.drop_zero_advantage": drop, "algorithm.kl_form": kl_form, "sampler.noise_level": 0.5, "run.max_iterations": 1,
         "run.sample_every": 0}))
     t = Trainer(cfg)
     seen, real = {"params": [], "grads": [], "last": []}, t.algo.policy_step
@@ -147,7 +149,8 @@ def test_policy_step_gradients_equal_a_hand_reconstruction(selection, kl_beta, d
                 with torch.no_grad(), policy.reference():
                     ref = step(x, policy.velocity(x, sig, ro.cond, guidance=2.0, rows=idx), s, sn,
                                noise_level=level, prev_sample=x_next).mean
-                kl = samplers.flow_grpo_kl(out.mean, ref, out.std, samplers.transition_noise_scale(kinds[k], s, sn))
+                kl = samplers.gaussian_mean_kl(out.mean, ref, out.std) if kl_form == "exact" else \
+                    samplers.flow_grpo_kl(out.mean, ref, out.std, samplers.transition_noise_scale(kinds[k], s, sn))
             loss, _ = grpo_objective(out.log_prob, traj.log_probs[idx, k], adv[idx], 0.05, kl, kl_beta)
             total = total + loss / S
             losses.append(loss.item())
@@ -158,3 +161,4 @@ def test_policy_step_gradients_equal_a_hand_reconstruction(selection, kl_beta, d
     # the logged statistics are means over the transitions (and over the optimiser steps for theirs)
     assert seen["stats"]["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
     assert {"ratio", "clip_fraction", "kl", "policy_loss", "log_prob", "grad_norm", "lr"} <= set(seen["stats"])
+    assert (seen["stats"]["kl"] == 0.0) == (kl_beta == 0.0)  # no reference pass without a KL weight
