@@ -55,3 +55,44 @@ def stock_pipeline(path):
     pipe = DiffusionPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def spy_on_policy_step(trainer) -> dict:
+    """Record what the trainer's next policy steps see and do, for rebuilding them by hand: on entry
+    the rollout, the advantages, the step generator's state, each sample's generator state (NFT) and
+    the algorithm's state; per optimiser step the parameters at its first backward and the gradients
+    it applies; every backward's `last` flag; the returned statistics."""
+    seen = {"params": [], "grads": [], "last": []}
+    real = trainer.algo.policy_step
+
+    def spy(policy, ro, adv, update, gen):
+        state = trainer.algo.state_dict() if hasattr(trainer.algo, "state_dict") else {}
+        seen.update(ro=ro, adv=adv, gen=gen.get_state(), state=state,
+                    gens=[g.get_state() for g in getattr(ro, "generators", [])])
+        step, backward = update.step, update.backward
+
+        def capture():
+            seen["grads"].append([p.grad.detach().clone() for p in update.params])
+            return step()
+
+        def flagged(loss, last=True):
+            if len(seen["params"]) == len(seen["grads"]):  # the first backward of an optimiser step
+                seen["params"].append([p.detach().clone() for p in update.params])
+            seen["last"].append(last)
+            return backward(loss, last=last)
+
+        update.step, update.backward = capture, flagged
+        try:
+            seen["stats"] = real(policy, ro, adv, update, gen)
+            return seen["stats"]
+        finally:
+            del update.step, update.backward
+
+    trainer.algo.policy_step = spy
+    return seen
+
+
+def generator_at(state: torch.Tensor) -> torch.Generator:
+    g = torch.Generator()
+    g.set_state(state)
+    return g

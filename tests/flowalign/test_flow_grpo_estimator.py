@@ -79,6 +79,7 @@ def test_policy_step_gradients_equal_a_hand_reconstruction(selection, kl_beta, k
     from flowalign.losses import grpo_objective
     from flowalign.trainer import Trainer
     from tests.flowalign.test_train import overrides
+    from tests.helpers import generator_at, spy_on_policy_step
 
     cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **{
         "sampler.num_steps": 4, "algorithm.train_batch_size": 3, "algorithm.timestep_fraction": 0.7,
@@ -86,36 +87,12 @@ def test_policy_step_gradients_equal_a_hand_reconstruction(selection, kl_beta, k
         "algorithm.drop_zero_advantage": drop, "algorithm.kl_form": kl_form, "sampler.noise_level": 0.5, "run.max_iterations": 1,
         "run.sample_every": 0}))
     t = Trainer(cfg)
-    seen, real = {"params": [], "grads": [], "last": []}, t.algo.policy_step
-
-    def spy(policy, ro, adv, update, gen):
-        seen.update(ro=ro, adv=adv.local.clone(), gen=gen.get_state())
-        step, backward = update.step, update.backward
-
-        def capture():
-            seen["grads"].append([p.grad.detach().clone() for p in update.params])
-            return step()
-
-        def flagged(loss, last=True):
-            if len(seen["params"]) == len(seen["grads"]):  # the first backward of a minibatch
-                seen["params"].append([p.detach().clone() for p in update.params])
-            seen["last"].append(last)
-            return backward(loss, last=last)
-
-        update.step, update.backward = capture, flagged
-        try:
-            seen["stats"] = real(policy, ro, adv, update, gen)
-            return seen["stats"]
-        finally:
-            del update.step, update.backward
-
-    t.algo.policy_step = spy
+    seen = spy_on_policy_step(t)
     t.iterate()
     a, algo, policy, params = cfg.algorithm, t.algo, t.policy, t.updater.params
-    ro, adv = seen["ro"], seen["adv"]
+    ro, adv = seen["ro"], seen["adv"].local
     traj, kinds = ro.traj, ro.kinds or algo.kinds
-    gen = torch.Generator()
-    gen.set_state(seen["gen"])
+    gen = generator_at(seen["gen"])
     n = len(ro.prompts)
     batches = -(-n // a.train_batch_size)
     keep = zero_advantage_mask(adv.cpu(), batches, gen) if drop else torch.ones(n, dtype=torch.bool)

@@ -360,6 +360,7 @@ def test_policy_step_gradient_equals_a_hand_reconstruction(weighting, kl_beta, t
     averaged over the minibatch and divided by the optimiser step's number of backwards. Minibatches
     of 3 and 2 samples, so no broadcast against the 4 latent channels can pass by accident."""
     from flowalign.losses import optimality_probability as r_of
+    from tests.helpers import generator_at, spy_on_policy_step
 
     cfg = load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file,
                                       **{**NFT, "run.max_iterations": 2, "run.sample_every": 0,
@@ -369,41 +370,18 @@ def test_policy_step_gradient_equals_a_hand_reconstruction(weighting, kl_beta, t
                                          "algorithm.adv_clip_max": 2.0}))
     t = Trainer(cfg)
     t.iterate()
-    seen, real = {}, t.algo.policy_step
-
-    def spy(policy, ro, adv, update, gen):
-        seen.update(ro=ro, adv=adv, gen=gen.get_state(), gens=[g.get_state() for g in ro.generators],
-                    params=[p.detach().clone() for p in update.params], old=[w.clone() for w in t.algo.old])
-        step, backward, seen["last"] = update.step, update.backward, []
-
-        def capture():
-            seen["grads"] = [p.grad.detach().clone() for p in update.params]
-            return step()
-
-        def flagged(loss, last=True):  # whether each backward is the step's last (gradient sync)
-            seen["last"].append(last)
-            return backward(loss, last=last)
-
-        update.step, update.backward = capture, flagged
-        try:
-            seen["stats"] = real(policy, ro, adv, update, gen)
-            return seen["stats"]
-        finally:
-            del update.step, update.backward
-
-    t.algo.policy_step = spy
+    seen = spy_on_policy_step(t)
     t.iterate()
     a, policy, params = cfg.algorithm, t.policy, t.updater.params
     ro, K = seen["ro"], cfg.sampler.num_steps
     T = max(1, int(K * a.timestep_fraction))
+    assert len(seen["params"]) == len(seen["grads"]) == 1  # one optimiser step
+    current, old_weights = seen["params"][0], seen["state"]["old"]
     with torch.no_grad():
-        for p, w in zip(params, seen["params"]):
+        for p, w in zip(params, current):
             p.copy_(w)
-    gen = torch.Generator()
-    gen.set_state(seen["gen"])
-    gens = [torch.Generator() for _ in seen["gens"]]
-    for g, s in zip(gens, seen["gens"]):
-        g.set_state(s)
+    gen = generator_at(seen["gen"])
+    gens = [generator_at(s) for s in seen["gens"]]
     x0_all, grid, n = ro.traj.final, ro.traj.sigmas[:-1], len(ro.prompts)
     assert x0_all.shape[1] == 4 and grid.numel() == K
     r_all = r_of(seen["adv"].local.float(), a.adv_clip_max)
@@ -420,10 +398,10 @@ def test_policy_step_gradient_equals_a_hand_reconstruction(weighting, kl_beta, t
             eps = torch.stack([draws[i][1][j] for i in idx.tolist()]).to(x0)
             inputs.append((idx, x0, r_all[idx], tj, (1 - tj.view(-1, 1, 1, 1)) * x0 + tj.view(-1, 1, 1, 1) * eps))
     with torch.no_grad():  # the old policy's and the reference's velocities first, then the trained ones
-        for p, w in zip(params, seen["old"]):
+        for p, w in zip(params, old_weights):
             p.copy_(w)
         v_olds = [policy.velocity(xt, tj, ro.cond, guidance=2.0, rows=idx) for idx, _, _, tj, xt in inputs]
-        for p, w in zip(params, seen["params"]):
+        for p, w in zip(params, current):
             p.copy_(w)
         with policy.reference():
             v_refs = [policy.velocity(xt, tj, ro.cond, guidance=2.0, rows=idx) for idx, _, _, tj, xt in inputs]
@@ -440,7 +418,7 @@ def test_policy_step_gradient_equals_a_hand_reconstruction(weighting, kl_beta, t
     assert len(batches) == 3 and [len(b) for b in batches] == [3, 3, 2]
     assert seen["last"] == [False] * (3 * T - 1) + [True]  # processes sync on the step's last backward only
     assert any(g.abs().max() > 0 for g in want)
-    for got, w in zip(seen["grads"], want):
+    for got, w in zip(seen["grads"][0], want):
         torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-7)
     # the logged means over the forwards
     for key, vals in logged.items():
