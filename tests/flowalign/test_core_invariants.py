@@ -276,7 +276,7 @@ def test_flow_grpo_advantages_use_the_scope_the_clip_and_the_part_weights():
     from flowalign.advantages import group_advantages, multi_reward_advantages
     from flowalign.algorithms import build_algorithm
     from flowalign.config import SamplerConfig
-    from tests.flowalign.test_nft import _SecondOfTwo
+    from tests.helpers import SecondOfTwo
 
     g = torch.Generator().manual_seed(5)
     ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
@@ -289,7 +289,7 @@ def test_flow_grpo_advantages_use_the_scope_the_clip_and_the_part_weights():
         cfg = OmegaConf.create({**_flow_grpo_defaults(), "std_scope": scope, "adv_clip_max": clip})
         algo = build_algorithm(cfg, sampler)
         ro = SimpleNamespace(group_ids=ids[4:])
-        got = algo.advantages(ro, total[4:], _SecondOfTwo(total[:4], ids[:4]))
+        got = algo.advantages(ro, total[4:], SecondOfTwo(total[:4], ids[:4]))
         want = group_advantages(total, ids, std_scope=scope, clip=clip)
         assert torch.equal(got.all_rewards, total) and torch.equal(got.local, want[4:])
         seen.add(tuple(want.tolist()))
@@ -308,7 +308,7 @@ def test_the_engines_shared_helpers_on_hand_built_inputs(tmp_path):
     from flowalign.algorithms import ALGORITHMS, build_algorithm, registered
     from flowalign.algorithms.base import expand_groups, gathered, sde_noise_levels
     from flowalign.config import SamplerConfig
-    from tests.flowalign.test_nft import _SecondOfTwo
+    from tests.helpers import SecondOfTwo
 
     metas = [{"prompt": p} for p in "abc"]
     shares = [expand_groups(metas, 4, rank, 3) for rank in range(3)]
@@ -320,7 +320,7 @@ def test_the_engines_shared_helpers_on_hand_built_inputs(tmp_path):
         expand_groups(metas, 2, 0, 4)
 
     r, ids = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 7.0]), torch.tensor([0, 0, 1, 1, 2, 2])
-    all_r, all_out, mine = gathered(_SecondOfTwo(r[:3], ids[:3]), r[3:], ids[3:], lambda x, g: x * 10 + g)
+    all_r, all_out, mine = gathered(SecondOfTwo(r[:3], ids[:3]), r[3:], ids[3:], lambda x, g: x * 10 + g)
     assert torch.equal(all_r, r) and torch.equal(all_out, r * 10 + ids) and torch.equal(mine, (r * 10 + ids)[3:])
 
     sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64)

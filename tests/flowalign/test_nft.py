@@ -19,7 +19,7 @@ from flowalign.config import load_config
 from flowalign.losses import nft_loss, optimality_probability
 from flowalign.trainer import Trainer
 from tests.flowalign.test_train import overrides as grpo_overrides
-from tests.helpers import gaussian_velocity
+from tests.helpers import SecondOfTwo, gaussian_velocity
 
 
 def test_defaults_are_the_reference_configs():
@@ -296,19 +296,6 @@ def _nft(**over):
     return NFT(OmegaConf.merge(OmegaConf.structured(NFTConfig), over), OmegaConf.structured(SamplerConfig(num_steps=4)))
 
 
-class _SecondOfTwo:
-    """Rank 1 of two processes: its gathers, in call order, concatenate rank 0's tensors (`first`,
-    one per gather) with its own, in rank order."""
-
-    process_index = 1
-
-    def __init__(self, *first):
-        self.first = list(first)
-
-    def gather(self, t):
-        return torch.cat([self.first.pop(0).to(t), t])
-
-
 def test_engine_calls_use_their_settings():
     """assign numbers each process's samples by their place in the whole batch; updates per
     iteration count inner epochs x optimiser steps; advantages use the std scope and clip of the
@@ -334,7 +321,7 @@ def test_engine_calls_use_their_settings():
     for scope, clip in (("group", 0.7), ("batch", 1.2), ("batch", 5.0)):
         algo = _nft(std_scope=scope, adv_clip_max=clip)
         want = group_advantages(rewards, ids, std_scope=scope, clip=clip)
-        local = algo.advantages(SimpleNamespace(group_ids=ids[4:]), rewards[4:], _SecondOfTwo(rewards[:4], ids[:4]))
+        local = algo.advantages(SimpleNamespace(group_ids=ids[4:]), rewards[4:], SecondOfTwo(rewards[:4], ids[:4]))
         assert torch.equal(local.all_rewards, rewards) and torch.equal(local.local, want[4:])
         got[scope, clip] = want
     assert len({tuple(v.tolist()) for v in got.values()}) == 3  # each setting changes the advantages
