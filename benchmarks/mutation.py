@@ -260,6 +260,15 @@ def source_hashes(group: Group) -> dict[str, str]:
     return out
 
 
+def child_env(children: int) -> dict[str, str]:
+    """The environment of mutmut and its test processes: each of the `children` parallel test
+    processes gets its share of the cores as torch threads (cores // children, at least one).
+    Without it every child starts one thread per core, and two children on two cores run slower
+    together than one alone."""
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, children)))
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect_only: bool = False,
               previous: dict | None = None, survivors_only: bool = False) -> dict:
     """Run mutmut on one group. With `previous` (this group's earlier result), the survivors and
@@ -297,7 +306,7 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
         with open(out / f"{name}.log", "w") as log:
             rc = subprocess.run([mutmut, "run", "--max-children", str(children), *names], cwd=work,
                                 stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}).returncode
+                                env=child_env(children)).returncode
         seconds = time.time() - t0
     elif collect_only and not (work / "mutants").is_dir():
         raise FileNotFoundError(f"--collect-only: {work} holds no mutmut run of group {name!r}; run it first.")

@@ -175,3 +175,12 @@ def test_recheck_keeps_reviewed_survivors_without_running_them(tmp_path, monkeyp
     assert r["modules"]["flowalign/losses.py"] == {"mutants": 5, "killed": 3, "equivalent": 1, "device_only": 1,
                                                   "survived": 0, "score": 1.0}
     assert M.reviewed(plain, eq.get(names[3])) is None and M.reviewed(eq_diff, eq[names[2]]) == "equivalent"
+
+
+def test_parallel_children_share_the_cores_as_torch_threads(monkeypatch):
+    monkeypatch.setattr(M.os, "cpu_count", lambda: 8)
+    assert M.child_env(2)["OMP_NUM_THREADS"] == "4" and M.child_env(2)["MKL_NUM_THREADS"] == "4"
+    assert M.child_env(1)["OMP_NUM_THREADS"] == "8"
+    assert M.child_env(16)["OMP_NUM_THREADS"] == "1"  # never zero threads
+    monkeypatch.setattr(M.os, "cpu_count", lambda: None)
+    assert M.child_env(2)["OMP_NUM_THREADS"] == "1"
