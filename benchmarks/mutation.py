@@ -126,8 +126,8 @@ GROUPS: dict[str, Group] = {
 def module_of(mutant: str) -> str:
     """'flowalign.trainer.xǁTrainerǁresume__mutmut_3' -> 'flowalign/trainer.py'"""
     dotted = mutant.split("__mutmut_")[0]
-    parts = dotted.split(".")
-    return "/".join(parts[:-1]) + ".py"
+    path = "/".join(dotted.split(".")[:-1])
+    return path + "/__init__.py" if (ROOT / path).is_dir() else path + ".py"
 
 
 def load_equivalent(path: pathlib.Path = EQUIVALENT) -> dict[str, dict]:

@@ -109,3 +109,16 @@ class SecondOfTwo:
 
     def gather(self, t):
         return torch.cat([self.first.pop(0).to(t), t])
+
+
+class FirstOfTwo:
+    """Rank 0 of two processes: its gathers, in call order, concatenate its own tensors with rank 1's
+    (`second`, one per gather), in rank order."""
+
+    process_index = 0
+
+    def __init__(self, *second):
+        self.second = list(second)
+
+    def gather(self, t):
+        return torch.cat([t, self.second.pop(0).to(t)])

@@ -18,6 +18,8 @@ DIFF = """--- samplers/completion.py
 def test_module_of_a_mutant_name():
     assert M.module_of("flowalign.trainer.xǁTrainerǁresume__mutmut_3") == "flowalign/trainer.py"
     assert M.module_of("samplers.tree.x_tree_rollout__mutmut_12") == "samplers/tree.py"
+    # a package's own functions live in its __init__.py
+    assert M.module_of("flowalign.algorithms.x_build_algorithm__mutmut_6") == "flowalign/algorithms/__init__.py"
 
 
 def test_device_only_mutants_are_recognised_and_nothing_else():

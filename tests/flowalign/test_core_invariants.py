@@ -211,10 +211,11 @@ class _Served:
     def __init__(self, reward):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.reward, self.pool, self.calls = reward, ThreadPoolExecutor(1), []
+        self.reward, self.pool, self.calls, self.prompts = reward, ThreadPoolExecutor(1), [], []
 
     def submit(self, images, prompts, **context):
         self.calls.append(len(images))
+        self.prompts.append(prompts)
         return self.pool.submit(self.reward, images, prompts, **context)
 
     def __call__(self, images, prompts, **context):
@@ -246,7 +247,7 @@ def test_decode_rewards_scores_each_chunk_with_its_own_prompts_and_metadata(sd3_
     served = _Served(soft)
     torch.testing.assert_close(decode_rewards(sd3_policy, served, latents, prompts, metas, chunk=2), want,
                                rtol=1e-5, atol=1e-6)
-    assert served.calls == [2, 2, 1]
+    assert served.calls == [2, 2, 1] and served.prompts == [prompts[:2], prompts[2:4], prompts[4:]]
 
     weighted = build_reward("weighted", weights={"shapes_soft": 2.0, "jpeg_compressibility": 0.5},
                             args={"shapes_soft": {"temperature": 0.5}})
@@ -261,6 +262,26 @@ def test_decode_rewards_scores_each_chunk_with_its_own_prompts_and_metadata(sd3_
         algo = build_algorithm(OmegaConf.create({"name": "flow_grpo", **_flow_grpo_defaults(),
                                                  "reward_aggregation": aggregation}), sampler, part_weights=[2.0, 0.5])
         assert algo.score(sd3_policy, ro, weighted).shape == shape
+
+
+def test_decode_rewards_default_chunk_is_64_images():
+    """Without `chunk`, latents are decoded and scored 64 at a time (each chunk with its prompts)."""
+    from flowalign.algorithms.base import decode_rewards
+
+    class Count:
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, images, prompts, metadata):
+            self.calls.append((len(images), prompts[0], len(prompts)))
+            return images.flatten(1).sum(1)
+
+    latents = torch.arange(130, dtype=torch.float32)[:, None]
+    prompts = [f"p{i}" for i in range(130)]
+    reward = Count()
+    got = decode_rewards(SimpleNamespace(decode=lambda x: x * 2), reward, latents, prompts, [{}] * 130)
+    assert reward.calls == [(64, "p0", 64), (64, "p64", 64), (2, "p128", 2)]
+    assert torch.equal(got, latents[:, 0] * 2)
 
 
 def _flow_grpo_defaults():
@@ -308,7 +329,7 @@ def test_the_engines_shared_helpers_on_hand_built_inputs(tmp_path):
     from flowalign.algorithms import ALGORITHMS, build_algorithm, registered
     from flowalign.algorithms.base import expand_groups, gathered, sde_noise_levels
     from flowalign.config import SamplerConfig
-    from tests.helpers import SecondOfTwo
+    from tests.helpers import FirstOfTwo, SecondOfTwo
 
     metas = [{"prompt": p} for p in "abc"]
     shares = [expand_groups(metas, 4, rank, 3) for rank in range(3)]
@@ -322,6 +343,9 @@ def test_the_engines_shared_helpers_on_hand_built_inputs(tmp_path):
     r, ids = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 7.0]), torch.tensor([0, 0, 1, 1, 2, 2])
     all_r, all_out, mine = gathered(SecondOfTwo(r[:3], ids[:3]), r[3:], ids[3:], lambda x, g: x * 10 + g)
     assert torch.equal(all_r, r) and torch.equal(all_out, r * 10 + ids) and torch.equal(mine, (r * 10 + ids)[3:])
+    # rank 0 of two: its own rows are the first half
+    _, _, mine = gathered(FirstOfTwo(r[3:], ids[3:]), r[:3], ids[:3], lambda x, g: x * 10 + g)
+    assert torch.equal(mine, (r * 10 + ids)[:3])
 
     sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64)
     cfg = OmegaConf.structured(SamplerConfig(noise_level=0.65))

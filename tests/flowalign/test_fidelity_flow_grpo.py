@@ -197,6 +197,49 @@ def test_fast_random_window_is_placed_per_rollout_like_the_reference():
     assert [k for _, k in calls] == [5, 6]
 
 
+def test_step_kinds_use_the_configured_sde_kind_fixed_and_random_window():
+    """The kinds of a rollout are sampler.kind (not the default flow_sde) inside the window, whether
+    the window is fixed or placed per rollout."""
+    fixed = FlowGRPO(OmegaConf.structured(FlowGRPOConfig),
+                     OmegaConf.structured(SamplerConfig(num_steps=4, kind="dance_sde", sde_window=[1, 3])))
+    assert fixed.kinds == fixed.rollout_kinds(0, 5) == ["ode", "dance_sde", "dance_sde", "ode"]
+    assert not fixed.random_window and fixed.train_steps == [1, 2]
+    moving = FlowGRPO(OmegaConf.structured(FlowGRPOConfig),
+                      OmegaConf.structured(SamplerConfig(num_steps=6, kind="dance_sde", sde_window_size=2,
+                                                         sde_window_range=[0, 6])))
+    assert moving.random_window and moving.kinds == ["dance_sde"] * 2 + ["ode"] * 4  # the first placement
+    assert all(sorted(set(moving.rollout_kinds(0, it))) == ["dance_sde", "ode"] for it in range(20))
+
+
+@pytest.mark.parametrize("extra,error", [
+    ({"algorithm.timestep_fraction": 1.0}, None),
+    ({"algorithm.timestep_fraction": 0.0}, "must be in \\(0, 1\\]"),
+    ({"algorithm.timestep_fraction": 1.5}, "must be in \\(0, 1\\]"),
+    ({"algorithm.clip_range": 0.0}, "clip_range must be > 0"),
+    ({"algorithm.clip_range": 1e-6, "algorithm.kl_beta": 0.0}, None),
+    ({"algorithm.kl_beta": -0.01}, "kl_beta >= 0"),
+    ({"algorithm.reward_aggregation": "advantage"}, "needs reward.name=weighted"),
+    ({"algorithm.reward_aggregation": "advantage", "reward.name": "weighted",
+      "reward.args": "{weights: {jpeg_compressibility: 1.0}}"}, None),
+])
+def test_flow_grpo_config_bounds(extra, error):
+    from flowalign.config import load_config
+
+    args = ["algorithm.name=flow_grpo"] + [f"{k}={v}" for k, v in extra.items()]
+    if error is None:
+        load_config(None, args)
+    else:
+        with pytest.raises(ValueError, match=error):
+            load_config(None, args)
+
+
+def test_advantage_aggregation_without_part_weights_is_refused():
+    cfg = OmegaConf.merge(OmegaConf.structured(FlowGRPOConfig), {"reward_aggregation": "advantage"})
+    with pytest.raises(ValueError, match="needs the weighted reward's part weights"):
+        FlowGRPO(cfg, OmegaConf.structured(SamplerConfig()))
+    assert FlowGRPO(cfg, OmegaConf.structured(SamplerConfig()), part_weights=[1.0, 2.0]).part_weights == [1.0, 2.0]
+
+
 @pytest.mark.parametrize("keys,message", [
     ({"sampler.sde_window_size": 2}, "go together"),
     ({"sampler.sde_window_size": 4, "sampler.sde_window_range": [0, 3]}, "must satisfy"),
