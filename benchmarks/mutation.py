@@ -162,7 +162,7 @@ def device_only(diff: str) -> bool:
     def norm(line: str) -> str:
         return re.sub(r"\s+", "", DEVICE_ARG.sub("", line)).replace(",)", ")")
 
-    if "device=" in minus[0] and norm(minus[0]) == norm(plus[0].replace("device=None", "")):
+    if "device=" in minus[0] and norm(minus[0]) == norm(plus[0]):
         return True
     # the positional forms: `.to(dev)` -> `.to(None)`, and `dev = x.device` -> `dev = None`
     for m in DEVICE_POSITIONAL.finditer(minus[0]):

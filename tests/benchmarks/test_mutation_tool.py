@@ -27,6 +27,10 @@ def test_device_only_mutants_are_recognised_and_nothing_else():
     assert M.device_only(DIFF.replace("torch.arange(N, )", "torch.arange(N, device=None)"))
     assert not M.device_only(DIFF.replace("torch.arange(N, )", "torch.arange(N + 1, )"))
     assert not M.device_only(DIFF.replace("torch.arange(N, )", "torch.arange(N, device=x.device) if False"))
+    # device=None between other arguments
+    mid = ("-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)\n"
+           "+    return torch.randn(shape, generator=generator, device=None, dtype=dtype)\n")
+    assert M.device_only(mid) and not M.device_only(mid.replace("None, dtype=dtype", "None, dtype=None"))
     # the positional forms
     to = "-    x = t.latents[parents.to(dev)]\n+    x = t.latents[parents.to(None)]\n"
     assert M.device_only(to) and M.device_only(to.replace("(dev)", "(x.device)"))

@@ -269,3 +269,91 @@ def test_step_defaults_and_their_generator(step, default_level):
     torch.manual_seed(123)  # the global generator is not the one given
     c = fn(x, v, 0.8, 0.6, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a.prev_sample, c.prev_sample)
+
+
+def test_finish_step_adds_the_scaled_noise_in_the_means_dtype():
+    """x' = mean + std * noise exactly (the references' sign: Flow-GRPO's prev_sample = mean +
+    std_dev_t * variance_noise); float64 noise on a float32 mean is cast first, a bf16 prev_sample is
+    re-scored in the mean's dtype; std comes back in the mean's dtype."""
+    from samplers.gaussian import finish_step
+
+    mean = torch.tensor([[0.25, -1.0]])
+    noise = torch.tensor([[0.1, -2.0]], dtype=torch.float64)
+    out = finish_step(mean, 0.3, noise=noise, generator=None, prev_sample=None)
+    assert out.prev_sample.dtype == torch.float32
+    assert torch.equal(out.prev_sample, mean + 0.3 * noise.float())
+    given = torch.tensor([[0.5, 0.75]], dtype=torch.bfloat16)
+    re = finish_step(mean, 0.3, noise=None, generator=None, prev_sample=given)
+    assert re.prev_sample.dtype == torch.float32 and torch.equal(re.prev_sample, given.float())
+    d = finish_step(mean.double(), 0.3, noise=noise, generator=None, prev_sample=None)
+    assert d.std.dtype == torch.float64 and d.std.item() == 0.3  # not 0.3 rounded to float32
+    assert torch.equal(d.prev_sample, mean.double() + 0.3 * noise)
+
+
+def test_finish_step_draws_noise_in_the_means_dtype_from_the_generator():
+    from samplers.gaussian import finish_step
+
+    mean = torch.zeros(3, 4, dtype=torch.float64)
+    out = finish_step(mean, 1.0, noise=None, generator=torch.Generator().manual_seed(4), prev_sample=None)
+    want = torch.randn(3, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert torch.equal(out.prev_sample, want)
+
+
+def test_gaussian_log_prob_takes_a_python_std_in_the_means_precision():
+    from samplers.gaussian import gaussian_log_prob
+
+    mean = torch.zeros(1, 2, dtype=torch.float64)
+    sample = torch.tensor([[0.1, -0.2]], dtype=torch.float64)
+    got = gaussian_log_prob(sample, mean, 0.3)
+    want = -(0.1 ** 2 + 0.2 ** 2) / 2 / (2 * 0.3 ** 2) - math.log(0.3) - 0.5 * math.log(2 * math.pi)
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(want, rel=1e-15)
+
+
+def test_randn_from_a_generator_on_another_device_keeps_the_dtype():
+    """A CPU generator for a tensor elsewhere (the meta device stands in for a GPU here): drawn on the
+    CPU in the requested dtype, then moved."""
+    from samplers.gaussian import randn
+
+    g = torch.Generator().manual_seed(0)
+    out = randn((2, 3), g, "meta", torch.float64)
+    assert out.device.type == "meta" and out.dtype == torch.float64
+    assert torch.equal(randn((2, 3), torch.Generator().manual_seed(0), "cpu", torch.float64),
+                       torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+
+
+def test_rollout_defaults_rows_and_progress():
+    """kinds defaults to the ODE, noise_level to 0.7; the velocity gets each sample's conditioning
+    row (arange(B) by default, the given rows otherwise); `progress` wraps the steps."""
+    seen = []
+
+    def vel(x, s, rows):
+        seen.append(rows.tolist())
+        return -x
+
+    noise = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sig = samplers.linear_sigmas(2)
+    t = samplers.rollout(vel, noise, sig)
+    assert t.kinds == ("ode", "ode") and torch.equal(t.log_probs, torch.zeros(3, 2, dtype=torch.float64))
+    assert seen == [[0, 1, 2]] * 2
+    seen.clear()
+    wrapped = []
+
+    def progress(it):
+        wrapped.append(list(it))
+        return iter(wrapped[-1])
+
+    sde = samplers.rollout(vel, noise, sig, "flow_sde", rows=torch.tensor([2, 2, 0]), progress=progress,
+                           generator=torch.Generator().manual_seed(1))
+    assert seen == [[2, 2, 0]] * 2 and wrapped == [[0, 1]]
+    assert torch.equal(sde.noise_level, torch.full((2,), 0.7, dtype=torch.float64))
+
+
+def test_dpm2_computes_its_coefficients_in_float64_from_float32_sigmas():
+    """float32 sigmas give the same trajectory as the same values in float64 (the solver's
+    coefficients are float64 either way)."""
+    sig = samplers.flow_match_sigmas(8, shift=3.0).float()
+    noise = torch.randn(2, 8, generator=torch.Generator().manual_seed(3))
+    vel = gaussian_velocity(0.5, 0.3)
+    a = samplers.dpm2_rollout(lambda x, s, rows: vel(x.double(), s).float(), noise, sig)
+    b = samplers.dpm2_rollout(lambda x, s, rows: vel(x.double(), s).float(), noise, sig.double())
+    assert torch.equal(a.latents, b.latents)
