@@ -357,3 +357,29 @@ def test_dpm2_computes_its_coefficients_in_float64_from_float32_sigmas():
     a = samplers.dpm2_rollout(lambda x, s, rows: vel(x.double(), s).float(), noise, sig)
     b = samplers.dpm2_rollout(lambda x, s, rows: vel(x.double(), s).float(), noise, sig.double())
     assert torch.equal(a.latents, b.latents)
+
+
+def test_linear_sigmas_dtype_and_shift():
+    """float64 by default, and the static shift for any shift other than 1 (shift 1 is the plain grid)."""
+    plain = samplers.linear_sigmas(4)
+    assert plain.dtype == torch.float64 and plain.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert samplers.linear_sigmas(4, dtype=torch.float32).dtype == torch.float32
+    for shift in (2.0, 3.0):
+        want = [shift * s / (1 + (shift - 1) * s) for s in (1.0, 0.75, 0.5, 0.25, 0.0)]
+        assert samplers.linear_sigmas(4, shift=shift).tolist() == pytest.approx(want, rel=1e-15)
+
+
+def test_rollout_draws_from_its_generator_and_keeps_x0_in_the_velocitys_dtype():
+    """The same generator seed gives the same SDE rollout (the global RNG is not used); the x0
+    predictions are x - sigma v in the velocity's dtype."""
+    noise = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sig = samplers.linear_sigmas(3)
+
+    def run(seed):
+        return samplers.rollout(lambda x, s, rows: (-x).float(), noise, sig, "flow_sde",
+                                generator=torch.Generator().manual_seed(seed))
+
+    a, b = run(1), run(1)
+    assert torch.equal(a.latents, b.latents) and not torch.equal(a.latents, run(2).latents)
+    assert a.x0_preds.dtype == torch.float32
+    assert torch.equal(a.x0_preds[:, 0], noise.float() - 1.0 * (-noise).float())
