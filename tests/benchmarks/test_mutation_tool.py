@@ -121,8 +121,35 @@ def test_rescore_applies_a_newly_listed_equivalent_and_the_saved_report_is_slim(
                                                  "survived": 0, "score": 1.0}
     assert again["statuses"] == statuses and again["diffs"] == diffs
     slim = M.slim_report({"command": "c", "groups": {"g": result}})
-    assert slim == {"command": "c", "groups": {"g": {"modules": result["modules"], "seconds": 3.0, "unchecked": 1,
-                                                     "survivors": {"samplers/a.py": ["samplers.a.x_f__mutmut_2"]}}}}
+    assert slim == {"command": "c", "groups": {"g": {
+        "modules": result["modules"], "seconds": 3.0, "unchecked": 1,
+        "survivors": {"samplers/a.py": ["samplers.a.x_f__mutmut_2"]},
+        "statuses": {"samplers.a.x_f": {"killed": [1], "not checked": [3], "survived": [2]}},
+        "diffs": diffs, "source_hashes": {}}}}
+
+
+def test_a_kept_report_packs_every_status_and_a_fresh_machine_goes_on_from_it(tmp_path):
+    """The kept json is small (mutant numbers per function) yet complete: --start-from reads it back
+    as the same statuses, diffs and scores, so --rescore (and --recheck) need no earlier OUT folder."""
+    import json
+
+    statuses = {"flowalign.losses.x_f__mutmut_1": "killed", "flowalign.losses.x_f__mutmut_12": "survived",
+                "flowalign.losses.x_f__mutmut_2": "not checked", "flowalign.losses.xǁCǁg__mutmut_7": "timeout"}
+    assert M.unpack_statuses(M.pack_statuses(statuses)) == statuses
+    assert M.pack_statuses(statuses)["flowalign.losses.x_f"] == {"killed": [1], "not checked": [2], "survived": [12]}
+    diffs = {"flowalign.losses.x_f__mutmut_12": "-    y = x * 1\n+    y = x * 2\n"}
+    result = {**M.score({k: v for k, v in statuses.items() if v != "not checked"}, diffs, {}),
+              "statuses": statuses, "diffs": diffs, "seconds": 2.0, "source_hashes": {"flowalign/losses.py": "ab"}}
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps(M.slim_report({"command": "c", "groups": {"losses_advantages": result}})))
+    back = M.unslim_report(json.loads(kept.read_text()))["groups"]["losses_advantages"]
+    assert back["statuses"] == statuses and back["diffs"] == diffs and back["modules"] == result["modules"]
+    assert back["source_hashes"] == {"flowalign/losses.py": "ab"}
+    M.main(["--rescore", "--out", str(tmp_path / "fresh"), "--start-from", str(kept)])
+    assert "flowalign.losses.x_f__mutmut_12" in (tmp_path / "fresh" / "report.md").read_text()
+    old = {"command": "c", "groups": {"g": {"modules": {}, "seconds": 1.0, "unchecked": 0, "survivors": {}}}}
+    with pytest.raises(ValueError, match="keeps no statuses"):
+        M.unslim_report(old)
 
 
 def test_rescore_command_rewrites_the_report_without_running_mutmut(tmp_path):
