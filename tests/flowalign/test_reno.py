@@ -209,3 +209,63 @@ def test_reno_starts_from_the_seeded_noise_on_the_settings_grid_with_the_prompt_
     assert contexts[0]["metadata"] == [{"prompt": "a red circle"}]
     err = capsys.readouterr().err
     assert "flowalign reno:" in err and "reward=0.500" in err and "best=0.500" in err
+
+
+class _LinearPolicy:
+    """v(x, sigma) = a x + b sigma + guidance (each row's sigma broadcast), decode = 2 x: Euler's steps
+    can be written out by hand."""
+
+    def __init__(self, a=0.3, b=0.5):
+        self.a, self.b, self.seen = a, b, []
+
+    def velocity(self, x, sig, cond, guidance):
+        self.seen.append((sig.clone(), guidance, cond))
+        return self.a * x + self.b * sig[:, None] + guidance
+
+    def decode(self, x):
+        return 2 * x
+
+
+@pytest.mark.parametrize("ckpt", [True, False])
+def test_differentiable_sample_is_eulers_ode_along_the_grid_then_decodes(ckpt):
+    """x_{k+1} = x_k + (s_{k+1} - s_k) v(x_k, s_k) with the guidance passed through, on an uneven
+    grid; one velocity call per step with that step's sigma; the image is decode(x_K)."""
+    eps = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64, requires_grad=True)
+    sig = torch.tensor([1.0, 0.7, 0.25, 0.0], dtype=torch.float64)
+    pol = _LinearPolicy()
+    out = differentiable_sample(pol, eps, "cond", sig, guidance=1.5, gradient_checkpointing=ckpt)
+    x = eps.detach().clone()
+    for k in range(3):
+        s, s_next = float(sig[k]), float(sig[k + 1])
+        x = x + (s_next - s) * (0.3 * x + 0.5 * s + 1.5)
+    assert_tensors_close(out.detach(), 2 * x, atol=1e-6)  # the sigmas are float32 tensors
+    calls = [c for c in pol.seen if c[2] == "cond"]
+    assert [float(c[0][0]) for c in calls] == pytest.approx([1.0, 0.7, 0.25], abs=1e-7)
+    assert all(c[1] == 1.5 and c[0].shape == (2,) for c in calls)
+    out.sum().backward()
+    # d out / d eps = 2 prod_k (1 + (s_{k+1} - s_k) a) for this linear velocity
+    want = 2 * (1 + (0.7 - 1.0) * 0.3) * (1 + (0.25 - 0.7) * 0.3) * (1 + (0.0 - 0.25) * 0.3)
+    assert_tensors_close(eps.grad, torch.full_like(eps, want), atol=1e-6)
+
+
+def test_differentiable_sample_checkpoints_each_step_and_the_decode_by_default_non_reentrant(monkeypatch):
+    """Gradient checkpointing is the default (ReNO backpropagates through every step and the VAE; the
+    activations of all of them would not fit), in torch's non-reentrant form, which supports
+    torch.autograd.grad and inputs that do not require gradients."""
+    from flowalign import noise_opt
+
+    calls = []
+    real = noise_opt.checkpoint
+
+    def spy(fn, *args, **kwargs):
+        calls.append(kwargs)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(noise_opt, "checkpoint", spy)
+    eps = torch.ones(1, 2, requires_grad=True)
+    differentiable_sample(_LinearPolicy(), eps, None, torch.tensor([1.0, 0.5, 0.0]), guidance=0.0)
+    assert calls == [{"use_reentrant": False}] * 3  # two steps and the decode
+    calls.clear()
+    differentiable_sample(_LinearPolicy(), eps, None, torch.tensor([1.0, 0.5, 0.0]), guidance=0.0,
+                          gradient_checkpointing=False)
+    assert calls == []

@@ -106,6 +106,20 @@ def test_weighted_sum_and_renos_loss_by_hand():
     assert loss.tolist() == pytest.approx([offset - x for x in r.tolist()])
 
 
+def test_weighted_sum_scores_a_part_without_a_batch_size_in_one_call():
+    """No batch size for a part: the whole batch in one call (5 images of 3 channels: not 3 at a time)."""
+    sizes = []
+
+    def part(images, prompts, **context):
+        sizes.append((images.shape[0], len(prompts), len(context["metadata"])))
+        return images.flatten(1).mean(1)
+
+    images = torch.rand(5, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    total, _ = weighted_sum({"p": part}, {"p": 2.0}, images, list("abcde"), metadata=[{}] * 5)
+    assert sizes == [(5, 5, 5)]
+    assert total.tolist() == pytest.approx((2 * images.flatten(1).mean(1)).tolist())
+
+
 def test_reno_minimises_the_reward_loss_plus_the_weighted_regulariser(sd3_policy):
     """The trace's loss is (offset - R) + reg_weight * chi(eps); its gradient step lowers that loss
     (a plain SGD step with no clipping moves eps by -lr * grad of exactly that sum)."""
