@@ -59,6 +59,11 @@ class Group:
     files: tuple[str, ...]           # what is mutated
     tests: tuple[str, ...]           # pytest arguments selecting the relevant tests
     functions: tuple[str, ...] = ()  # mutmut name globs, when only part of a file is in scope
+    # tests that reach the group's code in child processes (torchrun): mutmut records which tests call
+    # a function in its own process only, so it never runs these against the functions' mutants; the
+    # tool runs them against the survivors of `spawn_functions` (name globs) itself (spawn_check)
+    spawn_tests: tuple[str, ...] = ()
+    spawn_functions: tuple[str, ...] = ()
 
 
 GROUPS: dict[str, Group] = {
@@ -89,7 +94,11 @@ GROUPS: dict[str, Group] = {
                    "flowalign.trainer.xǁTrainerǁ_truncate_metrics*", "flowalign.ema.*"),
         tests=("tests/flowalign/test_resume_rules.py", "tests/flowalign/test_ema.py",
                "tests/flowalign/test_core_invariants.py", "tests/flowalign/test_train.py", "-k",
-               "resume or save or torn or crafted or ema or rule or checkpoint")),
+               "resume or save or torn or crafted or ema or rule or checkpoint"),
+        # the sharded (run.sharding=fsdp2) checkpoint is written and read only with 2 processes
+        spawn_tests=("tests/flowalign/test_fsdp2.py::test_fsdp2_kill_and_resume_is_bit_identical_to_a_straight_run",
+                     "tests/flowalign/test_fsdp2.py::test_fsdp2_full_fine_tuning_equals_one_unsharded_process"),
+        spawn_functions=("flowalign.trainer.xǁTrainerǁsave_checkpoint*", "flowalign.trainer.xǁTrainerǁresume__*")),
     "geneval_rules": Group(
         files=("reward_models/geneval_rules.py",),
         tests=("tests/reward_models/test_geneval_rules_fidelity.py", "tests/reward_models/test_geneval_rules_details.py")),
@@ -269,6 +278,34 @@ def child_env(children: int) -> dict[str, str]:
     return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
+SPAWN_TIMEOUT = 900  # seconds for the spawn tests against one mutant (a hang counts as killed, as in mutmut)
+
+
+def spawn_check(work: pathlib.Path, group: Group, candidates: list[str], env: dict[str, str]) -> list[str]:
+    """The candidates (surviving mutants of `group.spawn_functions`) that `group.spawn_tests` kill,
+    run one mutant at a time in mutmut's mutants/ folder with MUTANT_UNDER_TEST in the environment
+    (the child processes inherit it, and mutmut's trampolines read it). The tests must pass with no
+    mutant active first, or every mutant would look killed."""
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *group.spawn_tests]
+    cwd = work / "mutants"
+    clean = subprocess.run(cmd, cwd=cwd, env={**env, "MUTANT_UNDER_TEST": ""}, capture_output=True, text=True)
+    if clean.returncode != 0:
+        raise RuntimeError(f"the spawn tests fail with no mutant active in {cwd} (exit {clean.returncode}): "
+                           f"{(clean.stdout + clean.stderr)[-2000:]}")
+    killed = []
+    for i, m in enumerate(candidates):
+        try:
+            rc = subprocess.run(cmd, cwd=cwd, env={**env, "MUTANT_UNDER_TEST": m}, capture_output=True,
+                                timeout=SPAWN_TIMEOUT).returncode
+        except subprocess.TimeoutExpired:
+            rc = -1
+        print(f"[mutation] spawn tests {i + 1}/{len(candidates)}: {m} {'killed' if rc != 0 else 'survived'}",
+              flush=True)
+        if rc != 0:
+            killed.append(m)
+    return killed
+
+
 def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect_only: bool = False,
               previous: dict | None = None, survivors_only: bool = False) -> dict:
     """Run mutmut on one group. With `previous` (this group's earlier result), the survivors and
@@ -324,7 +361,14 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
             diffs[m] = old_diffs[m]
         elif st not in KILLED:
             diffs[m] = subprocess.run([mutmut, "show", m], cwd=work, capture_output=True, text=True).stdout
-    result = score(checked, diffs, load_equivalent())
+    eq = load_equivalent()
+    spawn = sorted(m for m, st in checked.items() if group.spawn_tests and st not in KILLED
+                   and any(fnmatch.fnmatch(m, p) for p in group.spawn_functions) and reviewed(diffs[m], eq.get(m)) is None)
+    if spawn and not collect_only:
+        for m in spawn_check(work, group, spawn, child_env(1)):
+            checked[m] = statuses[m] = "killed"
+            diffs.pop(m)
+    result = score(checked, diffs, eq)
     result["seconds"] = round(seconds + (previous or {}).get("seconds", 0.0), 1)
     result["statuses"] = {**statuses, **checked}  # with the unchecked ones, which a --recheck runs
     result["diffs"] = diffs  # of every mutant not killed, so the report can be scored again

@@ -91,9 +91,33 @@ def test_every_group_names_existing_files_and_tests():
     for name, g in M.GROUPS.items():
         for f in g.files:
             assert list(root.glob(f)), (name, f)
-        for t in g.tests:
+        for t in g.tests + g.spawn_tests:
             if t.startswith("tests/"):
-                assert (root / t.split("::")[0]).exists(), (name, t)
+                path, _, test = t.partition("::")
+                assert (root / path).exists(), (name, t)
+                assert not test or f"def {test}(" in (root / path).read_text(), (name, t)
+        assert bool(g.spawn_tests) == bool(g.spawn_functions), name
+
+
+def test_spawn_tests_see_the_mutant_in_their_child_processes(tmp_path):
+    """A test that reaches the code in a child process kills a mutant there: the child inherits
+    MUTANT_UNDER_TEST. Only the mutants the tests fail for count as killed, and tests that fail with
+    no mutant active are refused (every mutant would look killed)."""
+
+    (tmp_path / "mutants").mkdir()
+    (tmp_path / "mutants" / "test_spawned.py").write_text(
+        "import subprocess, sys\n"
+        "def test_child():\n"
+        "    seen = subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"MUTANT_UNDER_TEST\"])'],\n"
+        "                          capture_output=True, text=True).stdout.strip()\n"
+        "    assert seen != 'm.x_f__mutmut_2'\n")
+    group = M.Group(files=(), tests=(), spawn_tests=("test_spawned.py",), spawn_functions=("m.x_f*",))
+    names = ["m.x_f__mutmut_1", "m.x_f__mutmut_2", "m.x_f__mutmut_3"]
+    env = {k: v for k, v in M.os.environ.items() if k != "PYTEST_ADDOPTS"}
+    assert M.spawn_check(tmp_path, group, names, env) == ["m.x_f__mutmut_2"]
+    (tmp_path / "mutants" / "test_spawned.py").write_text("def test_child():\n    assert False\n")
+    with pytest.raises(RuntimeError, match="fail with no mutant active"):
+        M.spawn_check(tmp_path, group, names, env)
 
 
 def test_recheck_refuses_results_of_other_sources(tmp_path):
