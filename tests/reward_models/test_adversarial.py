@@ -279,3 +279,109 @@ def test_learned_reward_protocol_finds_the_discriminator_alone_or_inside_a_weigh
         assert torch.equal(v, state["adversarial_dino"]["head"][k])
     plain = build_reward("weighted", weights={"jpeg_compressibility": 1.0})
     assert learned(plain) is None and learned(build_reward("jpeg_compressibility")) is None
+
+
+# -- the reward object's own arithmetic and schedule (issue 26's mutation audit) -------------------------
+
+
+def _reward(dino_dir, ref_dir=None, **kw):
+    return build_reward("adversarial_dino", backbone=dino_dir, reference_dir=ref_dir, device="cpu", num_patches=4,
+                        **kw)
+
+
+def test_reward_mixes_global_and_patch_scores_with_its_weight_in_chunks(dino_dir):
+    """R = w g + (1 - w) l per image, batch_size images at a time (5 images in chunks of 2), each chunk
+    drawing its patch indices in turn from the reward's generator."""
+    r = _reward(dino_dir, global_weight=0.7, batch_size=2)
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    state = r.generator.get_state()
+    with torch.no_grad():
+        got = r(images, list("abcde"))
+        r.generator.set_state(state)
+        parts = [r.scores(images[i:i + 2]) for i in (0, 2, 4)]
+    g, loc = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    assert got.shape == (5,) and (g - loc).abs().min() > 1e-4  # the two scores differ: the weight shows
+    assert got.tolist() == pytest.approx((0.7 * g + 0.3 * loc).tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("disc_loss", ["reference", "normalized"])
+def test_head_step_is_one_adam_step_of_the_chosen_loss_with_its_weight(dino_dir, ref_dir, disc_loss):
+    """head_step: features without gradients, patch indices for the real then the fake batch, the loss
+    named by disc_loss with its own weight (patch_loss_weight for the reference's, global_weight for
+    the normalised one), one Adam step; it returns that loss."""
+    import copy
+
+    r = _reward(dino_dir, ref_dir, disc_loss=disc_loss, global_weight=0.6, patch_loss_weight=0.45)
+    real = r.reference[:2]
+    fake = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    head0, state = copy.deepcopy(r.head), r.generator.get_state()
+    loss = r.head_step(real, fake)
+    r.generator.set_state(state)
+    with torch.no_grad():
+        rc, rp = r.features(real)
+        fc, fp = r.features(fake)
+        rp = pick_patches(rp, r._patch_idx(*rp.shape[:2]))
+        fp = pick_patches(fp, r._patch_idx(*fp.shape[:2]))
+    want = (reference_hinge_loss(head0, (rc, rp), (fc, fp), 0.45) if disc_loss == "reference"
+            else normalized_hinge_loss(head0, (rc, rp), (fc, fp), 0.6))
+    other = (reference_hinge_loss(head0, (rc, rp), (fc, fp)) if disc_loss == "reference"
+             else normalized_hinge_loss(head0, (rc, rp), (fc, fp)))
+    assert abs(float(want.detach()) - float(other)) > 1e-4  # the default weight would give another loss
+    assert loss == pytest.approx(float(want.detach()), abs=1e-6)
+    opt = torch.optim.Adam(head0.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    want.backward()
+    opt.step()
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(r.head.parameters(), head0.parameters()))
+    assert r.updates == 1
+
+
+def test_alternate_schedule_counts_iterations_from_zero(dino_dir):
+    """The reference's `(epoch + 1) % d_times == 0`: with d_times 3, iterations 2, 5, ... train the policy."""
+    r = _reward(dino_dir, d_times=3)
+    assert [r.trains_generator(i) for i in range(7)] == [False, False, True, False, False, True, False]
+    r.schedule = "k_steps"
+    assert all(r.trains_generator(i) for i in range(4))
+
+
+def test_update_schedule_and_the_mean_loss(dino_dir, ref_dir, tmp_path):
+    """No references: nothing to learn from. `alternate` trains the head at its head iterations (the
+    default iteration is 0, a head iteration); `k_steps` takes k steps and reports their mean loss;
+    with a reference map the images' prompts pick the positives."""
+    import json
+
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    bare = _reward(dino_dir, schedule="k_steps")
+    assert bare.update(images, ["a", "b"]) == {} and bare.updates == 0
+    alt = _reward(dino_dir, ref_dir, d_times=2)
+    assert "disc_loss" in alt.update(images, ["a", "b"]) and alt.updates == 1
+    assert alt.update(images, ["a", "b"], iteration=1) == {} and alt.updates == 1
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"a": ["0.png"], "b": ["1.png"]}))
+    ks = _reward(dino_dir, ref_dir, reference_map=str(mapping), schedule="k_steps", k=3)
+    seen, step = [], ks.head_step
+
+    def recording(real, fake):
+        seen.append(step(real, fake))
+        return seen[-1]
+
+    ks.head_step = recording
+    out = ks.update(images, ["a", "b"])
+    assert len(seen) == 3 and ks.updates == 3 and len(set(seen)) > 1
+    assert out["disc_loss"] == pytest.approx(sum(seen) / 3)
+
+
+@pytest.mark.parametrize("fake_value, steps", [(0.0, 0), (1.0, 1), (None, 0)])
+def test_while_lower_trains_only_while_the_real_images_score_lower(dino_dir, ref_dir, fake_value, steps):
+    """`while_lower` takes a head step only when the references' mean reward is below the generated
+    images' (a tie is not below). Here the reward is the images' brightness: the references (mean about
+    0.36) against black, white, and a tie (every image scores the same)."""
+    r = _reward(dino_dir, ref_dir, schedule="while_lower")
+    if fake_value is None:
+        r.scores = lambda x: (torch.zeros(x.shape[0]), torch.zeros(x.shape[0]))
+        fake = torch.rand(2, 3, 32, 32)
+    else:
+        r.scores = lambda x: (x.mean((1, 2, 3)), x.mean((1, 2, 3)))
+        fake = torch.full((2, 3, 32, 32), fake_value)
+    out = r.update(fake, ["a", "b"])
+    assert r.updates == steps
+    assert (out["disc_loss"] == 0.0) == (steps == 0)
