@@ -326,7 +326,7 @@ def test_head_step_is_one_adam_step_of_the_chosen_loss_with_its_weight(dino_dir,
             else normalized_hinge_loss(head0, (rc, rp), (fc, fp), 0.6))
     other = (reference_hinge_loss(head0, (rc, rp), (fc, fp)) if disc_loss == "reference"
              else normalized_hinge_loss(head0, (rc, rp), (fc, fp)))
-    assert abs(float(want.detach()) - float(other)) > 1e-4  # the default weight would give another loss
+    assert abs(float(want.detach()) - float(other.detach())) > 1e-4  # the default weight would give another loss
     assert loss == pytest.approx(float(want.detach()), abs=1e-6)
     opt = torch.optim.Adam(head0.parameters(), lr=1e-4, betas=(0.5, 0.999))
     want.backward()
