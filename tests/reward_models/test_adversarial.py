@@ -385,3 +385,21 @@ def test_while_lower_trains_only_while_the_real_images_score_lower(dino_dir, ref
     out = r.update(fake, ["a", "b"])
     assert r.updates == steps
     assert (out["disc_loss"] == 0.0) == (steps == 0)
+
+
+def test_real_images_one_per_generated_image_and_a_prompts_references_in_turn(dino_dir, ref_dir, tmp_path):
+    """Random references: one per generated image (5 here, not one per channel). With a reference
+    map, a prompt that appears several times takes its files in order (0, 1, 2, then 0 again), and a
+    batch whose prompts are missing or of another length is refused."""
+    import json
+
+    r = _reward(dino_dir, ref_dir)
+    assert r.real_images(torch.rand(5, 3, 32, 32), None).shape == (5, 3, 32, 32)
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"cat": ["0.png", "1.png", "2.png"]}))
+    m = _reward(dino_dir, ref_dir, reference_map=str(mapping))
+    real = m.real_images(torch.rand(4, 3, 16, 16), ["cat"] * 4)
+    assert [round(float(x[1].mean()) * 255) for x in real] == [0, 30, 60, 0]  # ref image i has green 30 i
+    for prompts in (None, ["cat"] * 3):
+        with pytest.raises(ValueError, match="needs the prompt of every generated image"):
+            m.real_images(torch.rand(4, 3, 16, 16), prompts)
