@@ -134,3 +134,26 @@ def test_truncating_metrics_keeps_complete_lines_up_to_the_iteration_and_skips_t
     Trainer._truncate_metrics(me, 2)
     assert (tmp_path / "metrics.jsonl").read_text() == ('{"iteration": 1}\n{"iteration": 2}\n'
                                                         '{"iteration": 2, "note": "last"}\n')
+
+
+def test_a_run_folder_is_in_use_with_metrics_or_checkpoints_alone(tmp_path, monkeypatch):
+    """A fresh run refuses a folder holding an earlier run's metrics (even without checkpoints) or its
+    checkpoints (even without metrics); half-written checkpoints and other files do not count. The
+    paths are the folder's, whatever the working directory."""
+    from flowalign.trainer import check_fresh_run_dir, run_dir_in_use
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")  # in the working directory, not in the run folder
+    out = tmp_path / "run"
+    (out / "checkpoints" / "iter_000001.tmp77").mkdir(parents=True)
+    (out / "notes.txt").write_text("x")
+    assert run_dir_in_use(str(out)) == []
+    check_fresh_run_dir(str(out))
+    (out / "metrics.jsonl").write_text('{"iteration": 1}\n')
+    assert run_dir_in_use(str(out)) == ["metrics.jsonl"]
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics.jsonl\)"):
+        check_fresh_run_dir(str(out))
+    (out / "checkpoints" / "iter_000002").mkdir()
+    assert run_dir_in_use(str(out)) == ["metrics.jsonl", "checkpoints"]
+    os.remove(out / "metrics.jsonl")
+    assert run_dir_in_use(str(out)) == ["checkpoints"]
