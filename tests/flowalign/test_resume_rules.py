@@ -157,3 +157,32 @@ def test_a_run_folder_is_in_use_with_metrics_or_checkpoints_alone(tmp_path, monk
     assert run_dir_in_use(str(out)) == ["metrics.jsonl", "checkpoints"]
     os.remove(out / "metrics.jsonl")
     assert run_dir_in_use(str(out)) == ["checkpoints"]
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_resume_checkpoint_reads_true_false_and_a_path(tmp_path, as_text):
+    """run.resume as a bool or as the text a command line gives ('true' / 'false'): false refuses a used
+    folder and starts fresh in an empty one, true picks the latest complete checkpoint (None without
+    one), and a path picks that checkpoint even when a later one exists."""
+    from omegaconf import OmegaConf
+
+    from flowalign.trainer import resume_checkpoint
+
+    def cfg(resume, out):
+        return OmegaConf.create({"run": {"resume": resume, "output_dir": str(out)}})
+
+    yes, no = ("true", "false") if as_text else (True, False)
+    out = tmp_path / "run"
+    assert resume_checkpoint(cfg(no, out)) is None
+    assert resume_checkpoint(cfg(yes, out)) is None
+    for i in (1, 2):
+        (out / "checkpoints" / f"iter_00000{i}").mkdir(parents=True)
+        (out / "checkpoints" / f"iter_00000{i}" / "state.json").write_text("{}")
+    (out / "checkpoints" / "iter_000003.tmp5").mkdir()
+    with pytest.raises(ValueError, match="already holds a run"):
+        resume_checkpoint(cfg(no, out))
+    assert resume_checkpoint(cfg(yes, out)) == str(out / "checkpoints" / "iter_000002")
+    first = str(out / "checkpoints" / "iter_000001")
+    assert resume_checkpoint(cfg(first, out)) == first
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        resume_checkpoint(cfg(str(out / "checkpoints"), out))
