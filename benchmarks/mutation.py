@@ -412,14 +412,26 @@ def slim_report(results: dict) -> dict:
                        for g, r in results["groups"].items()}}
 
 
+def save_kept(path: pathlib.Path, slim: dict) -> None:
+    """Write the kept json. A group it held that this report lacks keeps its entry (with that run's
+    command), so running some groups never drops the others' scores."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        for g, r in old.get("groups", {}).items():
+            if g not in slim["groups"]:
+                slim["groups"][g] = {**r, "command": r.get("command", old.get("command", ""))}
+    path.write_text(json.dumps(slim, indent=1, ensure_ascii=False))
+
+
 def unslim_report(slim: dict) -> dict:
     """A kept json read back as a report: each group's statuses unpacked and its survivors scored
     again, so --recheck and --rescore can start from it."""
     groups = {}
     for g, r in slim.get("groups", {}).items():
-        if "statuses" not in r:
-            raise ValueError(f"group {g!r} of the saved report keeps no statuses (written by an older version); "
-                             "run the group again.")
+        if "statuses" not in r:  # written before the kept json carried statuses: only a new run can go on
+            print(f"[mutation] {g}: the kept json has its scores but no statuses; run the group again to go on "
+                  "from it.", flush=True)
+            continue
         full = {"seconds": r["seconds"], "statuses": unpack_statuses(r["statuses"]), "diffs": r.get("diffs", {}),
                 "source_hashes": r.get("source_hashes", {})}
         groups[g] = rescore(full)
@@ -498,7 +510,7 @@ def main(argv=None) -> None:
         print_scores(r)
         write_report(results, out)
     if args.save:
-        pathlib.Path(args.save).write_text(json.dumps(slim_report(results), indent=1, ensure_ascii=False))
+        save_kept(pathlib.Path(args.save), slim_report(results))
     print(f"[mutation] report: {out / 'report.md'}")
 
 

@@ -171,9 +171,15 @@ def test_a_kept_report_packs_every_status_and_a_fresh_machine_goes_on_from_it(tm
     assert back["source_hashes"] == {"flowalign/losses.py": "ab"}
     M.main(["--rescore", "--out", str(tmp_path / "fresh"), "--start-from", str(kept)])
     assert "flowalign.losses.x_f__mutmut_12" in (tmp_path / "fresh" / "report.md").read_text()
-    old = {"command": "c", "groups": {"g": {"modules": {}, "seconds": 1.0, "unchecked": 0, "survivors": {}}}}
-    with pytest.raises(ValueError, match="keeps no statuses"):
-        M.unslim_report(old)
+    old = {"command": "old run", "groups": {"g": {"modules": {"x.py": {}}, "seconds": 1.0, "unchecked": 0,
+                                                  "survivors": {}}}}
+    assert M.unslim_report(old)["groups"] == {}  # scores without statuses: nothing to go on from
+    # saving a report of some groups keeps the other groups' entries, with the command that made them
+    (tmp_path / "both.json").write_text(json.dumps(old))
+    M.save_kept(tmp_path / "both.json", M.slim_report({"command": "c", "groups": {"losses_advantages": result}}))
+    both = json.loads((tmp_path / "both.json").read_text())
+    assert set(both["groups"]) == {"g", "losses_advantages"} and both["groups"]["g"]["command"] == "old run"
+    assert both["groups"]["losses_advantages"]["statuses"] and both["command"] == "c"
 
 
 def test_rescore_command_rewrites_the_report_without_running_mutmut(tmp_path):
