@@ -186,3 +186,25 @@ def test_resume_checkpoint_reads_true_false_and_a_path(tmp_path, as_text):
     assert resume_checkpoint(cfg(first, out)) == first
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         resume_checkpoint(cfg(str(out / "checkpoints"), out))
+
+
+def test_resume_compares_configs_with_their_interpolations_resolved(tmp_path):
+    """An interpolation (`${model.a}`) in the run's config or in the checkpoint's is compared by its
+    value: the same value is no difference; another value is."""
+    from omegaconf import OmegaConf
+
+    from flowalign.trainer import resume_checkpoint
+
+    out = tmp_path / "run"
+    ckpt = out / "checkpoints" / "iter_000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    (ckpt / "config.yaml").write_text("model:\n  a: 3\n  b: ${model.a}\n")
+
+    def cfg(a, b):
+        return OmegaConf.create({"run": {"resume": True, "output_dir": str(out)}, "model": {"a": a, "b": b}})
+
+    assert resume_checkpoint(cfg(3, "${model.a}")) == str(ckpt)
+    assert resume_checkpoint(cfg(3, 3)) == str(ckpt)
+    with pytest.raises(ValueError, match="model.b: checkpoint 3, config 4"):
+        resume_checkpoint(cfg(3, 4))
