@@ -61,6 +61,12 @@ def test_a_save_that_fails_partway_leaves_the_last_good_checkpoint(tiny_sd3_dir,
                                                           "run.resume": True}))
     r.resume()
     assert r.iteration == 1
+    # the failed save's half-written folder is still there (never listed); the same process saving again
+    # (a retry once space is freed) clears it first instead of failing on it
+    assert [d for d in os.listdir(out / "checkpoints") if ".tmp" in d] == [f"iter_000002.tmp{os.getpid()}"]
+    assert os.path.basename(t.save_checkpoint()) == "iter_000002"
+    assert [d for d in os.listdir(out / "checkpoints") if ".tmp" in d] == []
+    assert "scheduler.pt" in os.listdir(out / "checkpoints" / "iter_000002")
 
 
 def test_depthwise_advantages_are_per_tree_at_any_reward_scale():
