@@ -69,6 +69,46 @@ def test_a_save_that_fails_partway_leaves_the_last_good_checkpoint(tiny_sd3_dir,
     assert "scheduler.pt" in os.listdir(out / "checkpoints" / "iter_000002")
 
 
+def _same_state(a, b) -> bool:
+    """Nested dicts/lists of tensors and plain values, equal leaf by leaf."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and set(a) == set(b) and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_the_sharded_checkpoint_layout_holds_every_state_per_rank(tiny_sd3_dir, tmp_path, prompts_file):
+    """run.sharding=fsdp2's checkpoint, written in this process by a 1-process trainer told it is sharded
+    (its parameters are plain tensors then, which to_local passes through): this rank's weights,
+    optimiser, EMA and algorithm state in files named by rank and no unsharded ones, with the
+    scheduler, RNG and state.json beside them. The 2-process FSDP2 tests (test_fsdp2.py) resume from
+    the real thing; mutation testing cannot see inside their processes."""
+    from safetensors.torch import load_file
+
+    from flowalign.trainer import load_state
+    from tests.flowalign.test_nft import NFT
+    from tests.flowalign.test_nft import overrides as nft_overrides
+
+    t = Trainer(load_config(None, nft_overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **{
+        **NFT, "optim.ema_decay": 0.5, "optim.warmup_iterations": 2, "run.max_iterations": 1, "run.sample_every": 0})))
+    t.iterate()
+    t.iteration = 1
+    t.sharded = True
+    path = t.save_checkpoint()
+    assert sorted(os.listdir(path)) == ["algorithm_rank0.pt", "config.yaml", "ema_rank0.pt", "optimizer_rank0.pt",
+                                        "rng_0.pt", "scheduler.pt", "state.json", "trainable_rank0.safetensors"]
+    w = load_file(os.path.join(path, "trainable_rank0.safetensors"))
+    assert list(w) == sorted(t.param_names) and len(w) == len(t.params) > 1
+    assert all(torch.equal(w[n], p.detach()) for n, p in zip(t.param_names, t.params))
+    assert _same_state(load_state(os.path.join(path, "optimizer_rank0.pt")), t.optimizer.state_dict())
+    assert _same_state(load_state(os.path.join(path, "ema_rank0.pt")), t.ema.state_dict())
+    assert _same_state(load_state(os.path.join(path, "algorithm_rank0.pt")), t.algo.state_dict())
+    assert json.load(open(os.path.join(path, "state.json")))["sharding"] == "fsdp2"
+
+
 def test_depthwise_advantages_are_per_tree_at_any_reward_scale():
     """Two trees whose rewards differ by a factor 1000: each tree's advantages are those it has alone."""
     from flowalign.algorithms.branch_grpo import depthwise_advantages, fuse_rewards
