@@ -208,3 +208,15 @@ def test_resume_compares_configs_with_their_interpolations_resolved(tmp_path):
     assert resume_checkpoint(cfg(3, 3)) == str(ckpt)
     with pytest.raises(ValueError, match="model.b: checkpoint 3, config 4"):
         resume_checkpoint(cfg(3, 4))
+
+
+@pytest.mark.parametrize("fresh", [False, "false"])
+def test_a_fresh_run_resumes_nothing_and_says_nothing_of_resuming(tiny_sd3_dir, tmp_path, prompts_file, capsys,
+                                                                  fresh):
+    """run.resume=false (a bool, or the text a command line gives): resume() returns at once, without
+    the 'run.resume=true but ... no checkpoint' line, and the run starts at iteration 0."""
+    t = Trainer(_cfg(tiny_sd3_dir, tmp_path / "run", prompts_file, **{"run.max_iterations": 1}))
+    t.cfg.run.resume = fresh
+    capsys.readouterr()
+    t.resume()
+    assert "run.resume" not in capsys.readouterr().out and t.iteration == 0
