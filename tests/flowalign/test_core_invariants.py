@@ -107,6 +107,12 @@ def test_the_sharded_checkpoint_layout_holds_every_state_per_rank(tiny_sd3_dir, 
     assert _same_state(load_state(os.path.join(path, "ema_rank0.pt")), t.ema.state_dict())
     assert _same_state(load_state(os.path.join(path, "algorithm_rank0.pt")), t.algo.state_dict())
     assert json.load(open(os.path.join(path, "state.json")))["sharding"] == "fsdp2"
+    # and an unsharded run refuses to resume from it (its state.json says how it was written)
+    again = Trainer(load_config(None, nft_overrides(tiny_sd3_dir, str(tmp_path / "run"), prompts_file, **{
+        **NFT, "optim.ema_decay": 0.5, "optim.warmup_iterations": 2, "run.max_iterations": 2, "run.sample_every": 0,
+        "run.resume": True})))
+    with pytest.raises(ValueError, match=r"written as FSDP2 shards by 1 process\(es\), this run is unsharded"):
+        again.resume()
 
 
 def test_depthwise_advantages_are_per_tree_at_any_reward_scale():
