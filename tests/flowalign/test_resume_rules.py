@@ -220,3 +220,15 @@ def test_a_fresh_run_resumes_nothing_and_says_nothing_of_resuming(tiny_sd3_dir, 
     capsys.readouterr()
     t.resume()
     assert "run.resume" not in capsys.readouterr().out and t.iteration == 0
+
+
+def test_an_unsharded_checkpoint_resumes_with_another_number_of_processes(tiny_sd3_dir, tmp_path, prompts_file):
+    """Only sharded checkpoints are tied to their process count: one written unsharded by 2 processes
+    (state.json says world_size 2) resumes in 1."""
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 1})).train()
+    state = out / "checkpoints" / "iter_000001" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "world_size": 2}))
+    t = Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 2, "run.resume": True}))
+    t.resume()
+    assert t.iteration == 1
