@@ -351,8 +351,11 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
     statuses = read_statuses(work, tuple(names)) if (work / "mutants").is_dir() else {}
     checked = {k: v for k, v in statuses.items() if v != "not checked"}
     if previous is not None:
-        statuses = {**previous["statuses"], **statuses}
-        checked = {**{k: v for k, v in previous["statuses"].items() if v in KILLED}, **kept, **checked}
+        # a mutant this run did not reach (an interrupted recheck) keeps its earlier status: a survivor
+        # stays a survivor until a run kills it
+        statuses = {**previous["statuses"], **checked,
+                    **{k: v for k, v in statuses.items() if v == "not checked" and k not in previous["statuses"]}}
+        checked = {k: v for k, v in statuses.items() if v != "not checked"}
     if rc != 0 or not checked:
         raise RuntimeError(f"mutmut on group {name!r} exited {rc} with {len(checked)} mutants checked; "
                            f"see {out / (name + '.log')}")

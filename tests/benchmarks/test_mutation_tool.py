@@ -238,6 +238,13 @@ def test_recheck_keeps_reviewed_survivors_without_running_them(tmp_path, monkeyp
     assert r["modules"]["flowalign/losses.py"] == {"mutants": 5, "killed": 3, "equivalent": 1, "device_only": 1,
                                                   "survived": 0, "score": 1.0}
     assert M.reviewed(plain, eq.get(names[3])) is None and M.reviewed(eq_diff, eq[names[2]]) == "equivalent"
+    # an interrupted recheck that never reached the survivor: it stays a survivor (and scored), the
+    # unchecked one stays unchecked
+    monkeypatch.setattr(M, "read_statuses", lambda work, patterns: {names[3]: "not checked", names[4]: "not checked"})
+    monkeypatch.setattr(M.subprocess, "run", lambda *a, **k: M.subprocess.CompletedProcess(a, 0, stdout=plain))
+    r = M.run_group("losses_advantages", group, tmp_path, 1, collect_only=True, previous=previous)
+    assert r["statuses"] == dict(zip(names, ["killed", "survived", "survived", "survived", "not checked"]))
+    assert r["modules"]["flowalign/losses.py"]["survived"] == 1 and r["diffs"][names[3]] == plain
 
 
 def test_parallel_children_share_the_cores_as_torch_threads(monkeypatch):
