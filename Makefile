@@ -32,7 +32,7 @@ lint: venv
 bench: venv
 	$(PY) -m benchmarks.speed.rollout
 
-# mutation testing of the core (docs/testing.md): about an hour on 2 CPU cores, not part of `make test`.
+# mutation testing of the core (docs/testing.md): hours on 2 CPU cores for every group, not part of `make test`.
 # GROUPS="samplers geneval_rules" runs only those groups.
 mutation: venv
 	$(PY) -m pip install -q -e '.[mutation]'
