@@ -232,3 +232,24 @@ def test_an_unsharded_checkpoint_resumes_with_another_number_of_processes(tiny_s
     t = Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 2, "run.resume": True}))
     t.resume()
     assert t.iteration == 1
+
+
+def test_the_checkpoint_keeps_the_values_its_interpolations_had(tiny_sd3_dir, tmp_path, prompts_file, monkeypatch):
+    """A checkpoint's config.yaml holds resolved values: a run whose data.train_prompts reads an
+    environment variable (${oc.env:...}) is refused on resume once the variable names other prompts,
+    since what is trained on changed."""
+    from omegaconf import OmegaConf
+
+    other = tmp_path / "other.txt"
+    other.write_text("a green triangle\n")
+    monkeypatch.setenv("FA_TEST_PROMPTS", prompts_file)
+    out = tmp_path / "run"
+    kw = {"run.max_iterations": 1, "data.train_prompts": "${oc.env:FA_TEST_PROMPTS}"}
+    t = Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **kw))
+    assert OmegaConf.is_interpolation(t.cfg.data, "train_prompts")
+    t.train()
+    saved = (out / "checkpoints" / "iter_000001" / "config.yaml").read_text()
+    assert prompts_file in saved and "oc.env" not in saved
+    monkeypatch.setenv("FA_TEST_PROMPTS", str(other))
+    with pytest.raises(ValueError, match="data.train_prompts: checkpoint"):
+        Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{**kw, "run.max_iterations": 2, "run.resume": True}))
