@@ -67,6 +67,21 @@ def test_a_save_that_fails_partway_leaves_the_last_good_checkpoint(tiny_sd3_dir,
     assert os.path.basename(t.save_checkpoint()) == "iter_000002"
     assert [d for d in os.listdir(out / "checkpoints") if ".tmp" in d] == []
     assert "scheduler.pt" in os.listdir(out / "checkpoints" / "iter_000002")
+    # saving the same iteration again replaces the finished folder
+    assert os.path.basename(t.save_checkpoint()) == "iter_000002"
+    # pruning an old checkpoint that cannot be removed (another process took it) does not stop the run
+    from flowalign import trainer as trainer_module
+
+    real_rmtree = trainer_module.shutil.rmtree
+
+    def stubborn(path, ignore_errors=False, **kw):
+        if "iter_000001" in str(path) and not ignore_errors:
+            raise OSError(16, "Device or resource busy", str(path))
+        return real_rmtree(path, ignore_errors=ignore_errors, **kw)
+
+    monkeypatch.setattr(trainer_module.shutil, "rmtree", stubborn)
+    t.cfg.run.keep_checkpoints = 1
+    assert os.path.basename(t.save_checkpoint()) == "iter_000002"
 
 
 def _same_state(a, b) -> bool:
