@@ -122,3 +122,18 @@ class FirstOfTwo:
 
     def gather(self, t):
         return torch.cat([t, self.second.pop(0).to(t)])
+
+
+def check_config_bounds(algorithm: str, extra: dict, error: str | None) -> None:
+    """load_config with `algorithm.name=algorithm` and the `extra` keys: it loads when `error` is None,
+    else it raises a ValueError matching `error`."""
+    import pytest
+
+    from flowalign.config import load_config
+
+    args = [f"algorithm.name={algorithm}"] + [f"{k}={v}" for k, v in extra.items()]
+    if error is None:
+        load_config(None, args)
+    else:
+        with pytest.raises(ValueError, match=error):
+            load_config(None, args)

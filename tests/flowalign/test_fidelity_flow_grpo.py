@@ -223,14 +223,9 @@ def test_step_kinds_use_the_configured_sde_kind_fixed_and_random_window():
       "reward.args": "{weights: {jpeg_compressibility: 1.0}}"}, None),
 ])
 def test_flow_grpo_config_bounds(extra, error):
-    from flowalign.config import load_config
+    from tests.helpers import check_config_bounds
 
-    args = ["algorithm.name=flow_grpo"] + [f"{k}={v}" for k, v in extra.items()]
-    if error is None:
-        load_config(None, args)
-    else:
-        with pytest.raises(ValueError, match=error):
-            load_config(None, args)
+    check_config_bounds("flow_grpo", extra, error)
 
 
 def test_advantage_aggregation_without_part_weights_is_refused():

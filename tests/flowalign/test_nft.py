@@ -277,14 +277,9 @@ def test_state_before_the_first_update_round_trips_as_no_old_policy():
     ({"algorithm.old_decay": "[0,0.001]"}, "must be \\[flat >= 0"),
 ])
 def test_nft_config_bounds(extra, error):
-    from flowalign.config import load_config
+    from tests.helpers import check_config_bounds
 
-    args = ["algorithm.name=nft"] + [f"{k}={v}" for k, v in extra.items()]
-    if error is None:
-        load_config(None, args)
-    else:
-        with pytest.raises(ValueError, match=error):
-            load_config(None, args)
+    check_config_bounds("nft", extra, error)
 
 
 def _nft(**over):
