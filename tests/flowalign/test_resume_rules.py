@@ -253,3 +253,46 @@ def test_the_checkpoint_keeps_the_values_its_interpolations_had(tiny_sd3_dir, tm
     monkeypatch.setenv("FA_TEST_PROMPTS", str(other))
     with pytest.raises(ValueError, match="data.train_prompts: checkpoint"):
         Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{**kw, "run.max_iterations": 2, "run.resume": True}))
+
+
+def test_a_reward_that_learns_nothing_never_reads_a_reward_state(tiny_sd3_dir, tmp_path, prompts_file):
+    """reward.pt is read only into a reward that learns (the discriminator): a run whose reward learns
+    nothing resumes from a checkpoint holding a stray reward.pt and leaves the file unread."""
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 1})).train()
+    ckpt = out / "checkpoints" / "iter_000001"
+    assert not (ckpt / "reward.pt").exists()
+    torch.save({"head": torch.zeros(2)}, ckpt / "reward.pt")
+    t = Trainer(_cfg(tiny_sd3_dir, out, prompts_file, **{"run.max_iterations": 2, "run.resume": True}))
+    assert t.learned_reward is None
+    t.resume()
+    assert t.iteration == 1
+
+
+def test_resume_names_four_differences_and_lets_prefixed_keys_change(tmp_path):
+    """The refusal lists the first four differing keys, sorted and joined by '; ', then '; ...' when
+    there are more; keys under a resumable prefix (eval.*) may differ without a refusal."""
+    from omegaconf import OmegaConf
+
+    from flowalign.trainer import resume_checkpoint
+
+    out = tmp_path / "run"
+    ckpt = out / "checkpoints" / "iter_000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    old = {"eval": {"every": 1}, "model": {k: 0 for k in "abcde"}}
+    (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+
+    def cfg(n_changed, every=7):
+        model = {k: (1 if i < n_changed else 0) for i, k in enumerate("abcde")}
+        return OmegaConf.create({"run": {"resume": True, "output_dir": str(out)}, "eval": {"every": every},
+                                 "model": model})
+
+    assert resume_checkpoint(cfg(0)) == str(ckpt)  # eval.every changed: allowed
+    with pytest.raises(ValueError) as e:
+        resume_checkpoint(cfg(2))
+    assert "(model.a: checkpoint 0, config 1; model.b: checkpoint 0, config 1)" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        resume_checkpoint(cfg(5))
+    listed = "; ".join(f"model.{k}: checkpoint 0, config 1" for k in "abcd")
+    assert f"({listed}; ...)" in str(e.value) and "model.e" not in str(e.value)
