@@ -233,12 +233,13 @@ def test_dpm2_trajectory_fields_rows_and_dtypes():
                           rtol=1e-6)
 
 
-@pytest.mark.parametrize("step", ["euler", "cps", "dance_sde"])
+@pytest.mark.parametrize("step", ["euler", "cps", "dance_sde", "flow_sde"])
 def test_low_precision_steps_use_float32_sigmas_and_velocities(step):
     """bf16 inputs: the step's sigmas and product are float32 (0.7 and 0.33 are not bf16 numbers)."""
     x = torch.tensor([[0.3, -1.2]], dtype=torch.bfloat16)
     v = torch.tensor([[0.7, 0.1]], dtype=torch.bfloat16)
-    fn = {"euler": samplers.euler_step, "cps": samplers.cps_step, "dance_sde": samplers.dance_sde_step}[step]
+    fn = {"euler": samplers.euler_step, "cps": samplers.cps_step, "dance_sde": samplers.dance_sde_step,
+          "flow_sde": samplers.flow_sde_step}[step]
     noise = torch.tensor([[0.5, -0.25]])
     kw = {} if step == "euler" else {"noise": noise}
     low = fn(x, v, 0.7, 0.33, **kw)
