@@ -18,8 +18,8 @@ silently. The score of a module is killed / (mutants - equivalent - device only)
 `device=` argument: on one device it changes nothing (see device_only).
 
 The report (OUT/report.md, OUT/report.json) gives the score per module and every survivor's diff.
-Not part of `make test`: every group takes hours on 2 CPU cores (reward_objectives 33 minutes,
-trainer_checkpoint well over an hour, since its tests train); run a group at a time and go on with --recheck.
+Not part of `make test`: every group together takes hours on 2 CPU cores (docs/testing.md gives each
+group's time); run a group at a time and go on with --recheck.
 """
 
 from __future__ import annotations

@@ -283,9 +283,9 @@ def test_resume_names_four_differences_and_lets_prefixed_keys_change(tmp_path):
     old = {"eval": {"every": 1}, "model": {k: 0 for k in "abcde"}}
     (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
 
-    def cfg(n_changed, every=7):
+    def cfg(n_changed):  # eval.every is 7 against the checkpoint's 1 in every call
         model = {k: (1 if i < n_changed else 0) for i, k in enumerate("abcde")}
-        return OmegaConf.create({"run": {"resume": True, "output_dir": str(out)}, "eval": {"every": every},
+        return OmegaConf.create({"run": {"resume": True, "output_dir": str(out)}, "eval": {"every": 7},
                                  "model": model})
 
     assert resume_checkpoint(cfg(0)) == str(ckpt)  # eval.every changed: allowed
