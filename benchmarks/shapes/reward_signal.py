@@ -10,7 +10,10 @@ Rewards scored on the same images:
 - prompt_echo: PromptEcho with the trained captioner (flowalign/shapes/captioner);
 - adversarial_dino: the DINO discriminator after co-training its head (`--disc-steps` hinge
   steps, references = flowalign/shapes/references as positives, images generated for *training*
-  prompts as negatives, as in Adv-GRPO's co-training).
+  prompts as negatives, as in Adv-GRPO's co-training) on the random-feature encoder
+  (flowalign/shapes/dino);
+- adversarial_dino_ssl: the same on the self-supervised encoder (flowalign/shapes/dino_ssl,
+  benchmarks.shapes.dino).
 AUROC = P(reward of a correct image > reward of an incorrect one), ties counted half, over all
 pairs, and within prompts (only pairs of images of one prompt: what a group-relative advantage
 compares, since GRPO normalises rewards per prompt). Writes
@@ -28,7 +31,7 @@ import torch
 
 from flowalign.evaluation.shapes import load_prompts, score_images
 from flowalign.report import write_json
-from flowalign.shapes import CAPTIONER_DIR
+from flowalign.shapes import CAPTIONER_DIR, DINO_SSL_DIR
 from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 from reward_models import build_reward
 
@@ -56,6 +59,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--captioner", default=CAPTIONER)
     ap.add_argument("--images-per-prompt", type=int, default=4)
+    ap.add_argument("--dino", default=DINO, help="the random-feature encoder (adversarial_dino)")
+    ap.add_argument("--dino-ssl", default=DINO_SSL_DIR,
+                    help="the self-supervised encoder (adversarial_dino_ssl; benchmarks.shapes.dino); '' skips it")
     ap.add_argument("--disc-steps", type=int, default=300, help="discriminator head steps of the co-training")
     ap.add_argument("--disc-fakes", type=int, default=8, help="images per training prompt for the co-training")
     ap.add_argument("--seed", type=int, default=0)
@@ -89,21 +95,25 @@ def main(argv=None) -> dict:
     echo = build_reward("prompt_echo", model=args.captioner, device="cpu", batch_size=64)(images, prompts)
     out["rewards"]["prompt_echo"] = {**report("prompt_echo", echo), "seconds": time.time() - t0}
 
-    # Adv-GRPO's discriminator, co-trained on fakes from training prompts
-    t0 = time.time()
-    disc = build_reward("adversarial_dino", backbone=DINO, reference_dir=REFERENCES, k=1, lr=1e-3, device="cpu",
-                        batch_size=64, seed=args.seed)
+    # Adv-GRPO's discriminator, co-trained on fakes from training prompts, on each frozen encoder
     fakes, _ = generate(policy, load_prompts("train"), args.disc_fakes, args.seed + 1)
-    g = torch.Generator().manual_seed(args.seed)
-    losses = []
-    for _ in range(args.disc_steps):
-        idx = torch.randint(len(fakes), (32,), generator=g)
-        losses.append(disc.update(fakes[idx])["disc_loss"])
-    with torch.no_grad():
-        adv = disc(images, prompts)
-    out["rewards"]["adversarial_dino"] = {**report("adversarial_dino", adv.numpy()),
-                                          "disc_loss_first": losses[0], "disc_loss_last": float(np.mean(losses[-20:])),
-                                          "co_training_seconds": time.time() - t0, "disc_steps": args.disc_steps}
+    encoders = {"adversarial_dino": args.dino}
+    if args.dino_ssl:
+        encoders["adversarial_dino_ssl"] = args.dino_ssl
+    for name, backbone in encoders.items():
+        t0 = time.time()
+        disc = build_reward("adversarial_dino", backbone=backbone, reference_dir=REFERENCES, k=1, lr=1e-3,
+                            device="cpu", batch_size=64, seed=args.seed)
+        g = torch.Generator().manual_seed(args.seed)
+        losses = []
+        for _ in range(args.disc_steps):
+            idx = torch.randint(len(fakes), (32,), generator=g)
+            losses.append(disc.update(fakes[idx])["disc_loss"])
+        with torch.no_grad():
+            adv = disc(images, prompts)
+        out["rewards"][name] = {**report(name, adv.numpy()), "backbone": os.path.relpath(backbone),
+                                "disc_loss_first": losses[0], "disc_loss_last": float(np.mean(losses[-20:])),
+                                "co_training_seconds": time.time() - t0, "disc_steps": args.disc_steps}
     out["settings"] = vars(args)
     write_json(args.out, out)
     return out
