@@ -1,6 +1,7 @@
 """Adv-GRPO's adversarial reward (showlab/Adv-GRPO `scripts/train_sd3_fast_dino_patch.py` and
 `adv_grpo/rewards.py:dino_patch_cotrain_score`): a frozen DINOv2 backbone (transformers Dinov2Model
-from a local path or hub id) and a trainable head h = Linear(D, 512)-GELU-Linear(512, 1).
+from a local path or hub id; a CLIPVisionModel is read the same way, CLS token then patches) and a
+trainable head h = Linear(D, 512)-GELU-Linear(512, 1).
 
 The reward of an image, on features divided by (||f|| + 1e-6), with 64 patch tokens drawn at random
 (with replacement) for every image:
@@ -41,6 +42,10 @@ from .clip_common import check_local
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BACKBONES = {"dinov2": ("Dinov2Model", IMAGENET_MEAN, IMAGENET_STD),
+             "clip_vision_model": ("CLIPVisionModel", CLIP_MEAN, CLIP_STD)}
 SCHEDULES = ("alternate", "k_steps", "while_lower")
 DISC_LOSSES = ("reference", "normalized")
 
@@ -86,6 +91,25 @@ def normalized_hinge_loss(head: nn.Module, real: tuple[Tensor, Tensor], fake: tu
     f = (head(unit(fake[0])), head(unit(fake[1])).mean(1))
     parts = [F.relu(1 - a).mean() + F.relu(1 + b).mean() for a, b in zip(r, f)]
     return global_weight * parts[0] + (1 - global_weight) * parts[1]
+
+
+def load_backbone(path: str):
+    """A frozen vision encoder saved with save_pretrained -> (model, (mean, std) of its input
+    normalisation). DINOv2 (Dinov2Model, the reference's) or a CLIP vision tower (CLIPVisionModel);
+    either gives the CLS token first in `last_hidden_state`, then the patch tokens."""
+    import transformers
+    from transformers import AutoConfig
+
+    try:
+        kind = AutoConfig.from_pretrained(path).model_type
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"could not load the encoder checkpoint {path!r}: {str(e).splitlines()[0]}; "
+                                "pass a local Dinov2Model or CLIPVisionModel folder or a reachable hub id.") from None
+    if kind not in BACKBONES:
+        raise ValueError(f"reward.args.backbone {path!r} is a {kind!r} model; the discriminator reads "
+                         f"{' or '.join(BACKBONES)} encoders (Dinov2Model, CLIPVisionModel).")
+    cls_name, mean, std = BACKBONES[kind]
+    return getattr(transformers, cls_name).from_pretrained(path), (mean, std)
 
 
 def load_image(path: str, size: Sequence[int] | None = None) -> Tensor:
@@ -142,8 +166,6 @@ class AdversarialDinoReward:
                  num_patches: int = 64, lr: float = 1e-4, betas: Sequence[float] = (0.5, 0.999),
                  schedule: str = "alternate", d_times: int = 10, k: int = 9, disc_loss: str = "reference",
                  patch_loss_weight: float = 0.3, batch_size: int = 16, device: str | None = None, seed: int = 0):
-        from transformers import Dinov2Model
-
         check_local(backbone, "DINOv2", "pass a Dinov2Model directory or a hub id")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule {schedule!r} is unknown; use one of {', '.join(SCHEDULES)}.")
@@ -154,11 +176,8 @@ class AdversarialDinoReward:
         if reference_map and not reference_dir:
             raise ValueError("reward.args.reference_map names files inside reference_dir; set reference_dir too.")
         self.device = default_device(device)
-        try:
-            self.backbone = Dinov2Model.from_pretrained(backbone).to(self.device).eval().requires_grad_(False)
-        except OSError as e:
-            raise FileNotFoundError(f"could not load the DINOv2 checkpoint {backbone!r}: {str(e).splitlines()[0]}; "
-                                    "pass a local Dinov2Model folder or a reachable hub id.") from None
+        self.backbone, (self.mean, self.std) = load_backbone(backbone)
+        self.backbone = self.backbone.to(self.device).eval().requires_grad_(False)
         cfg = self.backbone.config
         self.size = cfg.image_size
         self.head = DiscriminatorHead(cfg.hidden_size, hidden).to(self.device)
@@ -175,8 +194,8 @@ class AdversarialDinoReward:
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
         x = F.interpolate(images.float().to(self.device), size=(self.size, self.size), mode="bicubic",
                           align_corners=False, antialias=True)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         h = self.backbone(pixel_values=(x - mean) / std).last_hidden_state
         return h[:, 0], h[:, 1:]
 

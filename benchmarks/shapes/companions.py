@@ -6,7 +6,12 @@
   (real) images;
 - flowalign/shapes/dino/: a Dinov2Model in transformers' format (image size 32, patch 4), seeded
   random weights. No pretrained DINOv2 can be fetched here and none fits the 32x32 world, so the
-  backbone is a frozen random-feature extractor; the discriminator head learns on top of it."""
+  backbone is a frozen random-feature extractor; the discriminator head learns on top of it;
+- flowalign/shapes/captioner_vision/: the trained captioner's CLIP vision tower (CLIPVisionModel), cut
+  out of flowalign/shapes/captioner: an encoder that has learnt the world (it reads scenes for the
+  captioner), for the discriminator to read instead of the random one.
+
+`python -m benchmarks.shapes.companions --vision-tower-only` rewrites the vision tower alone."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import sys
 import torch
 from PIL import Image
 
+from flowalign.shapes import CAPTIONER_DIR, CAPTIONER_VISION_DIR
 from flowalign.shapes import DINO_DIR as DINO
 from flowalign.shapes import REFERENCES_DIR as REFERENCES
 from reward_models.shapes.prompts import prompt_set
@@ -43,8 +49,20 @@ def write_dino(out: str = DINO, seed: int = 0) -> str:
     return out
 
 
+def write_vision_tower(captioner: str = CAPTIONER_DIR, out: str = CAPTIONER_VISION_DIR) -> str:
+    """The captioner's vision tower (a CLIPVisionModel, float32) saved with save_pretrained."""
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(captioner, dtype=torch.float32)
+    model.model.vision_tower.eval().save_pretrained(out)
+    return out
+
+
 def main(argv=None) -> int:
-    print(f"wrote {write_references()} and {write_dino()}")
+    if "--vision-tower-only" in (argv or []):
+        print(f"wrote {write_vision_tower()}")
+        return 0
+    print(f"wrote {write_references()}, {write_dino()} and {write_vision_tower()}")
     return 0
 
 

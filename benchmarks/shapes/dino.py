@@ -83,13 +83,15 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 # ---------------------------------------------------------------- the model
 
 class ProjectionHead(nn.Module):
-    """DINO's head: a 3-layer MLP to a bottleneck, l2-normalised, then K prototypes of unit norm."""
+    """DINO's head: a 3-layer MLP to a bottleneck, l2-normalised, then K fixed prototypes of unit norm."""
 
     def __init__(self, dim: int, prototypes: int = 1024, hidden: int = 256, bottleneck: int = 64):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, bottleneck))
-        self.prototypes = nn.Parameter(torch.randn(prototypes, bottleneck) * 0.02)
+        # fixed random prototypes: DINO freezes its last layer early on, because prototypes that learn
+        # can all move together and make every output uniform (measured here: the loss rose to log K)
+        self.register_buffer("prototypes", torch.randn(prototypes, bottleneck))
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(self.prototypes, dim=-1))
@@ -177,7 +179,7 @@ def nn_probe(backbone, prompts: int = 100, per_prompt: int = 4, seed: int = 1) -
 
 # ---------------------------------------------------------------- training
 
-def train(minutes: float, *, batch: int = 64, local_views: int = 4, lr: float = 5e-4, prototypes: int = 1024,
+def train(minutes: float, *, batch: int = 64, local_views: int = 4, lr: float = 1.25e-4, prototypes: int = 1024,
           steps: int | None = None, seed: int = 0, progress: bool = True) -> tuple[nn.Module, dict]:
     """Train for `minutes` of wall-clock (or exactly `steps` steps); returns (teacher backbone, log)."""
     torch.manual_seed(seed)
@@ -230,7 +232,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--steps", type=int, default=None, help="train exactly this many steps instead of --minutes")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1.25e-4, help="DINO's 5e-4 x batch / 256")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", default=RESULTS)
     args = ap.parse_args(argv)
@@ -245,8 +247,9 @@ def main(argv=None) -> dict:
     trained_probe = nn_probe(trained)
     print(f"1-NN same-prompt probe: random encoder {random_probe:.3f}, trained {trained_probe:.3f} "
           f"({log['steps']} steps, {log['seconds'] / 60:.1f} min, loss {log['loss_first']:.3f} -> {log['loss_last']:.3f})")
-    out = {"encoder": args.out, "nn_probe_random": random_probe, "nn_probe_trained": trained_probe, **log,
-           "settings": vars(args)}
+    out = {"encoder": os.path.relpath(args.out), "nn_probe_random": random_probe, "nn_probe_trained": trained_probe, **log,
+           "settings": {**vars(args), "out": os.path.relpath(args.out),
+                        "results": os.path.relpath(args.results) if args.results else ""}}
     if args.results:
         write_json(args.results, out)
     return out

@@ -12,7 +12,9 @@ Rewards scored on the same images:
   steps, references = flowalign/shapes/references as positives, images generated for *training*
   prompts as negatives, as in Adv-GRPO's co-training) on the random-feature encoder
   (flowalign/shapes/dino);
-- adversarial_dino_ssl: the same on the self-supervised encoder (flowalign/shapes/dino_ssl,
+- adversarial_vision_tower: the same on the trained captioner's CLIP vision tower
+  (flowalign/shapes/captioner_vision);
+- adversarial_dino_ssl (when that folder exists): the same on the self-supervised encoder (flowalign/shapes/dino_ssl,
   benchmarks.shapes.dino).
 AUROC = P(reward of a correct image > reward of an incorrect one), ties counted half, over all
 pairs, and within prompts (only pairs of images of one prompt: what a group-relative advantage
@@ -31,7 +33,7 @@ import torch
 
 from flowalign.evaluation.shapes import load_prompts, score_images
 from flowalign.report import write_json
-from flowalign.shapes import CAPTIONER_DIR, DINO_SSL_DIR
+from flowalign.shapes import CAPTIONER_DIR, CAPTIONER_VISION_DIR, DINO_SSL_DIR
 from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 from reward_models import build_reward
 
@@ -60,6 +62,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--captioner", default=CAPTIONER)
     ap.add_argument("--images-per-prompt", type=int, default=4)
     ap.add_argument("--dino", default=DINO, help="the random-feature encoder (adversarial_dino)")
+    ap.add_argument("--vision-tower", default=CAPTIONER_VISION_DIR,
+                    help="the captioner's vision tower (adversarial_vision_tower); '' skips it")
     ap.add_argument("--dino-ssl", default=DINO_SSL_DIR,
                     help="the self-supervised encoder (adversarial_dino_ssl; benchmarks.shapes.dino); '' skips it")
     ap.add_argument("--disc-steps", type=int, default=300, help="discriminator head steps of the co-training")
@@ -98,7 +102,9 @@ def main(argv=None) -> dict:
     # Adv-GRPO's discriminator, co-trained on fakes from training prompts, on each frozen encoder
     fakes, _ = generate(policy, load_prompts("train"), args.disc_fakes, args.seed + 1)
     encoders = {"adversarial_dino": args.dino}
-    if args.dino_ssl:
+    if args.vision_tower:
+        encoders["adversarial_vision_tower"] = args.vision_tower
+    if args.dino_ssl and os.path.isdir(args.dino_ssl):
         encoders["adversarial_dino_ssl"] = args.dino_ssl
     for name, backbone in encoders.items():
         t0 = time.time()

@@ -74,3 +74,18 @@ def test_shipped_reward_model_configs_train(name, tmp_path):
     m = [json.loads(x) for x in open(tmp_path / name / "metrics.jsonl")][0]
     assert abs(m["first_ratio"] - 1) < 1e-5
     assert ("disc_loss" in m) == (name == "adv_grpo")
+
+
+def test_committed_vision_tower_is_the_captioners():
+    """flowalign/shapes/captioner_vision holds the captioner's vision tower, weight for weight (the
+    captioner is stored in fp16; the tower in float32 from the same numbers)."""
+    from transformers import CLIPVisionModel, LlavaForConditionalGeneration
+
+    from flowalign.shapes import CAPTIONER_VISION_DIR
+
+    tower = CLIPVisionModel.from_pretrained(CAPTIONER_VISION_DIR)
+    cap = LlavaForConditionalGeneration.from_pretrained(CAPTIONER, dtype=torch.float32).model.vision_tower
+    a, b = tower.state_dict(), cap.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    r = build_reward("adversarial_dino", backbone=CAPTIONER_VISION_DIR, reference_dir=REFERENCES, device="cpu", k=1)
+    assert r(torch.rand(2, 3, 32, 32), ["a", "b"]).shape == (2,)

@@ -403,3 +403,28 @@ def test_real_images_one_per_generated_image_and_a_prompts_references_in_turn(di
     for prompts in (None, ["cat"] * 3):
         with pytest.raises(ValueError, match="needs the prompt of every generated image"):
             m.real_images(torch.rand(4, 3, 16, 16), prompts)
+
+
+def test_a_clip_vision_tower_is_read_like_dinov2(tmp_path):
+    """A CLIPVisionModel backbone: CLS then patch tokens from last_hidden_state, CLIP's normalisation,
+    the whole reward runs and trains its head; another model type is refused by name."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, GPT2Config, GPT2Model
+
+    from reward_models.adversarial import CLIP_MEAN, CLIP_STD
+
+    torch.manual_seed(0)
+    path = tmp_path / "clip_vision"
+    CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
+                                     num_hidden_layers=2, num_attention_heads=4)).save_pretrained(path)
+    r = build_reward("adversarial_dino", backbone=str(path), device="cpu")
+    assert type(r.backbone).__name__ == "CLIPVisionModel" and (r.mean, r.std) == (CLIP_MEAN, CLIP_STD)
+    x = torch.rand(3, 3, 32, 32)
+    cls, patches = r.features(x)
+    assert cls.shape == (3, 32) and patches.shape == (3, 16, 32)
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    h = r.backbone(pixel_values=(x - mean) / std).last_hidden_state  # 32x32 in: no resize
+    assert torch.allclose(cls, h[:, 0], atol=1e-5) and torch.allclose(patches, h[:, 1:], atol=1e-5)
+    assert r(x, ["a", "b", "c"]).shape == (3,)
+    GPT2Model(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match="'gpt2' model"):
+        build_reward("adversarial_dino", backbone=str(tmp_path / "gpt2"), device="cpu")
