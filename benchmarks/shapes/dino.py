@@ -191,7 +191,8 @@ def train(minutes: float, *, batch: int = 64, local_views: int = 4, lr: float = 
     # the momentum schedule needs a length: estimate it from the first steps when training by time
     total = steps or 10**9
     t0, step, losses = time.time(), 0, []
-    bar = tqdm(total=steps or int(minutes * 60), disable=not progress, unit="step" if steps else "s")
+    bar = tqdm(total=steps or int(minutes * 60), disable=not progress, unit="step",
+               bar_format=None if steps else "{l_bar}{bar}| {n_fmt}/{total_fmt} s{postfix}")
     while True:
         if steps is not None and step >= steps:
             break
