@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from flowalign.report import write_json
 from flowalign.shapes import DINO_DIR, DINO_SSL_DIR
+from reward_models.adversarial import IMAGENET_MEAN, IMAGENET_STD
 from reward_models.shapes.prompts import all_prompts
 from reward_models.shapes.render import render_prompt
 
@@ -114,13 +115,9 @@ def new_backbone(seed: int):
     return Dinov2Model(cfg)
 
 
-IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
-
-
 def normalize(x: Tensor) -> Tensor:
-    """[B, 3, H, W] in [0, 1] -> the ImageNet normalisation the reward applies."""
-    return (x - IMAGENET_MEAN) / IMAGENET_STD
+    """[B, 3, H, W] in [0, 1] -> the ImageNet normalisation the reward applies to a Dinov2Model."""
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 # ---------------------------------------------------------------- data
