@@ -15,9 +15,13 @@ too (--train-images-per-prompt, paired): a gain there without one on held-out pr
 that does not transfer to unseen prompts. The final weights are then re-evaluated against the base
 on a fresh seed (--fresh-seed, --fresh-images per held-out prompt, paired): the row's claim. With
 --seeds N every algorithm trains N times (run.seed 0..N-1) and the table adds each algorithm's mean
-fresh-seed gain over its runs. Writes
-OUT/learn.json, OUT/table.md, OUT/curve.png (score against training time and against NFE) and
-one run folder per algorithm (OUT/ALGO[/seedS]: metrics, lora/, the evaluations)."""
+fresh-seed gain over its runs; the runs go seed by seed (every algorithm's seed 0 first). Writes
+OUT/learn.json, OUT/table.md, OUT/curve.png (score against training time and against NFE) after
+every run and one run folder per algorithm (OUT/ALGO[/seedS]: metrics, lora/, the evaluations).
+
+A scoreboard can outlast one sitting: each finished run's result is kept in
+OUT/completed/ALGO[_seedS].json, and a later call with the same --out and settings reuses those
+runs instead of training them again (a different setting is an error, so nothing is mixed)."""
 
 from __future__ import annotations
 
@@ -95,6 +99,29 @@ def over_seeds(results: dict, algos: list[str]) -> dict:
             out[algo] = {"runs": n, "gain_paired": sum(f["gain_paired"] for f in runs) / n,
                          "gain_stderr": sum(f["gain_stderr"] ** 2 for f in runs) ** 0.5 / n}
     return out
+
+
+SETTINGS = ("minutes", "eval_every", "images_per_prompt", "curve_images", "train_images_per_prompt", "fresh_images",
+            "fresh_seed", "overrides")
+
+
+def settings_of(args) -> dict:
+    """What a run's result depends on besides its algorithm and seed."""
+    return {k: getattr(args, k) for k in SETTINGS}
+
+
+def completed_run(path: str, settings: dict) -> dict | None:
+    """A finished run's result kept at `path`, or None; an error when it was made with other settings."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        res = json.load(f)
+    if res.get("settings") != settings:
+        diff = sorted(k for k in settings if res.get("settings", {}).get(k) != settings[k])
+        raise SystemExit(f"{path} was made with other settings ({', '.join(diff)}: "
+                         f"{ {k: res.get('settings', {}).get(k) for k in diff} }); pass the same settings to "
+                         f"continue that scoreboard, or another --out to start a new one")
+    return res
 
 
 def run_one(algo: str, args, metas, before_cache: dict, seed: int | None = None) -> dict:
@@ -226,10 +253,30 @@ def main(argv=None) -> dict:
     cache: dict = {}
     if args.seeds < 1:
         ap.error(f"--seeds {args.seeds} must be at least 1")
-    if args.seeds == 1:
-        results = {a: run_one(a, args, metas, cache) for a in algos}
-    else:
-        results = {f"{a}/seed{s}": run_one(a, args, metas, cache, seed=s) for a in algos for s in range(args.seeds)}
+    runs = [(a, None) for a in algos] if args.seeds == 1 else [(a, s) for s in range(args.seeds) for a in algos]
+    settings = settings_of(args)
+    os.makedirs(os.path.join(args.out, "completed"), exist_ok=True)
+    results: dict = {}
+    for a, s in runs:
+        key = a if s is None else f"{a}/seed{s}"
+        kept = os.path.join(args.out, "completed", key.replace("/", "_") + ".json")
+        res = completed_run(kept, settings)
+        if res is None:
+            res = run_one(a, args, metas, cache, seed=s)
+            res["settings"] = settings
+            with open(kept + ".tmp", "w") as f:
+                json.dump(res, f, indent=2)
+            os.replace(kept + ".tmp", kept)
+        else:
+            print(f"[{key}] reusing the finished run in {kept}", flush=True)
+        results[key] = res
+        rank = {a: i for i, a in enumerate(algos)}  # rows by algorithm, then seed (sorted keeps the seed order)
+        res_all = write(args, algos, {k: results[k] for k in sorted(results, key=lambda k: rank[k.split("/")[0]])})
+    return res_all
+
+
+def write(args, algos: list[str], results: dict) -> dict:
+    """learn.json, table.md and curve.png of the runs finished so far (rows by algorithm, then seed)."""
     md = table(results, next((k for k in results if k.split("/")[0] == "flow_grpo"), None))
     summary = over_seeds(results, algos)
     if args.seeds > 1 and summary:

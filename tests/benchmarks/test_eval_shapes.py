@@ -104,6 +104,18 @@ def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
     assert s["runs"] == 2 and s["gain_paired"] == pytest.approx(
         (r["nft/seed0"]["fresh_seed"]["gain_paired"] + r["nft/seed1"]["fresh_seed"]["gain_paired"]) / 2)
     assert "| nft | 2 |" in (tmp_path / "c" / "table.md").read_text()
+    # a scoreboard continues where it stopped: finished runs are reused, not trained again
+    lora = tmp_path / "c" / "nft" / "seed1" / "lora" / "pytorch_lora_weights.safetensors"
+    stamp = os.path.getmtime(lora)
+    os.remove(tmp_path / "c" / "table.md")
+    again = learn.main(["--algo", "nft", "--seeds", "2", "--out", str(tmp_path / "c"), *common,
+                        "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.train_batch_size=4"])
+    assert again["results"] == json.loads(json.dumps(r)) and os.path.getmtime(lora) == stamp
+    assert "| nft | 2 |" in (tmp_path / "c" / "table.md").read_text()
+    # other settings would mix two scoreboards: refused, naming the setting
+    with pytest.raises(SystemExit, match="minutes"):
+        learn.main(["--algo", "nft", "--seeds", "2", "--out", str(tmp_path / "c"), "--minutes", "0.01", *common[2:],
+                    "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.train_batch_size=4"])
 
 
 @pytest.mark.slow
