@@ -21,7 +21,8 @@ every run and one run folder per algorithm (OUT/ALGO[/seedS]: metrics, lora/, th
 
 A scoreboard can outlast one sitting: each finished run's result is kept in
 OUT/completed/ALGO[_seedS].json, and a later call with the same --out and settings reuses those
-runs instead of training them again (a different setting is an error, so nothing is mixed)."""
+runs instead of training them again (other settings, or a config file edited since, are an error,
+so nothing is mixed)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ import argparse
 import json
 import os
 import time
+
+from omegaconf import OmegaConf
 
 from flowalign.config import load_config
 from flowalign.evaluation.shapes import evaluate_policy, load_prompts
@@ -110,12 +113,29 @@ def settings_of(args) -> dict:
     return {k: getattr(args, k) for k in SETTINGS}
 
 
-def completed_run(path: str, settings: dict) -> dict | None:
-    """A finished run's result kept at `path`, or None; an error when it was made with other settings."""
+def run_config(algo: str, args, seed: int | None):
+    """The full configuration of one run of the scoreboard."""
+    out = os.path.join(args.out, algo) if seed is None else os.path.join(args.out, algo, f"seed{seed}")
+    return load_config(CONFIGS[algo], [f"run.output_dir={out}", "run.max_iterations=100000",
+                                       "run.checkpoint_every=100000", "run.sample_every=0", "run.progress=false",
+                                       *([f"run.seed={seed}"] if seed is not None else []), *args.overrides])
+
+
+def completed_run(path: str, settings: dict, config: dict) -> dict | None:
+    """A finished run's result kept at `path`, or None; an error when it was made with other settings
+    or another configuration (a config file edited since)."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
         res = json.load(f)
+    if res.get("resolved_config") != config:
+        old = res.get("resolved_config") or {}
+        diff = sorted(f"{s}.{k}" for s in set(old) | set(config) for k in
+                      set(old.get(s) or {}) | set(config.get(s) or {})
+                      if (old.get(s) or {}).get(k) != (config.get(s) or {}).get(k))
+        raise SystemExit(f"{path} was trained with another configuration ({', '.join(diff) or 'none recorded'} "
+                         f"differ); restore {res.get('config')} as it was, or pass another --out to start a new "
+                         f"scoreboard")
     if res.get("settings") != settings:
         diff = sorted(k for k in settings if res.get("settings", {}).get(k) != settings[k])
         raise SystemExit(f"{path} was made with other settings ({', '.join(diff)}: "
@@ -126,9 +146,7 @@ def completed_run(path: str, settings: dict) -> dict | None:
 
 def run_one(algo: str, args, metas, before_cache: dict, seed: int | None = None) -> dict:
     out = os.path.join(args.out, algo) if seed is None else os.path.join(args.out, algo, f"seed{seed}")
-    cfg = load_config(CONFIGS[algo], [f"run.output_dir={out}", "run.max_iterations=100000",
-                                      "run.checkpoint_every=100000", "run.sample_every=0", "run.progress=false",
-                                      *([f"run.seed={seed}"] if seed is not None else []), *args.overrides])
+    cfg = run_config(algo, args, seed)
     trainer = Trainer(cfg)
     os.makedirs(out, exist_ok=True)
     state = {"nfe": 0}
@@ -260,10 +278,11 @@ def main(argv=None) -> dict:
     for a, s in runs:
         key = a if s is None else f"{a}/seed{s}"
         kept = os.path.join(args.out, "completed", key.replace("/", "_") + ".json")
-        res = completed_run(kept, settings)
+        config = OmegaConf.to_container(run_config(a, args, s), resolve=True)
+        res = completed_run(kept, settings, config)
         if res is None:
             res = run_one(a, args, metas, cache, seed=s)
-            res["settings"] = settings
+            res["settings"], res["resolved_config"] = settings, config
             with open(kept + ".tmp", "w") as f:
                 json.dump(res, f, indent=2)
             os.replace(kept + ".tmp", kept)

@@ -116,6 +116,9 @@ def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
     with pytest.raises(SystemExit, match="minutes"):
         learn.main(["--algo", "nft", "--seeds", "2", "--out", str(tmp_path / "c"), "--minutes", "0.01", *common[2:],
                     "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.train_batch_size=4"])
+    with pytest.raises(SystemExit, match="algorithm.group_size"):  # as does a config changed since
+        learn.main(["--algo", "nft", "--seeds", "2", "--out", str(tmp_path / "c"), *common,
+                    "sampler.num_steps=2", "algorithm.group_size=4", "algorithm.train_batch_size=4"])
 
 
 @pytest.mark.slow
