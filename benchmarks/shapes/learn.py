@@ -275,6 +275,7 @@ def main(argv=None) -> dict:
     settings = settings_of(args)
     os.makedirs(os.path.join(args.out, "completed"), exist_ok=True)
     results: dict = {}
+    rank = {a: i for i, a in enumerate(algos)}  # rows by algorithm, then seed (sorted keeps the seed order)
     for a, s in runs:
         key = a if s is None else f"{a}/seed{s}"
         kept = os.path.join(args.out, "completed", key.replace("/", "_") + ".json")
@@ -289,7 +290,6 @@ def main(argv=None) -> dict:
         else:
             print(f"[{key}] reusing the finished run in {kept}", flush=True)
         results[key] = res
-        rank = {a: i for i, a in enumerate(algos)}  # rows by algorithm, then seed (sorted keeps the seed order)
         res_all = write(args, algos, {k: results[k] for k in sorted(results, key=lambda k: rank[k.split("/")[0]])})
     return res_all
 
