@@ -22,13 +22,15 @@ every run and one run folder per algorithm (OUT/ALGO[/seedS]: metrics, lora/, th
 A scoreboard can outlast one sitting: each finished run's result is kept in
 OUT/completed/ALGO[_seedS].json, and a later call with the same --out and settings reuses those
 runs instead of training them again (other settings, or a config file edited since, are an error,
-so nothing is mixed)."""
+so nothing is mixed). A run stopped before it finished is trained again from the base; its folder
+is moved to OUT/ALGO/seedS.unfinished."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import time
 
 from omegaconf import OmegaConf
@@ -144,9 +146,21 @@ def completed_run(path: str, settings: dict, config: dict) -> dict | None:
     return res
 
 
-def run_one(algo: str, args, metas, before_cache: dict, seed: int | None = None) -> dict:
-    out = os.path.join(args.out, algo) if seed is None else os.path.join(args.out, algo, f"seed{seed}")
-    cfg = run_config(algo, args, seed)
+def set_aside_unfinished(out: str) -> None:
+    """Move the folder of a run that an earlier sitting began but did not finish (it has no kept
+    result, and a wall-clock budget cannot be resumed) to OUT.unfinished, replacing an older one
+    there, so the run starts again from the base and nothing is deleted unseen."""
+    if os.path.isdir(out) and os.listdir(out):
+        aside = out.rstrip("/") + ".unfinished"
+        print(f"[{out}] an unfinished run from an earlier sitting, moved to {aside}; training it again", flush=True)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(out, aside)
+
+
+def run_one(algo: str, args, metas, before_cache: dict, cfg) -> dict:
+    """Train `algo` with `cfg` (from run_config) for the budget and evaluate it."""
+    out = cfg.run.output_dir
+    set_aside_unfinished(out)
     trainer = Trainer(cfg)
     os.makedirs(out, exist_ok=True)
     state = {"nfe": 0}
@@ -279,10 +293,11 @@ def main(argv=None) -> dict:
     for a, s in runs:
         key = a if s is None else f"{a}/seed{s}"
         kept = os.path.join(args.out, "completed", key.replace("/", "_") + ".json")
-        config = OmegaConf.to_container(run_config(a, args, s), resolve=True)
+        cfg = run_config(a, args, s)
+        config = OmegaConf.to_container(cfg, resolve=True)
         res = completed_run(kept, settings, config)
         if res is None:
-            res = run_one(a, args, metas, cache, seed=s)
+            res = run_one(a, args, metas, cache, cfg)
             res["settings"], res["resolved_config"] = settings, config
             with open(kept + ".tmp", "w") as f:
                 json.dump(res, f, indent=2)

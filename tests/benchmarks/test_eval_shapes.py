@@ -112,6 +112,13 @@ def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
                         "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.train_batch_size=4"])
     assert again["results"] == json.loads(json.dumps(r)) and os.path.getmtime(lora) == stamp
     assert "| nft | 2 |" in (tmp_path / "c" / "table.md").read_text()
+    # a run stopped before its result was kept is trained again; its folder is moved aside, not deleted
+    os.remove(tmp_path / "c" / "completed" / "nft_seed1.json")
+    again = learn.main(["--algo", "nft", "--seeds", "2", "--out", str(tmp_path / "c"), *common,
+                        "sampler.num_steps=2", "algorithm.group_size=2", "algorithm.train_batch_size=4"])
+    assert (tmp_path / "c" / "nft" / "seed1.unfinished" / "lora" / "pytorch_lora_weights.safetensors").exists()
+    assert os.path.getmtime(lora) > stamp and (tmp_path / "c" / "completed" / "nft_seed1.json").exists()
+    assert again["results"]["nft/seed0"] == json.loads(json.dumps(r["nft/seed0"]))
     # other settings would mix two scoreboards: refused, naming the setting
     with pytest.raises(SystemExit, match="minutes"):
         learn.main(["--algo", "nft", "--seeds", "2", "--out", str(tmp_path / "c"), "--minutes", "0.01", *common[2:],
