@@ -23,7 +23,7 @@ A scoreboard can outlast one sitting: each finished run's result is kept in
 OUT/completed/ALGO[_seedS].json, and a later call with the same --out and settings reuses those
 runs instead of training them again (other settings, or a config file edited since, are an error,
 so nothing is mixed). A run stopped before it finished is trained again from the base; its folder
-is moved to OUT/ALGO/seedS.unfinished."""
+is moved to OUT/ALGO[/seedS].unfinished."""
 
 from __future__ import annotations
 
