@@ -103,6 +103,9 @@ def test_learn_benchmark_compares_algorithms(tiny_sd3_dir, tmp_path):
     s = res["over_seeds"]["nft"]
     assert s["runs"] == 2 and s["gain_paired"] == pytest.approx(
         (r["nft/seed0"]["fresh_seed"]["gain_paired"] + r["nft/seed1"]["fresh_seed"]["gain_paired"]) / 2)
+    g0, g1 = r["nft/seed0"]["fresh_seed"]["gain_paired"], r["nft/seed1"]["fresh_seed"]["gain_paired"]
+    assert s["seed_stderr"] == pytest.approx(abs(g0 - g1) / 2)  # two runs: sample std / sqrt(2) = |g0 - g1| / 2
+    assert s["combined_stderr"] == pytest.approx((s["gain_stderr"] ** 2 + s["seed_stderr"] ** 2) ** 0.5)
     assert "| nft | 2 |" in (tmp_path / "c" / "table.md").read_text()
     # a scoreboard continues where it stopped: finished runs are reused, not trained again
     lora = tmp_path / "c" / "nft" / "seed1" / "lora" / "pytorch_lora_weights.safetensors"
@@ -166,3 +169,21 @@ def test_eval_shapes_with_a_lora_changes_the_images(tiny_sd3_dir, tmp_path, caps
     capsys.readouterr()
     assert main([*args, "--lora", str(tmp_path), "--out", str(tmp_path / "bad")]) == 2
     assert "has no pytorch_lora_weights.safetensors" in capsys.readouterr().err
+
+
+def test_learn_over_seeds_standard_errors_by_hand():
+    """The scoreboard's mean over training seeds: the prompt-noise s.e., the between-seed s.e. and
+    both combined, on three hand-made runs (gains 0.07, 0.01, 0.04; prompt s.e. 0.03, 0.02, 0.02)."""
+    from benchmarks.shapes import learn
+
+    runs = {f"nft/seed{i}": {"fresh_seed": {"gain_paired": g, "gain_stderr": e}}
+            for i, (g, e) in enumerate([(0.07, 0.03), (0.01, 0.02), (0.04, 0.02)])}
+    runs["flow_grpo"] = {"fresh_seed": {"gain_paired": -0.01, "gain_stderr": 0.01}}
+    s = learn.over_seeds(runs, ["nft", "flow_grpo"])
+    assert s["nft"]["gain_paired"] == pytest.approx(0.04)
+    assert s["nft"]["gain_stderr"] == pytest.approx((0.03 ** 2 + 0.02 ** 2 + 0.02 ** 2) ** 0.5 / 3)
+    # sample variance of (0.07, 0.01, 0.04) is (0.03^2 + 0.03^2 + 0) / 2 = 9e-4; / 3 runs -> 3e-4
+    assert s["nft"]["seed_stderr"] == pytest.approx(3e-4 ** 0.5)
+    assert s["nft"]["combined_stderr"] == pytest.approx((s["nft"]["gain_stderr"] ** 2 + 3e-4) ** 0.5)
+    assert s["flow_grpo"]["runs"] == 1 and s["flow_grpo"]["seed_stderr"] is None
+    assert s["flow_grpo"]["combined_stderr"] is None
