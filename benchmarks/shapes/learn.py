@@ -111,7 +111,7 @@ def over_seeds(results: dict, algos: list[str]) -> dict:
             prompt_se = sum(f["gain_stderr"] ** 2 for f in runs) ** 0.5 / n
             seed_se = (sum((g - mean) ** 2 for g in gains) / (n - 1) / n) ** 0.5 if n > 1 else None
             out[algo] = {"runs": n, "gain_paired": mean, "gain_stderr": prompt_se, "seed_stderr": seed_se,
-                         "combined_stderr": (prompt_se ** 2 + (seed_se or 0.0) ** 2) ** 0.5 if n > 1 else None}
+                         "combined_stderr": None if seed_se is None else (prompt_se ** 2 + seed_se ** 2) ** 0.5}
     return out
 
 
