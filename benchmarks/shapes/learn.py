@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import time
 
 from omegaconf import OmegaConf
@@ -109,7 +110,7 @@ def over_seeds(results: dict, algos: list[str]) -> dict:
             gains = [f["gain_paired"] for f in runs]
             mean = sum(gains) / n
             prompt_se = sum(f["gain_stderr"] ** 2 for f in runs) ** 0.5 / n
-            seed_se = (sum((g - mean) ** 2 for g in gains) / (n - 1) / n) ** 0.5 if n > 1 else None
+            seed_se = statistics.stdev(gains) / n ** 0.5 if n > 1 else None
             out[algo] = {"runs": n, "gain_paired": mean, "gain_stderr": prompt_se, "seed_stderr": seed_se,
                          "combined_stderr": None if seed_se is None else (prompt_se ** 2 + seed_se ** 2) ** 0.5}
     return out
