@@ -96,6 +96,8 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     warmup_iterations: int = 0  # linear learning-rate warm-up
     ema_decay: float | None = None  # EMA of the trainable weights (e.g. 0.9); None: off
+    ema_warmup: bool = True  # the references' decay warm-up min((1 + n) / (10 + n), ema_decay) at step n
+    ema_update_every: int = 1  # advance the EMA when (step + 1) is a multiple (flow_grpo's scripts: 8)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
 
@@ -287,6 +289,8 @@ def validate(cfg) -> None:
     _validate_prompt_files(cfg)
     if o.ema_decay is not None and not 0 < o.ema_decay < 1:
         raise ValueError(f"optim.ema_decay={o.ema_decay} must be in (0, 1), or null to turn EMA off.")
+    if o.ema_update_every < 1:
+        raise ValueError(f"optim.ema_update_every={o.ema_update_every} must be at least 1 (1: every optimiser step).")
     for key in ("max_iterations", "checkpoint_every"):
         if r[key] < 1:
             raise ValueError(f"run.{key}={r[key]} must be at least 1.")

@@ -341,7 +341,8 @@ class Trainer:
         self.scheduler = scheduler
         if self.model is not tr:
             self.policy.forward_module = self.model
-        self.ema = EMA(self.params, o.ema_decay) if o.ema_decay else None
+        self.ema = (EMA(self.params, o.ema_decay, update_every=o.ema_update_every, warmup=o.ema_warmup)
+                    if o.ema_decay else None)
         self.updater = Updater(self.acc, self.model, self.params, self.optimizer, scheduler, self.ema, o.max_grad_norm,
                                sharded_parts=self.sharded_parts)
         self.reward = build_train_reward(cfg)

@@ -99,6 +99,7 @@ def test_overrides_apply():
     (["sampler.sde_window=[3,20]"], r"sampler.sde_window=\[3, 20\] must be \[start, end\)"),
     (["algorithm.timestep_fraction=0"], "algorithm.timestep_fraction=0.0 must be in"),
     (["optim.ema_decay=1.5"], "optim.ema_decay=1.5 must be in"),
+    (["optim.ema_decay=0.9", "optim.ema_update_every=0"], "optim.ema_update_every=0 must be at least 1"),
     (["algorithm.name=ppo"], "algorithm.name='ppo' is unknown"),
     (["algorithm.name=branch_grpo", "algorithm.split_steps=[1,3,5]", "algorithm.shared_noise=true"],
      "algorithm.shared_noise is for per-sample algorithms"),

@@ -34,6 +34,7 @@ def test_resume_is_exact_with_warmup_and_ema(tiny_sd3_dir, tmp_path, prompts_fil
         assert torch.equal(pa, pb)
     for sa, sb in zip(a.ema.state_dict()["shadow"], b.ema.state_dict()["shadow"]):
         assert torch.equal(sa, sb)
+    assert a.ema.steps == b.ema.steps > 0  # the EMA's warm-up resumes where it stopped
     assert a.optimizer.param_groups[0]["lr"] == b.optimizer.param_groups[0]["lr"] < 1e-2  # still warming up
 
 
