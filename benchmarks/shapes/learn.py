@@ -50,6 +50,7 @@ CONFIGS = {
     "branch_grpo_mix": "configs/shapes/branch_grpo_mix.yaml",
     "branch_grpo_early": "configs/shapes/branch_grpo_early.yaml",
     "branch_grpo_pruned": "configs/shapes/branch_grpo_pruned.yaml",
+    "branch_grpo_early_pruned": "configs/shapes/branch_grpo_early_pruned.yaml",
     "prompt_echo_grpo": "configs/shapes/prompt_echo_grpo.yaml",
     "adv_grpo": "configs/shapes/adv_grpo.yaml",
     "nft": "configs/shapes/nft.yaml",

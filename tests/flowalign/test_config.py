@@ -55,6 +55,22 @@ def test_new_algorithm_configs_are_shipped():
     assert early.algorithm.mix and list(early.algorithm.split_steps) == [0, 1, 2] and early.optim.lr == 3e-4
 
 
+def test_the_early_pruned_branch_config_is_the_measured_run():
+    """configs/shapes/branch_grpo_early_pruned.yaml reproduces the 40-minute run whose result it cites:
+    every model, sampler, reward, algorithm, optimiser and data key that run resolved to (keys added to
+    the schema since then aside)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    ran = json.loads((ROOT / "benchmarks/results/learn_branch_grpo_splits024_depth_pruned_hard_40min.json")
+                     .read_text())["resolved_config"]
+    shipped = OmegaConf.to_container(load_config(str(ROOT / "configs/shapes/branch_grpo_early_pruned.yaml")))
+    for section in ("model", "lora", "sampler", "reward", "algorithm", "optim", "data"):
+        assert {k: shipped[section][k] for k in ran[section]} == ran[section], section
+    assert not shipped["algorithm"]["mix"] and shipped["algorithm"]["depth_pruning"] == [6, 7, 8, 9, 10]
+
+
 def test_sd35_configs_carry_the_anchor_defaults():
     cfg = load_config(str(ROOT / "configs/flow_grpo/sd3.5-medium_geneval.yaml"))
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.optim.lr) == (32, 64, 3e-4)
