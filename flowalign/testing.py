@@ -441,6 +441,24 @@ def tiny_llava(words: list[str], image_size: int = 32, patch_size: int = 8, visi
     return model, proc
 
 
+def tiny_clip(image_size: int = 32, patch_size: int = 8, width: int = 32, layers: int = 2, projection_dim: int = 32,
+              num_merges: int = 2000, seed: int = 0):
+    """A tiny CLIPModel (transformers' real class, random weights) and its CLIPProcessor, with CLIP's
+    BPE tokenizer cut to `num_merges` merges: a text-image scorer built offline."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tok = clip_tokenizer(77, num_merges=num_merges)
+    torch.manual_seed(seed)
+    block = {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": layers, "num_attention_heads": 4}
+    cfg = CLIPConfig(text_config={**block, "vocab_size": len(tok), "max_position_embeddings": 77,
+                                  "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                                  "pad_token_id": tok.pad_token_id},
+                     vision_config={**block, "image_size": image_size, "patch_size": patch_size},
+                     projection_dim=projection_dim)
+    ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    return CLIPModel(cfg), CLIPProcessor(image_processor=ip, tokenizer=tok)
+
+
 def save_tiny_llava(path: str | os.PathLike, words: list[str] | None = None, seed: int = 0) -> str:
     words = words or "a an photo of red blue green circle square triangle two three left right".split()
     model, proc = tiny_llava(words, seed=seed)

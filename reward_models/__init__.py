@@ -18,6 +18,7 @@ REWARDS: dict[str, str] = {
     "clip": "reward_models.clip_score:CLIPScoreReward",
     "weighted": "reward_models.weighted:WeightedReward",
     "adversarial_dino": "reward_models.adversarial:AdversarialDinoReward",
+    "adversarial_pickscore": "reward_models.adversarial_pickscore:AdversarialPickScoreReward",
     "geneval": "reward_models.geneval:GenEvalReward",
     "prompt_echo": "reward_models.prompt_echo:PromptEchoReward",
     "hps": "reward_models.hps:HPSv2Reward",

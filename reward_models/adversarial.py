@@ -157,6 +157,29 @@ def load_reference_images(folder: str, size: int | None = None) -> Tensor:
     return torch.stack(out)
 
 
+def reference_batch(fake: Tensor, prompts: Sequence[str] | None, reference: Tensor | None,
+                    reference_map: dict[str, list[str]] | None, reference_dir: str | None,
+                    generator: torch.Generator) -> Tensor:
+    """Positives for a batch of generated images: each image's own prompt's references, cycling through
+    that prompt's files in batch order (`reference_map`, the reference's prompt2img json), else random
+    images of `reference` drawn with `generator`."""
+    if reference_map is None:
+        return reference[torch.randint(len(reference), (fake.shape[0],), generator=generator)]
+    if prompts is None or len(prompts) != fake.shape[0]:
+        raise ValueError("reward.args.reference_map needs the prompt of every generated image.")
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        files = reference_map.get(p)
+        if not files:
+            raise ValueError(f"prompt {p!r} has no reference images in reward.args.reference_map; add it, or "
+                             "drop reference_map to use random references.")
+        j = seen.get(p, 0)
+        seen[p] = j + 1
+        out.append(load_image(os.path.join(reference_dir, files[j % len(files)]), fake.shape[-2:]))
+    return torch.stack(out)
+
+
 class AdversarialDinoReward:
     learns = True  # a LearnedReward: the engine trains its head after every batch
     differentiable = True
@@ -237,23 +260,8 @@ class AdversarialDinoReward:
         return self.schedule != "alternate" or (iteration + 1) % self.d_times == 0
 
     def real_images(self, fake: Tensor, prompts: Sequence[str] | None) -> Tensor:
-        """Positives for a batch of generated images: the images' own prompts' references
-        (reference_map), else random reference images."""
-        if self.reference_map is None:
-            return self.reference[torch.randint(len(self.reference), (fake.shape[0],), generator=self.generator)]
-        if prompts is None or len(prompts) != fake.shape[0]:
-            raise ValueError("reward.args.reference_map needs the prompt of every generated image.")
-        seen: dict[str, int] = {}
-        out = []
-        for p in prompts:
-            files = self.reference_map.get(p)
-            if not files:
-                raise ValueError(f"prompt {p!r} has no reference images in reward.args.reference_map; add it, or "
-                               "drop reference_map to use random references.")
-            j = seen.get(p, 0)
-            seen[p] = j + 1
-            out.append(load_image(os.path.join(self.reference_dir, files[j % len(files)]), fake.shape[-2:]))
-        return torch.stack(out)
+        """Positives for a batch of generated images (`reference_batch`)."""
+        return reference_batch(fake, prompts, self.reference, self.reference_map, self.reference_dir, self.generator)
 
     def update(self, images: Tensor, prompts: Sequence[str] | None = None, *, iteration: int = 0, **context) -> dict:
         """Called by the engine after each batch is scored: train the head against reference images

@@ -54,7 +54,7 @@ def test_one_registry_whose_schemas_validate_themselves():
     # the schema's own check runs through load_config: BranchGRPO's leaves, Adv-GRPO's reward
     with pytest.raises(ValueError, match="group_size=4 must equal branch_factor"):
         load_config(None, ["algorithm.name=branch_grpo", "algorithm.group_size=4"])
-    with pytest.raises(ValueError, match="needs the adversarial_dino reward"):
+    with pytest.raises(ValueError, match="needs an adversarial reward"):
         load_config(None, ["algorithm.name=adv_grpo"])
     # ... which may also be a part of a weighted reward
     weighted = "reward.args={weights: {adversarial_dino: 1.0, jpeg_compressibility: 0.5}}"

@@ -9,12 +9,17 @@
   backbone is a frozen random-feature extractor; the discriminator head learns on top of it;
 - flowalign/shapes/captioner_vision/: the trained captioner's CLIP vision tower (CLIPVisionModel), cut
   out of flowalign/shapes/captioner: an encoder that has learnt the world (it reads scenes for the
-  captioner), for the discriminator to read instead of the random one.
+  captioner), for the discriminator to read instead of the random one;
+- flowalign/shapes/references_matched/: two rendered scenes of every prompt of the shapes training sets
+  (train.jsonl, train_color_attr.jsonl) and `map.json` {prompt: [file names]}, the prompt-matched
+  references of the co-trained PickScore reward (the reference's prompt2img json).
 
-`python -m benchmarks.shapes.companions --vision-tower-only` rewrites the vision tower alone."""
+`python -m benchmarks.shapes.companions --vision-tower-only` rewrites the vision tower alone,
+`--matched-references-only` the matched references alone."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -22,10 +27,10 @@ import sys
 import torch
 from PIL import Image
 
-from flowalign.shapes import CAPTIONER_DIR, CAPTIONER_VISION_DIR
+from flowalign.shapes import CAPTIONER_DIR, CAPTIONER_VISION_DIR, MATCHED_REFERENCES_DIR, PROMPTS_DIR
 from flowalign.shapes import DINO_DIR as DINO
 from flowalign.shapes import REFERENCES_DIR as REFERENCES
-from reward_models.shapes.prompts import prompt_set
+from reward_models.shapes.prompts import prompt_set, read_jsonl
 from reward_models.shapes.render import render_prompt
 
 
@@ -36,6 +41,28 @@ def write_references(out: str = REFERENCES, n: int = 256, seed: int = 0) -> str:
     for i in range(n):
         img, _ = render_prompt(rows[rng.randrange(len(rows))], seed=rng.randrange(1 << 30))
         Image.fromarray(img).save(os.path.join(out, f"{i:04d}.png"), optimize=True)
+    return out
+
+
+def write_matched_references(out: str = MATCHED_REFERENCES_DIR, per_prompt: int = 2, seed: int = 0,
+                             prompt_files: tuple[str, ...] = ("train.jsonl", "train_color_attr.jsonl")) -> str:
+    """`per_prompt` fresh renders of every prompt of the training sets, and map.json {prompt: [files]}."""
+    rows: dict[str, dict] = {}
+    for name in prompt_files:
+        for r in read_jsonl(os.path.join(PROMPTS_DIR, name)):
+            rows.setdefault(r["prompt"], r)
+    rng = random.Random(seed)
+    os.makedirs(out, exist_ok=True)
+    mapping = {}
+    for i, (prompt, row) in enumerate(sorted(rows.items())):
+        mapping[prompt] = []
+        for j in range(per_prompt):
+            img, _ = render_prompt(row, seed=rng.randrange(1 << 30))
+            name = f"{i:04d}_{j}.png"
+            Image.fromarray(img).save(os.path.join(out, name), optimize=True)
+            mapping[prompt].append(name)
+    with open(os.path.join(out, "map.json"), "w", encoding="utf-8") as f:
+        json.dump(mapping, f, indent=0, sort_keys=True)
     return out
 
 
@@ -62,7 +89,10 @@ def main(argv=None) -> int:
     if "--vision-tower-only" in (argv or []):
         print(f"wrote {write_vision_tower()}")
         return 0
-    print(f"wrote {write_references()}, {write_dino()} and {write_vision_tower()}")
+    if "--matched-references-only" in (argv or []):
+        print(f"wrote {write_matched_references()}")
+        return 0
+    print(f"wrote {write_references()}, {write_dino()}, {write_vision_tower()} and {write_matched_references()}")
     return 0
 
 

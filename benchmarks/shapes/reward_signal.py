@@ -15,7 +15,12 @@ Rewards scored on the same images:
 - adversarial_vision_tower: the same on the trained captioner's CLIP vision tower
   (flowalign/shapes/captioner_vision);
 - adversarial_dino_ssl (when that folder exists): the same on the self-supervised encoder (flowalign/shapes/dino_ssl,
-  benchmarks.shapes.dino).
+  benchmarks.shapes.dino);
+- clip / adversarial_pickscore: the shapes CLIP's text-image score (flowalign/shapes/clip,
+  benchmarks.shapes.clip) before and after co-training it as Adv-GRPO's PickScore discriminator
+  (`--disc-steps` steps, each training-prompt image against a reference of its own prompt,
+  flowalign/shapes/references_matched).
+`--rewards` picks a subset (comma-separated names as above; default all).
 AUROC = P(reward of a correct image > reward of an incorrect one), ties counted half, over all
 pairs, and within prompts (only pairs of images of one prompt: what a group-relative advantage
 compares, since GRPO normalises rewards per prompt). Writes
@@ -33,7 +38,14 @@ import torch
 
 from flowalign.evaluation.shapes import load_prompts, score_images
 from flowalign.report import write_json
-from flowalign.shapes import CAPTIONER_DIR, CAPTIONER_VISION_DIR, DINO_SSL_DIR
+from flowalign.shapes import (
+    CAPTIONER_DIR,
+    CAPTIONER_VISION_DIR,
+    CLIP_DIR,
+    DINO_SSL_DIR,
+    MATCHED_REFERENCES_DIR,
+    REFERENCE_MAP,
+)
 from flowalign.shapes import MODEL_DIR as DEFAULT_MODEL
 from reward_models import build_reward
 
@@ -66,6 +78,9 @@ def main(argv=None) -> dict:
                     help="the captioner's vision tower (adversarial_vision_tower); '' skips it")
     ap.add_argument("--dino-ssl", default=DINO_SSL_DIR,
                     help="the self-supervised encoder (adversarial_dino_ssl; benchmarks.shapes.dino); '' skips it")
+    ap.add_argument("--clip", default=CLIP_DIR, help="the shapes CLIP (clip, adversarial_pickscore)")
+    ap.add_argument("--rewards", default="all", help="comma-separated subset of shapes_geneval_partial, prompt_echo, "
+                    "adversarial_dino, adversarial_vision_tower, adversarial_dino_ssl, adversarial_pickscore")
     ap.add_argument("--disc-steps", type=int, default=300, help="discriminator head steps of the co-training")
     ap.add_argument("--disc-fakes", type=int, default=8, help="images per training prompt for the co-training")
     ap.add_argument("--seed", type=int, default=0)
@@ -91,22 +106,46 @@ def main(argv=None) -> dict:
         return {"auroc": a, "auroc_within_prompt": w, "within_prompt_pairs": pairs,
                 "mean_correct": float(s[labels].mean()), "mean_incorrect": float(s[~labels].mean())}
 
+    wanted = set(args.rewards.split(",")) if args.rewards != "all" else None
+    use = lambda name: wanted is None or name in wanted  # noqa: E731
     out = {"n_images": len(rows), "fraction_correct": float(labels.mean()), "rewards": {}}
-    partial = build_reward("shapes_geneval", mode="partial")(images, prompts, metadata=rows)
-    out["rewards"]["shapes_geneval_partial"] = report("shapes partial", partial)
+    if use("shapes_geneval_partial"):
+        partial = build_reward("shapes_geneval", mode="partial")(images, prompts, metadata=rows)
+        out["rewards"]["shapes_geneval_partial"] = report("shapes partial", partial)
 
-    t0 = time.time()
-    echo = build_reward("prompt_echo", model=args.captioner, device="cpu", batch_size=64)(images, prompts)
-    out["rewards"]["prompt_echo"] = {**report("prompt_echo", echo), "seconds": time.time() - t0}
+    if use("prompt_echo"):
+        t0 = time.time()
+        echo = build_reward("prompt_echo", model=args.captioner, device="cpu", batch_size=64)(images, prompts)
+        out["rewards"]["prompt_echo"] = {**report("prompt_echo", echo), "seconds": time.time() - t0}
 
-    # Adv-GRPO's discriminator, co-trained on fakes from training prompts, on each frozen encoder
-    fakes, _ = generate(policy, load_prompts("train"), args.disc_fakes, args.seed + 1)
+    # Adv-GRPO's discriminators, co-trained on fakes from training prompts
+    fakes, fake_rows = generate(policy, load_prompts("train"), args.disc_fakes, args.seed + 1)
+    if use("adversarial_pickscore") and os.path.isdir(args.clip):
+        t0 = time.time()
+        disc = build_reward("adversarial_pickscore", model=args.clip, processor=None,
+                            reference_dir=MATCHED_REFERENCES_DIR, reference_map=REFERENCE_MAP, schedule="k_steps",
+                            k=1, device="cpu", batch_size=64, seed=args.seed)
+        with torch.no_grad():
+            out["rewards"]["clip"] = report("clip", disc(images, prompts).numpy())
+        g = torch.Generator().manual_seed(args.seed)
+        losses = []
+        for _ in range(args.disc_steps):
+            idx = torch.randint(len(fakes), (32,), generator=g)
+            losses.append(disc.update(fakes[idx], [fake_rows[i]["prompt"] for i in idx.tolist()])["disc_loss"])
+        with torch.no_grad():
+            adv = disc(images, prompts)
+        out["rewards"]["adversarial_pickscore"] = {
+            **report("adversarial_pickscore", adv.numpy()), "clip": os.path.relpath(args.clip),
+            "disc_loss_first": losses[0], "disc_loss_last": float(np.mean(losses[-20:])),
+            "co_training_seconds": time.time() - t0, "disc_steps": args.disc_steps}
     encoders = {"adversarial_dino": args.dino}
     if args.vision_tower:
         encoders["adversarial_vision_tower"] = args.vision_tower
     if args.dino_ssl and os.path.isdir(args.dino_ssl):
         encoders["adversarial_dino_ssl"] = args.dino_ssl
     for name, backbone in encoders.items():
+        if not use(name):
+            continue
         t0 = time.time()
         disc = build_reward("adversarial_dino", backbone=backbone, reference_dir=REFERENCES, k=1, lr=1e-3,
                             device="cpu", batch_size=64, seed=args.seed)

@@ -45,7 +45,8 @@ def test_committed_captioner_echoes_the_rendered_prompt():
 
 
 def test_captioner_script_trains_saves_and_reloads(tmp_path):
-    out = captioner.main(["--out", str(tmp_path / "cap"), "--minutes", "0.01", "--batch-size", "4"])
+    out = captioner.main(["--out", str(tmp_path / "cap"), "--minutes", "0.01", "--batch-size", "4", "--contrast", "1",
+                          "--contrast-pairs", "2"])
     r = build_reward("prompt_echo", model=out, device="cpu")
     assert r(torch.rand(2, 3, 32, 32), ["a photo of a circle", "a photo of noise"]).shape == (2,)
 
@@ -89,3 +90,61 @@ def test_committed_vision_tower_is_the_captioners():
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     r = build_reward("adversarial_dino", backbone=CAPTIONER_VISION_DIR, reference_dir=REFERENCES, device="cpu", k=1)
     assert r(torch.rand(2, 3, 32, 32), ["a", "b"]).shape == (2,)
+
+
+def test_near_misses_and_contrast_pairs():
+    """Near misses are other prompts a word or two away; contrast pairs hold a render of the prompt and a
+    render of a near miss."""
+    assert captioner.word_distance("a photo of a red circle", "a photo of a blue circle") == 1
+    assert captioner.word_distance("a photo of a circle", "a photo of a circle and a square") == 3
+    rows = captioner.world_rows()
+    near = captioner.near_misses(rows, 1)
+    i = next(k for k, r in enumerate(rows) if r["prompt"] == "a photo of two circles")
+    assert "a photo of three circles" in {rows[j]["prompt"] for j in near[i]}
+    assert all(rows[j]["prompt"] != rows[i]["prompt"] for j in near[i])
+    pos, neg, caps = captioner.contrast_pairs(rows, near, random.Random(0), 6, augment=True)
+    assert pos.shape == neg.shape == (6, 32, 32, 3) and len(caps) == 6
+    assert all(c in {r["prompt"] for r in rows} for c in caps)
+    assert (pos != neg).any(axis=(1, 2, 3)).all()
+
+
+def test_contrast_loss_is_softplus_of_the_summed_echo_difference():
+    """The ranking term against PromptEcho's own summed reward on the committed captioner."""
+    r = build_reward("prompt_echo", model=CAPTIONER, device="cpu", reduction="sum")
+    rows = captioner.world_rows()
+    pos, neg, caps = captioner.contrast_pairs(rows, captioner.near_misses(rows), random.Random(3), 4)
+    to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # noqa: E731
+    want = torch.nn.functional.softplus(-(r(to_t(pos), caps) - r(to_t(neg), caps))).mean()
+    r.processor.tokenizer.padding_side = "right"
+    with torch.no_grad():
+        got = captioner.contrast_loss(r.model, r.processor, r.prefix, pos, neg, caps)
+    assert torch.isclose(got.float(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_clip_script_trains_saves_and_scores_through_the_pickscore_reward(tmp_path):
+    """benchmarks.shapes.clip trains a CLIPModel on renders and saves it; the co-trained PickScore reward
+    reads it with prompt-matched references written by the companions script."""
+    from benchmarks.shapes import clip, companions
+
+    out = clip.main(["--out", str(tmp_path / "clip"), "--minutes", "0.01", "--batch-size", "8"])
+    refs = companions.write_matched_references(str(tmp_path / "refs"), per_prompt=1,
+                                               prompt_files=("train_hard.jsonl",))
+    mapping = json.load(open(os.path.join(refs, "map.json")))
+    assert len(mapping) == 160 and all(os.path.isfile(os.path.join(refs, f[0])) for f in mapping.values())
+    r = build_reward("adversarial_pickscore", model=out, processor=None, reference_dir=refs,
+                     reference_map=os.path.join(refs, "map.json"), device="cpu", schedule="k_steps")
+    prompts = list(mapping)[:2]
+    assert r(torch.rand(2, 3, 32, 32), prompts).shape == (2,)
+    assert r.update(torch.rand(2, 3, 32, 32), prompts)["disc_step"] == 1.0
+
+
+def test_contrastive_loss_is_clip_symmetric_cross_entropy():
+    from benchmarks.shapes.clip import contrastive_loss
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=-1)
+    s = torch.tensor(np.log(20.0), dtype=torch.float64)
+    logits = 20.0 * v @ t.T
+    want = sum(-torch.log_softmax(logits, 1)[i, i] - torch.log_softmax(logits, 0)[i, i] for i in range(4)) / 8
+    assert torch.isclose(contrastive_loss(v, t, s), want, atol=1e-12)

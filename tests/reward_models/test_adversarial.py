@@ -250,7 +250,7 @@ def test_adv_grpo_algorithm_with_a_weighted_reward_and_per_reward_advantages(din
     assert t.reward.parts["adversarial_dino"].updates == 1
     state = torch.load(os.path.join(tmp_path, "run", "checkpoints", "iter_000001", "reward.pt"), weights_only=False)
     assert set(state) == {"adversarial_dino"}
-    with pytest.raises(ValueError, match="adv_grpo needs the adversarial_dino reward"):
+    with pytest.raises(ValueError, match="adv_grpo needs an adversarial reward"):
         load_config(None, ["algorithm.name=adv_grpo", "reward.name=shapes_geneval"])
 
 

@@ -1,0 +1,189 @@
+"""Adv-GRPO's co-trained PickScore reward (reward_models/adversarial_pickscore.py) on a tiny CLIPModel
+saved and reloaded offline, checked against transcriptions of showlab/Adv-GRPO
+`adv_grpo/pickscore_scorer.py` (the score) and `adv_grpo/pick_score_training.py` (CLIPCriterion, the
+discriminator loss), and in the training engine."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reward_models import build_reward
+from reward_models.adversarial_pickscore import preference_loss
+
+PROMPTS = ["a red circle", "a blue square"]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    from flowalign.testing import tiny_clip
+
+    model, proc = tiny_clip(image_size=16, patch_size=4, width=32, layers=3, projection_dim=16, num_merges=500)
+    path = tmp_path_factory.mktemp("clip") / "tiny"
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return str(path)
+
+
+def _image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def refs(tmp_path):
+    """Four reference images (0-3.png) and a map giving each test prompt two of them."""
+    d = tmp_path / "refs"
+    d.mkdir()
+    for i in range(4):
+        Image.fromarray(_image(i)).save(d / f"{i}.png")
+    m = tmp_path / "map.json"
+    m.write_text(json.dumps({PROMPTS[0]: ["0.png", "1.png"], PROMPTS[1]: ["2.png", "3.png"]}))
+    return str(d), str(m)
+
+
+def _to_tensor(arrays) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays])
+
+
+def _reward(clip_dir, refs, **kw):
+    return build_reward("adversarial_pickscore", model=clip_dir, processor=None, reference_dir=refs[0],
+                        reference_map=refs[1], device="cpu", **{"lr": 1e-3, **kw})
+
+
+def ref_pickscore_scorer(model, processor, prompts, pil_images):
+    """Transcribed from adv_grpo/pickscore_scorer.py PickScoreScorer.__call__ (float64 features)."""
+    image_inputs = processor(images=pil_images, return_tensors="pt")
+    text_inputs = processor(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    from reward_models.clip_common import features
+
+    image_embs = features(model.get_image_features(**image_inputs)).double()
+    image_embs = image_embs / image_embs.norm(p=2, dim=-1, keepdim=True)
+    text_embs = features(model.get_text_features(**text_inputs)).double()
+    text_embs = text_embs / text_embs.norm(p=2, dim=-1, keepdim=True)
+    logit_scale = model.logit_scale.exp().double()
+    scores = logit_scale * (text_embs @ image_embs.T)
+    return scores.diag() / 26
+
+
+def ref_clip_criterion(text_features, image_0_features, image_1_features, logit_scale, label_0, label_1):
+    """Transcribed from adv_grpo/pick_score_training.py CLIPCriterion.calc_loss, in_batch_negatives False,
+    on features already normalised (get_features does that first)."""
+    all_image_features = torch.cat([image_0_features, image_1_features], dim=0)
+    text_logits = logit_scale * text_features @ all_image_features.T
+    text_0_logits, text_1_logits = text_logits.chunk(2, dim=-1)
+    index = torch.arange(text_0_logits.shape[0], dtype=torch.long)
+    text_0_logits = text_0_logits[index, index]
+    text_1_logits = text_1_logits[index, index]
+    text_logits = torch.stack([text_0_logits, text_1_logits], dim=-1)
+    text_0_labels = torch.zeros(text_logits.shape[0], dtype=torch.long)
+    text_1_labels = text_0_labels + 1
+    text_0_loss = torch.nn.functional.cross_entropy(text_logits, text_0_labels, reduction="none")
+    text_1_loss = torch.nn.functional.cross_entropy(text_logits, text_1_labels, reduction="none")
+    text_loss = label_0 * text_0_loss + label_1 * text_1_loss
+    is_tie = (label_0 == label_1).to(text_logits.dtype) * torch.log(torch.tensor(0.5, dtype=text_logits.dtype))
+    return (text_loss + is_tie).mean()
+
+
+def test_score_matches_the_reference_scorer(clip_dir, refs):
+    r = _reward(clip_dir, refs)
+    arrays = [_image(10), _image(11)]
+    got = r(_to_tensor(arrays), PROMPTS)
+    want = ref_pickscore_scorer(r.model, r.processor, PROMPTS, [Image.fromarray(a) for a in arrays])
+    assert got.shape == (2,) and got.dtype == torch.float32
+    assert torch.allclose(got.double(), want, atol=1e-5)
+
+
+def test_preference_loss_is_clip_criterion_with_the_reference_preferred():
+    g = torch.Generator().manual_seed(0)
+    t, a, b = (torch.randn(5, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    ls = torch.tensor(np.log(100.0), dtype=torch.float64)
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    want = ref_clip_criterion(unit(t), unit(a), unit(b), ls.exp(), torch.tensor(1.0, dtype=torch.float64),
+                              torch.tensor(0.0, dtype=torch.float64))
+    assert torch.allclose(preference_loss(t, a, b, ls), want, atol=1e-12)
+
+
+def _split(r, prompt):
+    """(file with the lower score, file with the higher score) among a prompt's two references."""
+    files = r.reference_map[prompt]
+    imgs = _to_tensor([np.array(Image.open(os.path.join(r.reference_dir, f)).convert("RGB")) for f in files])
+    s = r(imgs, [prompt, prompt])
+    lo, hi = (0, 1) if s[0] < s[1] else (1, 0)
+    return files[lo], imgs[hi:hi + 1]
+
+
+def test_reference_schedule_steps_only_when_the_references_score_lower(clip_dir, refs, tmp_path):
+    """The released script: `if reference_rewards_mean < rewards_mean`: one discriminator step and no
+    policy update that iteration (`continue`); otherwise the policy trains and the discriminator rests.
+    Only the last vision layer changes (the reference's tune_layer = -1)."""
+    r = _reward(clip_dir, refs)
+    low_file, high_image = _split(r, PROMPTS[0])
+    mapping = tmp_path / "low.json"
+    mapping.write_text(json.dumps({PROMPTS[0]: [low_file]}))
+    r = _reward(clip_dir, (refs[0], str(mapping)))
+    before = {n: p.detach().clone() for n, p in r.model.named_parameters()}
+    stats = r.update(high_image, [PROMPTS[0]], iteration=3)
+    assert stats["disc_step"] == 1.0 and stats["disc_loss"] > 0 and r.updates == 1
+    assert not r.trains_generator(3) and r.trains_generator(4)
+    changed = {n for n, p in r.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("vision_model.encoder.layers.2.") for n in changed)
+    assert set(r.tuned_names) >= changed
+    # the references now score higher: the discriminator rests and the policy trains
+    hi_file = [f for f in ("0.png", "1.png") if f != low_file][0]
+    mapping.write_text(json.dumps({PROMPTS[0]: [hi_file]}))
+    r2 = _reward(clip_dir, (refs[0], str(mapping)))
+    low_image = _to_tensor([np.array(Image.open(os.path.join(refs[0], low_file)).convert("RGB"))])
+    assert r2.update(low_image, [PROMPTS[0]], iteration=5)["disc_step"] == 0.0
+    assert r2.updates == 0 and r2.trains_generator(5)
+
+
+def test_k_steps_state_round_trip_and_errors(clip_dir, refs, tmp_path):
+    r = _reward(clip_dir, refs, schedule="k_steps", k=2)
+    fake = _to_tensor([_image(20), _image(21)])
+    assert r.update(fake, PROMPTS, iteration=0)["disc_step"] == 2.0 and r.trains_generator(0)
+    state = r.state_dict()
+    torch.save(state, tmp_path / "reward.pt")
+    r2 = _reward(clip_dir, refs, schedule="k_steps", k=2)
+    r2.load_state_dict(torch.load(tmp_path / "reward.pt", weights_only=True))
+    assert torch.equal(r(fake, PROMPTS), r2(fake, PROMPTS))
+    r.update(fake, PROMPTS, iteration=1)
+    r2.update(fake, PROMPTS, iteration=1)  # a resumed discriminator continues exactly
+    assert torch.equal(r(fake, PROMPTS), r2(fake, PROMPTS)) and r2.updates == 4
+    with pytest.raises(ValueError, match="needs reward.args.reference_dir and reward.args.reference_map"):
+        build_reward("adversarial_pickscore", model=clip_dir, processor=None, reference_dir=refs[0], device="cpu")
+    with pytest.raises(ValueError, match="schedule 'alternate' is unknown"):
+        _reward(clip_dir, refs, schedule="alternate")
+    with pytest.raises(ValueError, match="tune_layers=9"):
+        _reward(clip_dir, refs, tune_layers=9)
+    with pytest.raises(ValueError, match="'a cow' has no reference images"):
+        r.update(fake[:1], ["a cow"])
+
+
+def test_engine_runs_adv_grpo_with_the_pickscore_discriminator(clip_dir, refs, tiny_sd3_dir, tmp_path):
+    """algorithm.name=adv_grpo with reward.name=adversarial_pickscore: the engine trains the
+    discriminator (k_steps), updates the policy and checkpoints the discriminator; a resumed run
+    restores it."""
+    from flowalign.config import load_config
+    from flowalign.trainer import Trainer
+    from tests.flowalign.test_train import overrides
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    args = (f"{{model: {clip_dir}, processor: null, reference_dir: {refs[0]}, reference_map: {refs[1]}, "
+            "schedule: k_steps, k: 1, device: cpu}")
+    kw = {"algorithm.name": "adv_grpo", "reward.name": "adversarial_pickscore", "reward.args": args,
+          "run.max_iterations": 2, "run.sample_every": 0}
+    t = Trainer(load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), str(prompts), **kw)))
+    t.train()
+    m = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert all(x["disc_step"] == 1.0 and "first_ratio" in x for x in m)
+    assert os.path.isfile(tmp_path / "run" / "checkpoints" / "iter_000002" / "reward.pt")
+    t2 = Trainer(load_config(None, overrides(tiny_sd3_dir, str(tmp_path / "run"), str(prompts),
+                                             **{**kw, "run.resume": True})))
+    t2.resume()
+    assert t2.reward.updates == 2
+    for n in t.reward.tuned_names:
+        assert torch.equal(dict(t.reward.model.named_parameters())[n], dict(t2.reward.model.named_parameters())[n])
