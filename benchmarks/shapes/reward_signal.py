@@ -118,9 +118,20 @@ def main(argv=None) -> dict:
         echo = build_reward("prompt_echo", model=args.captioner, device="cpu", batch_size=64)(images, prompts)
         out["rewards"]["prompt_echo"] = {**report("prompt_echo", echo), "seconds": time.time() - t0}
 
+    encoders = {"adversarial_dino": args.dino}
+    if args.vision_tower:
+        encoders["adversarial_vision_tower"] = args.vision_tower
+    if args.dino_ssl and os.path.isdir(args.dino_ssl):
+        encoders["adversarial_dino_ssl"] = args.dino_ssl
+    encoders = {name: path for name, path in encoders.items() if use(name)}
+    pickscore = use("adversarial_pickscore") and os.path.isdir(args.clip)
+    if not encoders and not pickscore:
+        out["settings"] = vars(args)
+        write_json(args.out, out)
+        return out
     # Adv-GRPO's discriminators, co-trained on fakes from training prompts
     fakes, fake_rows = generate(policy, load_prompts("train"), args.disc_fakes, args.seed + 1)
-    if use("adversarial_pickscore") and os.path.isdir(args.clip):
+    if pickscore:
         t0 = time.time()
         disc = build_reward("adversarial_pickscore", model=args.clip, processor=None,
                             reference_dir=MATCHED_REFERENCES_DIR, reference_map=REFERENCE_MAP, schedule="k_steps",
@@ -138,14 +149,7 @@ def main(argv=None) -> dict:
             **report("adversarial_pickscore", adv.numpy()), "clip": os.path.relpath(args.clip),
             "disc_loss_first": losses[0], "disc_loss_last": float(np.mean(losses[-20:])),
             "co_training_seconds": time.time() - t0, "disc_steps": args.disc_steps}
-    encoders = {"adversarial_dino": args.dino}
-    if args.vision_tower:
-        encoders["adversarial_vision_tower"] = args.vision_tower
-    if args.dino_ssl and os.path.isdir(args.dino_ssl):
-        encoders["adversarial_dino_ssl"] = args.dino_ssl
     for name, backbone in encoders.items():
-        if not use(name):
-            continue
         t0 = time.time()
         disc = build_reward("adversarial_dino", backbone=backbone, reference_dir=REFERENCES, k=1, lr=1e-3,
                             device="cpu", batch_size=64, seed=args.seed)

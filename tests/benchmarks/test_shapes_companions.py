@@ -130,7 +130,11 @@ def test_clip_script_trains_saves_and_scores_through_the_pickscore_reward(tmp_pa
     refs = companions.write_matched_references(str(tmp_path / "refs"), per_prompt=1,
                                                prompt_files=("train_hard.jsonl",))
     mapping = json.load(open(os.path.join(refs, "map.json")))
-    assert len(mapping) == 160 and all(os.path.isfile(os.path.join(refs, f[0])) for f in mapping.values())
+    from reward_models.shapes.prompts import read_jsonl
+
+    hard = {r["prompt"] for r in read_jsonl(os.path.join(ROOT, "flowalign", "shapes", "prompts", "train_hard.jsonl"))}
+    assert set(mapping) == hard and all(len(f) == 1 and os.path.isfile(os.path.join(refs, f[0]))
+                                        for f in mapping.values())
     r = build_reward("adversarial_pickscore", model=out, processor=None, reference_dir=refs,
                      reference_map=os.path.join(refs, "map.json"), device="cpu", schedule="k_steps")
     prompts = list(mapping)[:2]
@@ -148,3 +152,20 @@ def test_contrastive_loss_is_clip_symmetric_cross_entropy():
     logits = 20.0 * v @ t.T
     want = sum(-torch.log_softmax(logits, 1)[i, i] - torch.log_softmax(logits, 0)[i, i] for i in range(4)) / 8
     assert torch.isclose(contrastive_loss(v, t, s), want, atol=1e-12)
+
+
+def test_committed_pickscore_companions_load():
+    """flowalign/shapes/clip and references_matched: every prompt of the training sets has two references
+    on disk, and the co-trained PickScore reward reads them."""
+    from flowalign.shapes import CLIP_DIR, MATCHED_REFERENCES_DIR, PROMPTS_DIR, REFERENCE_MAP
+    from reward_models.shapes.prompts import read_jsonl
+
+    mapping = json.load(open(REFERENCE_MAP))
+    wanted = {r["prompt"] for f in ("train.jsonl", "train_color_attr.jsonl", "train_hard.jsonl")
+              for r in read_jsonl(os.path.join(PROMPTS_DIR, f))}
+    assert set(mapping) == wanted
+    assert all(len(v) == 2 and all(os.path.isfile(os.path.join(MATCHED_REFERENCES_DIR, x)) for x in v)
+               for v in mapping.values())
+    r = build_reward("adversarial_pickscore", model=CLIP_DIR, processor=None, reference_dir=MATCHED_REFERENCES_DIR,
+                     reference_map=REFERENCE_MAP, device="cpu")
+    assert r(torch.rand(2, 3, 32, 32), sorted(wanted)[:2]).shape == (2,)

@@ -55,20 +55,24 @@ def test_new_algorithm_configs_are_shipped():
     assert early.algorithm.mix and list(early.algorithm.split_steps) == [0, 1, 2] and early.optim.lr == 3e-4
 
 
-def test_the_early_pruned_branch_config_is_the_measured_run():
-    """configs/shapes/branch_grpo_early_pruned.yaml reproduces the 40-minute run whose result it cites:
-    every model, sampler, reward, algorithm, optimiser and data key that run resolved to (keys added to
-    the schema since then aside)."""
+@pytest.mark.parametrize("config, result", [
+    ("branch_grpo_early_pruned.yaml", "learn_branch_grpo_splits024_depth_pruned_hard_40min.json"),
+    ("adv_grpo_pickscore.yaml", "learn_adv_grpo_pickscore_hard_40min.json")])
+def test_a_shapes_config_is_the_measured_run(config, result):
+    """The shapes configs that cite a 40-minute run reproduce it: every model, sampler, reward, algorithm,
+    optimiser and data key that run resolved to (keys added to the schema since then aside)."""
     import json
 
     from omegaconf import OmegaConf
 
-    ran = json.loads((ROOT / "benchmarks/results/learn_branch_grpo_splits024_depth_pruned_hard_40min.json")
-                     .read_text())["resolved_config"]
-    shipped = OmegaConf.to_container(load_config(str(ROOT / "configs/shapes/branch_grpo_early_pruned.yaml")))
+    ran = json.loads((ROOT / "benchmarks/results" / result).read_text())["resolved_config"]
+    shipped = OmegaConf.to_container(load_config(str(ROOT / "configs/shapes" / config)))
     for section in ("model", "lora", "sampler", "reward", "algorithm", "optim", "data"):
         assert {k: shipped[section][k] for k in ran[section]} == ran[section], section
-    assert not shipped["algorithm"]["mix"] and shipped["algorithm"]["depth_pruning"] == [6, 7, 8, 9, 10]
+    if config == "branch_grpo_early_pruned.yaml":
+        assert not shipped["algorithm"]["mix"] and shipped["algorithm"]["depth_pruning"] == [6, 7, 8, 9, 10]
+    else:
+        assert shipped["reward"]["name"] == "adversarial_pickscore" and shipped["algorithm"]["name"] == "adv_grpo"
 
 
 def test_sd35_configs_carry_the_anchor_defaults():
