@@ -15,6 +15,9 @@ def test_registry_builds_every_reward_and_rejects_unknown():
     for name in REWARDS:
         if name in no_checkpoint:
             assert isinstance(build_reward(name), Reward)
+        elif name == "adversarial_pickscore":  # its references are checked before any checkpoint loads
+            with pytest.raises(ValueError, match="needs reward.args.reference_dir and reward.args.reference_map"):
+                build_reward(name)
         else:  # the others need checkpoints or arguments: without them, a clear error (offline here)
             with pytest.raises((FileNotFoundError, TypeError)):
                 build_reward(name)
