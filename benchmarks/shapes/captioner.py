@@ -20,7 +20,7 @@ prompt badly (--no-augment: clean renders only).
 from its own render than from a render of a near-miss prompt (one to two words away: another colour,
 class, count or relation), a logistic loss on the difference of the caption's summed
 log-likelihoods, over --contrast-pairs pairs a step. It is the comparison a group-relative PromptEcho
-advantage makes, but on renders it is already easy (the shipped captioner ranks such pairs at 0.99),
+advantage makes, but on renders it is already easy (the shipped captioner ranks such pairs at 0.97),
 and trained with it the captioner ranked *generated* images of one prompt worse (docs/results.md,
 Reward signal), so it stays off."""
 
