@@ -27,21 +27,20 @@ Reward signal), so it stays off."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from flowalign.shapes import CAPTIONER_DIR
 from reward_models.prompt_echo import PromptEchoReward, answer_texts, answer_token_losses, query_prefix
 from reward_models.shapes.prompts import all_prompts
 from reward_models.shapes.render import render_prompt
+
+from .timed import train_for
 
 QUERY = "Describe the image."
 
@@ -195,30 +194,17 @@ def main(argv=None) -> str:
           f"{len(proc.tokenizer)} tokens")
     neighbours = near_misses(rows) if args.contrast > 0 else None
     n_pairs = args.contrast_pairs if args.contrast_pairs is not None else max(1, args.batch_size // 2)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    budget = args.minutes * 60
-    t0, step = time.time(), 0
-    bar = tqdm(desc="captioner", unit="step", mininterval=10)
-    model.train()
-    while time.time() - t0 < budget:
-        frac = (time.time() - t0) / budget
-        for g in opt.param_groups:  # short warm-up, then cosine to 5 %
-            g["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def step_loss():
         images, caps = batch(rows, rng, args.batch_size, augment=args.augment)
         loss = caption_loss(model, proc, prefix, images, caps)
-        if neighbours is not None:
-            pos, neg, pcaps = contrast_pairs(rows, neighbours, rng, n_pairs, augment=args.augment)
-            rank = contrast_loss(model, proc, prefix, pos, neg, pcaps)
-            loss = loss + args.contrast * rank
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", **({"rank": f"{rank.item():.3f}"} if neighbours else {}), refresh=False)
-    bar.close()
-    model.eval()
+        if neighbours is None:
+            return loss, {}
+        pos, neg, pcaps = contrast_pairs(rows, neighbours, rng, n_pairs, augment=args.augment)
+        rank = contrast_loss(model, proc, prefix, pos, neg, pcaps)
+        return loss + args.contrast * rank, {"rank": f"{rank.item():.3f}"}
+
+    step, loss, seconds = train_for(model, args.minutes, args.lr, step_loss, "captioner")
     # held-out check: the rendered prompt should echo better than a random other prompt of the same task
 
     os.makedirs(args.out, exist_ok=True)
@@ -233,7 +219,7 @@ def main(argv=None) -> str:
     pos = reward(x[keep], [caps[i] for i in keep]).numpy()
     neg = reward(x[keep], [wrong[i] for i in keep]).numpy()
     near = near_miss_auroc(reward, rows)
-    print(f"trained {step} steps in {time.time() - t0:.0f} s; final loss {loss.item():.3f}; matched-vs-mismatched "
+    print(f"trained {step} steps in {seconds:.0f} s; final loss {loss:.3f}; matched-vs-mismatched "
           f"caption AUROC {auroc(pos, neg):.3f}; own-render-vs-near-miss-render AUROC {near:.3f}; saved {args.out}")
     return args.out
 

@@ -13,22 +13,20 @@ scored against every prompt of the world: is its own prompt the best?)."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from flowalign.shapes import CLIP_DIR
 from reward_models.clip_common import CLIPPreprocess, features
 from reward_models.shapes.render import render_prompt
 
 from .captioner import degrade, world_rows
+from .timed import train_for
 
 
 def encode(model, proc, prep: CLIPPreprocess, images: np.ndarray, captions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,32 +87,18 @@ def main(argv=None) -> str:
     model, proc = tiny_clip(image_size=32, patch_size=4, width=64, layers=3, projection_dim=64, seed=args.seed)
     prep = CLIPPreprocess.from_processor(proc.image_processor)
     print(f"shapes CLIP: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(rows)} prompts")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    budget = args.minutes * 60
-    t0, step = time.time(), 0
-    bar = tqdm(desc="shapes clip", unit="step", mininterval=10)
-    model.train()
-    while time.time() - t0 < budget:
-        frac = (time.time() - t0) / budget
-        for g in opt.param_groups:  # short warm-up, then cosine to 5 %
-            g["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def step_loss():
         images, caps = scene_batch(rows, rng, args.batch_size)
         v, t = encode(model, proc, prep, images, caps)
-        loss = contrastive_loss(v, t, model.logit_scale)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    bar.close()
-    model.eval()
+        return contrastive_loss(v, t, model.logit_scale), {}
+
+    step, loss, seconds = train_for(model, args.minutes, args.lr, step_loss, "shapes clip")
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out)
     proc.save_pretrained(args.out)
     acc = matching_accuracy(model, proc, rows)
-    print(f"trained {step} steps in {time.time() - t0:.0f} s; final loss {loss.item():.3f}; a fresh render's own "
+    print(f"trained {step} steps in {seconds:.0f} s; final loss {loss:.3f}; a fresh render's own "
           f"prompt is the best of the world's {len({r['prompt'] for r in rows})} for {acc:.1%} of 256; saved {args.out}")
     return args.out
 
