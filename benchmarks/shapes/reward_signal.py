@@ -20,10 +20,12 @@ Rewards scored on the same images:
   benchmarks.shapes.clip) before and after co-training it as Adv-GRPO's PickScore discriminator
   (`--disc-steps` steps, each training-prompt image against a reference of its own prompt,
   flowalign/shapes/references_matched).
-`--rewards` picks a subset (comma-separated names as above; default all).
+`--rewards` picks a subset (comma-separated names as above; default all). `--prompts` scores images of
+another prompt set ('train' or a GenEval-format JSONL, e.g. flowalign/shapes/prompts/train_hard.jsonl)
+instead of the held-out prompts.
 AUROC = P(reward of a correct image > reward of an incorrect one), ties counted half, over all
 pairs, and within prompts (only pairs of images of one prompt: what a group-relative advantage
-compares, since GRPO normalises rewards per prompt). Writes
+compares, since GRPO normalises rewards per prompt), overall and per task. Writes
 benchmarks/results/reward_signal.json."""
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--captioner", default=CAPTIONER)
+    ap.add_argument("--prompts", default="held-out", help="'held-out', 'train' or a prompt file (.jsonl)")
     ap.add_argument("--images-per-prompt", type=int, default=4)
     ap.add_argument("--dino", default=DINO, help="the random-feature encoder (adversarial_dino)")
     ap.add_argument("--vision-tower", default=CAPTIONER_VISION_DIR,
@@ -90,21 +93,29 @@ def main(argv=None) -> dict:
     from flowalign.policies import load_policy
 
     policy = load_policy(args.model, device="cpu")
-    metas = load_prompts("held-out")
+    metas = load_prompts(args.prompts)
     t0 = time.time()
     images, rows = generate(policy, metas, args.images_per_prompt, args.seed)
     labels = np.array([r["correct"] for r in score_images(images, rows)])
     prompts = [r["prompt"] for r in rows]
-    print(f"{len(rows)} held-out images, {labels.mean():.3f} correct ({time.time() - t0:.0f} s)")
+    tags = np.array([r["tag"] for r in rows])
+    print(f"{len(rows)} images of the {args.prompts} prompts, {labels.mean():.3f} correct ({time.time() - t0:.0f} s)")
 
     def report(name: str, scores) -> dict:
         s = np.asarray(scores, dtype=float)
         a = auroc(s[labels], s[~labels])
         w, pairs = grouped_auroc(s, labels, prompts)  # a prompt string repeated in the file is one group
+        per_task = {}
+        for tag in sorted(set(tags.tolist())):
+            m = tags == tag
+            tw, tp = grouped_auroc(s[m], labels[m], np.asarray(prompts)[m])
+            per_task[tag] = {"auroc_within_prompt": tw, "within_prompt_pairs": tp}
         print(f"{name:>18}: AUROC {a:.3f}, within prompts {w:.3f} over {pairs} pairs "
-              f"(mean on correct {s[labels].mean():.3f}, incorrect {s[~labels].mean():.3f})")
+              f"(mean on correct {s[labels].mean():.3f}, incorrect {s[~labels].mean():.3f}); within prompts by task: "
+              + ", ".join(f"{t} {v['auroc_within_prompt']:.3f} ({v['within_prompt_pairs']})" for t, v in per_task.items()))
         return {"auroc": a, "auroc_within_prompt": w, "within_prompt_pairs": pairs,
-                "mean_correct": float(s[labels].mean()), "mean_incorrect": float(s[~labels].mean())}
+                "mean_correct": float(s[labels].mean()), "mean_incorrect": float(s[~labels].mean()),
+                "within_prompt_by_task": per_task}
 
     wanted = set(args.rewards.split(",")) if args.rewards != "all" else None
     use = lambda name: wanted is None or name in wanted  # noqa: E731
