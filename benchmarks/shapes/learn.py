@@ -52,6 +52,7 @@ CONFIGS = {
     "branch_grpo_pruned": "configs/shapes/branch_grpo_pruned.yaml",
     "branch_grpo_early_pruned": "configs/shapes/branch_grpo_early_pruned.yaml",
     "prompt_echo_grpo": "configs/shapes/prompt_echo_grpo.yaml",
+    "prompt_echo_grpo_color_attr": "configs/shapes/prompt_echo_grpo_color_attr.yaml",
     "adv_grpo": "configs/shapes/adv_grpo.yaml",
     "adv_grpo_pickscore": "configs/shapes/adv_grpo_pickscore.yaml",
     "nft": "configs/shapes/nft.yaml",

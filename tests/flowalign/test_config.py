@@ -57,7 +57,8 @@ def test_new_algorithm_configs_are_shipped():
 
 @pytest.mark.parametrize("config, result", [
     ("branch_grpo_early_pruned.yaml", "learn_branch_grpo_splits024_depth_pruned_hard_40min.json"),
-    ("adv_grpo_pickscore.yaml", "learn_adv_grpo_pickscore_hard_40min.json")])
+    ("adv_grpo_pickscore.yaml", "learn_adv_grpo_pickscore_hard_40min.json"),
+    ("prompt_echo_grpo_color_attr.yaml", "learn_prompt_echo_grpo_color_attr_40min.json")])
 def test_a_shapes_config_is_the_measured_run(config, result):
     """The shapes configs that cite a 40-minute run reproduce it: every model, sampler, reward, algorithm,
     optimiser and data key that run resolved to (keys added to the schema since then aside)."""
@@ -71,8 +72,10 @@ def test_a_shapes_config_is_the_measured_run(config, result):
         assert {k: shipped[section][k] for k in ran[section]} == ran[section], section
     if config == "branch_grpo_early_pruned.yaml":
         assert not shipped["algorithm"]["mix"] and shipped["algorithm"]["depth_pruning"] == [6, 7, 8, 9, 10]
-    else:
+    elif config == "adv_grpo_pickscore.yaml":
         assert shipped["reward"]["name"] == "adversarial_pickscore" and shipped["algorithm"]["name"] == "adv_grpo"
+    else:
+        assert shipped["reward"]["name"] == "prompt_echo" and shipped["data"]["train_prompts"].endswith("color_attr.jsonl")
 
 
 def test_sd35_configs_carry_the_anchor_defaults():
