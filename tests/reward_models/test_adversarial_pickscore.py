@@ -187,3 +187,82 @@ def test_engine_runs_adv_grpo_with_the_pickscore_discriminator(clip_dir, refs, t
     assert t2.reward.updates == 2
     for n in t.reward.tuned_names:
         assert torch.equal(dict(t.reward.model.named_parameters())[n], dict(t2.reward.model.named_parameters())[n])
+
+
+def test_defaults_are_the_released_scripts():
+    """The defaults of adv_grpo/pickscore_scorer.py and config/grpo.py pickscore_cotrain_sd3_fast: PickScore_v1
+    with the LAION ViT-H-14 processor, d_lr 5e-6, Adam betas (0.5, 0.999), tune_layer -1, the reference schedule."""
+    import inspect
+
+    from reward_models.adversarial_pickscore import REFERENCE_SCALE, AdversarialPickScoreReward
+
+    p = inspect.signature(AdversarialPickScoreReward).parameters
+    assert p["model"].default == "yuvalkirstain/PickScore_v1"
+    assert p["processor"].default == "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    assert (p["lr"].default, tuple(p["betas"].default), p["tune_layers"].default) == (5e-6, (0.5, 0.999), 1)
+    assert (p["schedule"].default, p["k"].default, REFERENCE_SCALE) == ("reference", 1, 1 / 26)
+
+
+def test_prompts_of_any_length_are_padded_truncated_and_batched(clip_dir, refs):
+    """Prompts of different token lengths share a batch (padding); a prompt past CLIP's 77 positions is
+    truncated, as the reference's processor call does; chunking by batch_size changes no score."""
+    long = " ".join(["a red circle and"] * 30) + " a square"
+    prompts = ["a circle", long, PROMPTS[1]]
+    arrays = [_image(30), _image(31), _image(32)]
+    r = _reward(clip_dir, refs, batch_size=1)
+    got = r(_to_tensor(arrays), prompts)
+    want = ref_pickscore_scorer(r.model, r.processor, prompts, [Image.fromarray(a) for a in arrays])
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    assert torch.allclose(_reward(clip_dir, refs, batch_size=2)(_to_tensor(arrays), prompts), got, atol=1e-6)
+    with pytest.raises(ValueError, match="scores 3 images against 2 prompts"):
+        r(_to_tensor(arrays), prompts[:2])
+
+
+def test_k_steps_are_adam_steps_on_fresh_losses(clip_dir, refs):
+    """k discriminator steps = k Adam steps (lr, betas (0.5, 0.999)) of the preference loss, each on the
+    gradient of its own step only; disc_loss is their mean, reference_reward is absent."""
+    fake = _to_tensor([_image(40), _image(41)])
+    r = _reward(clip_dir, refs, schedule="k_steps", k=2, lr=1e-2)
+    # the same two steps by hand on a copy of the model
+    m = _reward(clip_dir, refs, schedule="k_steps", k=2, lr=1e-2)
+    real = torch.cat([_to_tensor([np.array(Image.open(os.path.join(refs[0], f)).convert("RGB"))])
+                      for f in ("0.png", "2.png")])  # each prompt's first reference, in batch order
+    opt = torch.optim.Adam(m.tuned, lr=1e-2, betas=(0.5, 0.999))
+    losses = []
+    for _ in range(2):
+        loss = preference_loss(m.text_features(PROMPTS), m.image_features(real), m.image_features(fake),
+                               m.model.logit_scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    stats = r.update(fake, PROMPTS, iteration=0)
+    assert stats["disc_loss"] == pytest.approx(sum(losses) / 2, rel=1e-6) and "reference_reward" not in stats
+    for n in r.tuned_names:
+        assert torch.allclose(dict(r.model.named_parameters())[n], dict(m.model.named_parameters())[n], atol=1e-6), n
+
+
+def test_reference_schedule_reports_the_references_score_and_the_step_loss(clip_dir, refs, tmp_path):
+    r = _reward(clip_dir, refs)
+    low_file, high_image = _split(r, PROMPTS[0])
+    mapping = tmp_path / "low.json"
+    mapping.write_text(json.dumps({PROMPTS[0]: [low_file]}))
+    r = _reward(clip_dir, (refs[0], str(mapping)))
+    low = _to_tensor([np.array(Image.open(os.path.join(refs[0], low_file)).convert("RGB"))])
+    with torch.no_grad():
+        want_ref = float(r(low, [PROMPTS[0]]).mean())
+        want_loss = float(preference_loss(r.text_features([PROMPTS[0]]), r.image_features(low),
+                                          r.image_features(high_image), r.model.logit_scale))
+    stats = r.update(high_image, [PROMPTS[0]], iteration=0)
+    assert stats["reference_reward"] == pytest.approx(want_ref, rel=1e-6)
+    assert stats["disc_loss"] == pytest.approx(want_loss, rel=1e-6)
+
+
+def test_tune_layers_counts_from_the_last_vision_layer(clip_dir, refs):
+    r = _reward(clip_dir, refs, tune_layers=3)  # all three layers of the tiny tower
+    layers = {n.split(".")[3] for n in r.tuned_names}
+    assert layers == {"0", "1", "2"} and all(n.startswith("vision_model.encoder.layers.") for n in r.tuned_names)
+    two = {n.split(".")[3] for n in _reward(clip_dir, refs, tune_layers=2).tuned_names}
+    assert two == {"1", "2"}
+    with pytest.raises(ValueError, match="tune_layers=0 must be between 1"):
+        _reward(clip_dir, refs, tune_layers=0)
