@@ -133,7 +133,11 @@ GROUPS: dict[str, Group] = {
         tests=("tests/reward_models/test_objective_coefficients.py", "tests/reward_models/test_adversarial.py",
                "tests/reward_models/test_adversarial_pickscore.py",
                "tests/reward_models/test_prompt_echo.py", "tests/reward_models/test_rewards.py",
-               "tests/flowalign/test_reno.py")),
+               "tests/flowalign/test_reno.py"),
+        # the defaults are hub ids: loading them offline needs HF_HUB_CACHE set before the import
+        spawn_tests=("tests/reward_models/test_adversarial_pickscore.py::"
+                     "test_hub_id_defaults_load_pickscore_and_the_laion_processor",),
+        spawn_functions=("reward_models.adversarial_pickscore.xǁAdversarialPickScoreRewardǁ__init__*",)),
 }
 
 
@@ -317,11 +321,13 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
     unchecked mutants of its unchanged files run again with the current tests, their kills are kept,
     and every mutant of a changed file runs again."""
     work = out / "work" / name
+    # the sources as mutated: a file edited while mutmut runs must count as changed at the next --recheck
+    hashes = source_hashes(group)
     mutmut = str(pathlib.Path(sys.executable).with_name("mutmut"))
     rc, seconds = 0, 0.0
     names, kept, old_diffs = list(group.functions), {}, {}
     if previous is not None:
-        old_hashes, now = previous.get("source_hashes", {}), source_hashes(group)
+        old_hashes, now = previous.get("source_hashes", {}), hashes
         changed = {f for f in now if old_hashes.get(f) != now[f]}
         if changed == set(now):
             raise ValueError(f"--recheck: every source of group {name!r} changed since its last run (mutants are "
@@ -380,7 +386,7 @@ def run_group(name: str, group: Group, out: pathlib.Path, children: int, collect
     result["seconds"] = round(seconds + (previous or {}).get("seconds", 0.0), 1)
     result["statuses"] = {**statuses, **checked}  # with the unchecked ones, which a --recheck runs
     result["diffs"] = diffs  # of every mutant not killed, so the report can be scored again
-    result["source_hashes"] = source_hashes(group)
+    result["source_hashes"] = hashes
     return result
 
 

@@ -20,7 +20,8 @@ References are matched by prompt: `reference_map` is a JSON file {prompt: [file 
 (the reference's prompt2img json), cycled through in batch order.
 
 The engine calls `update(images, prompts, iteration=)` after scoring each batch and saves `state_dict()`
-(the trained layers, the optimiser, the random state) with every checkpoint."""
+(the trained layers, the optimiser, the step count) with every checkpoint. Nothing is drawn at random:
+the references are matched by prompt, so the reward has no random state."""
 
 from __future__ import annotations
 
@@ -57,14 +58,14 @@ class AdversarialPickScoreReward:
                  processor: str | None = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", reference_dir: str | None = None, *,
                  reference_map: str | None = None, tune_layers: int = 1, lr: float = 5e-6,
                  betas: Sequence[float] = (0.5, 0.999), schedule: str = "reference", k: int = 1,
-                 scale: float = REFERENCE_SCALE, batch_size: int = 16, device: str | None = None, seed: int = 0):
+                 scale: float = REFERENCE_SCALE, batch_size: int = 16, device: str | None = None):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule {schedule!r} is unknown; use one of {', '.join(SCHEDULES)}.")
         if not reference_dir or not reference_map:
             raise ValueError("adversarial_pickscore needs reward.args.reference_dir and reward.args.reference_map "
                              "(a JSON file {prompt: [file names in reference_dir]}): its discriminator compares each "
                              "generated image with a reference image of the same prompt.")
-        self.model, self.processor, self.device = load_clip(model, processor, device, "float32")
+        self.model, self.processor, self.device = load_clip(model, processor, device=device, dtype="float32")
         layers = self.model.vision_model.encoder.layers
         if not 1 <= tune_layers <= len(layers):
             raise ValueError(f"tune_layers={tune_layers} must be between 1 and the vision encoder's {len(layers)} "
@@ -78,7 +79,6 @@ class AdversarialPickScoreReward:
         self.schedule, self.k, self.scale, self.batch_size = schedule, k, scale, batch_size
         self.reference_dir = reference_dir
         self.reference_map = load_reference_map(reference_map, reference_dir)
-        self.generator = torch.Generator().manual_seed(seed)
         self.name = "adversarial_pickscore"
         self.updates = 0
         self.discriminator_iteration: int | None = None  # the iteration whose batch trained the discriminator
@@ -117,10 +117,10 @@ class AdversarialPickScoreReward:
         """False on an iteration whose batch trained the discriminator under the reference schedule."""
         return self.schedule != "reference" or self.discriminator_iteration != iteration
 
-    def update(self, images: Tensor, prompts: Sequence[str] | None = None, *, iteration: int = 0, **context) -> dict:
+    def update(self, images: Tensor, prompts: Sequence[str] | None = None, *, iteration: int, **context) -> dict:
         """Called by the engine after each batch is scored: train the discriminator as the schedule says."""
         fake = images.detach()
-        real = reference_batch(fake, prompts, None, self.reference_map, self.reference_dir, self.generator)
+        real = reference_batch(fake, prompts, None, self.reference_map, self.reference_dir, None)
         if self.schedule == "reference":
             with torch.no_grad():
                 real_mean, fake_mean = self(real, prompts).mean(), self(fake, prompts).mean()
@@ -135,7 +135,7 @@ class AdversarialPickScoreReward:
     def state_dict(self) -> dict:
         params = dict(self.model.named_parameters())
         return {"tuned": {n: params[n].detach().clone() for n in self.tuned_names}, "opt": self.opt.state_dict(),
-                "updates": self.updates, "generator": self.generator.get_state()}
+                "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
         params = dict(self.model.named_parameters())
@@ -144,4 +144,3 @@ class AdversarialPickScoreReward:
                 params[n].copy_(value)
         self.opt.load_state_dict(state["opt"])
         self.updates = state["updates"]
-        self.generator.set_state(state["generator"])

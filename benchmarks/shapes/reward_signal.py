@@ -146,14 +146,15 @@ def main(argv=None) -> dict:
         t0 = time.time()
         disc = build_reward("adversarial_pickscore", model=args.clip, processor=None,
                             reference_dir=MATCHED_REFERENCES_DIR, reference_map=REFERENCE_MAP, schedule="k_steps",
-                            k=1, device="cpu", batch_size=64, seed=args.seed)
+                            k=1, device="cpu", batch_size=64)
         with torch.no_grad():
             out["rewards"]["clip"] = report("clip", disc(images, prompts).numpy())
         g = torch.Generator().manual_seed(args.seed)
         losses = []
-        for _ in range(args.disc_steps):
+        for step in range(args.disc_steps):
             idx = torch.randint(len(fakes), (32,), generator=g)
-            losses.append(disc.update(fakes[idx], [fake_rows[i]["prompt"] for i in idx.tolist()])["disc_loss"])
+            losses.append(disc.update(fakes[idx], [fake_rows[i]["prompt"] for i in idx.tolist()],
+                                      iteration=step)["disc_loss"])
         with torch.no_grad():
             adv = disc(images, prompts)
         out["rewards"]["adversarial_pickscore"] = {

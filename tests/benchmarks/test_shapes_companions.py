@@ -139,7 +139,7 @@ def test_clip_script_trains_saves_and_scores_through_the_pickscore_reward(tmp_pa
                      reference_map=os.path.join(refs, "map.json"), device="cpu", schedule="k_steps")
     prompts = list(mapping)[:2]
     assert r(torch.rand(2, 3, 32, 32), prompts).shape == (2,)
-    assert r.update(torch.rand(2, 3, 32, 32), prompts)["disc_step"] == 1.0
+    assert r.update(torch.rand(2, 3, 32, 32), prompts, iteration=0)["disc_step"] == 1.0
 
 
 def test_contrastive_loss_is_clip_symmetric_cross_entropy():

@@ -159,7 +159,7 @@ def test_k_steps_state_round_trip_and_errors(clip_dir, refs, tmp_path):
     with pytest.raises(ValueError, match="tune_layers=9"):
         _reward(clip_dir, refs, tune_layers=9)
     with pytest.raises(ValueError, match="'a cow' has no reference images"):
-        r.update(fake[:1], ["a cow"])
+        r.update(fake[:1], ["a cow"], iteration=2)
 
 
 def test_engine_runs_adv_grpo_with_the_pickscore_discriminator(clip_dir, refs, tiny_sd3_dir, tmp_path):
@@ -266,3 +266,83 @@ def test_tune_layers_counts_from_the_last_vision_layer(clip_dir, refs):
     assert two == {"1", "2"}
     with pytest.raises(ValueError, match="tune_layers=0 must be between 1"):
         _reward(clip_dir, refs, tune_layers=0)
+
+
+def test_clip_scores_is_the_scaled_cosine_over_the_last_axis():
+    """exp(logit_scale) cos(t, v) along the feature axis, for any leading batch shape (float64 closed form)."""
+    from reward_models.adversarial_pickscore import clip_scores
+
+    g = torch.Generator().manual_seed(1)
+    t, v = torch.randn(2, 3, 6, generator=g, dtype=torch.float64), torch.randn(2, 3, 6, generator=g, dtype=torch.float64)
+    ls = torch.tensor(2.0, dtype=torch.float64)
+    want = torch.tensor([[float(np.exp(2.0) * np.dot(t[i, j], v[i, j]) / (np.linalg.norm(t[i, j]) * np.linalg.norm(v[i, j])))
+                          for j in range(3)] for i in range(2)], dtype=torch.float64)
+    got = clip_scores(t, v, ls)
+    assert got.shape == (2, 3) and torch.allclose(got, want, atol=1e-12)
+
+
+def test_scores_chunk_over_images_not_channels_and_truncate_at_77(clip_dir, refs):
+    """Five images in chunks of two score as one batch; the 77-token cap is the reference's own, not the
+    tokenizer's model_max_length (here raised past the text tower's positions)."""
+    arrays = [_image(50 + i) for i in range(5)]
+    long = " ".join(["a red circle and"] * 30) + " a square"
+    prompts = [PROMPTS[0], long, PROMPTS[1], "a circle", long]
+    r = _reward(clip_dir, refs, batch_size=2)
+    r.processor.tokenizer.model_max_length = 1000
+    got = r(_to_tensor(arrays), prompts)
+    assert got.shape == (5,)
+    r.processor.tokenizer.model_max_length = 77
+    want = ref_pickscore_scorer(r.model, r.processor, prompts, [Image.fromarray(a) for a in arrays])
+    assert torch.allclose(got.double(), want, atol=1e-5)
+
+
+def test_reference_schedule_rests_on_a_tie(clip_dir, refs, tmp_path):
+    """`if reference_rewards_mean < rewards_mean` steps; equal means (the batch is the reference itself)
+    leave the discriminator alone and the policy trains; the stats of a rest are exactly these."""
+    mapping = tmp_path / "one.json"
+    mapping.write_text(json.dumps({PROMPTS[0]: ["0.png"]}))
+    r = _reward(clip_dir, (refs[0], str(mapping)))
+    same = _to_tensor([np.array(Image.open(os.path.join(refs[0], "0.png")).convert("RGB"))])
+    with torch.no_grad():
+        want = float(r(same, [PROMPTS[0]]).mean())
+    stats = r.update(same, [PROMPTS[0]], iteration=7)
+    assert stats == {"disc_loss": 0.0, "disc_step": 0.0, "reference_reward": pytest.approx(want, rel=1e-6)}
+    assert r.updates == 0 and r.trains_generator(7)
+
+
+def test_hub_id_defaults_load_pickscore_and_the_laion_processor(clip_dir, refs, tmp_path):
+    """With only the references given, the reward loads `yuvalkirstain/PickScore_v1` (weights only, as
+    on the hub) and its processor from `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`, here from an offline
+    Hugging Face cache of the tiny model, and trains with the released script's settings."""
+    import shutil
+    import subprocess
+    import sys
+
+    from transformers import AutoProcessor, CLIPModel
+
+    from tests.flowalign.test_hub_ids import ROOT, cache_pipeline
+
+    cache = tmp_path / "hub"
+    cache_pipeline(cache, "yuvalkirstain/PickScore_v1", CLIPModel.from_pretrained(clip_dir).save_pretrained)
+
+    def save_laion(path):  # the laion repo is a whole CLIP model; its config tells AutoProcessor the type
+        CLIPModel.from_pretrained(clip_dir).config.save_pretrained(path)
+        AutoProcessor.from_pretrained(clip_dir).save_pretrained(path)
+
+    cache_pipeline(cache, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", save_laion)
+    model_dir = next((cache / "models--yuvalkirstain--PickScore_v1" / "snapshots").iterdir())
+    assert not (model_dir / "tokenizer_config.json").exists()  # the processor must come from the laion id
+    code = ("import json\n"
+            "from reward_models.adversarial_pickscore import AdversarialPickScoreReward\n"
+            f"r = AdversarialPickScoreReward(reference_dir={refs[0]!r}, reference_map={refs[1]!r})\n"
+            "g = r.opt.param_groups[0]\n"
+            "print(json.dumps({'lr': g['lr'], 'betas': list(g['betas']), 'k': r.k, 'batch_size': r.batch_size,\n"
+            "                  'schedule': r.schedule, 'scale': r.scale, 'name': r.name,\n"
+            "                  'layers': sorted({n.split('.')[3] for n in r.tuned_names})}))\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"lr": 5e-6, "betas": [0.5, 0.999], "k": 1, "batch_size": 16, "schedule": "reference",
+                   "scale": 1 / 26, "name": "adversarial_pickscore", "layers": ["2"]}
+    shutil.rmtree(cache)
