@@ -254,3 +254,20 @@ def test_parallel_children_share_the_cores_as_torch_threads(monkeypatch):
     assert M.child_env(16)["OMP_NUM_THREADS"] == "1"  # never zero threads
     monkeypatch.setattr(M.os, "cpu_count", lambda: None)
     assert M.child_env(2)["OMP_NUM_THREADS"] == "1"
+
+
+def test_the_report_keeps_the_hashes_of_the_sources_as_mutated(tmp_path, monkeypatch):
+    """A file edited while mutmut runs must count as changed at the next --recheck: the report records
+    the hashes taken when the run began, not when it ended."""
+    group = M.GROUPS["losses_advantages"]
+    source = {"flowalign/losses.py": "as-mutated"}
+    monkeypatch.setattr(M, "source_hashes", lambda g: dict(source))
+    (tmp_path / "work" / "losses_advantages" / "mutants").mkdir(parents=True)
+
+    def statuses(work, patterns):  # read after mutmut's run, by which time the file was edited
+        source["flowalign/losses.py"] = "edited-during-the-run"
+        return {"flowalign.losses.x_f__mutmut_1": "killed"}
+
+    monkeypatch.setattr(M, "read_statuses", statuses)
+    r = M.run_group("losses_advantages", group, tmp_path, 1, collect_only=True)
+    assert r["source_hashes"] == {"flowalign/losses.py": "as-mutated"}
