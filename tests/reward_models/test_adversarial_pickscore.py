@@ -149,9 +149,14 @@ def test_k_steps_state_round_trip_and_errors(clip_dir, refs, tmp_path):
     r2 = _reward(clip_dir, refs, schedule="k_steps", k=2)
     r2.load_state_dict(torch.load(tmp_path / "reward.pt", weights_only=True))
     assert torch.equal(r(fake, PROMPTS), r2(fake, PROMPTS))
+    saved_scores = r2(fake, PROMPTS)
     r.update(fake, PROMPTS, iteration=1)
     r2.update(fake, PROMPTS, iteration=1)  # a resumed discriminator continues exactly
     assert torch.equal(r(fake, PROMPTS), r2(fake, PROMPTS)) and r2.updates == 4
+    # a reward.pt written when the reward still kept a random generator loads the same
+    r3 = _reward(clip_dir, refs, schedule="k_steps", k=2)
+    r3.load_state_dict({**state, "generator": torch.Generator().get_state()})
+    assert torch.equal(r3(fake, PROMPTS), saved_scores) and r3.updates == 2
     with pytest.raises(ValueError, match="needs reward.args.reference_dir and reward.args.reference_map"):
         build_reward("adversarial_pickscore", model=clip_dir, processor=None, reference_dir=refs[0], device="cpu")
     with pytest.raises(ValueError, match="schedule 'alternate' is unknown"):
