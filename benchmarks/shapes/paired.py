@@ -56,20 +56,13 @@ def paired(base: dict, other: dict) -> dict:
 
 def paired_mean(base: dict, others: list[dict]) -> dict:
     """The mean over `others` of each prompt's paired difference against `base`, and its standard
-    error over prompts; only images every folder has count."""
-    keys = sorted(set(base).intersection(*others))
-    if not keys:
-        raise ValueError("the evaluations share no (prompt, image) pair; use the same prompts and seed.")
-    per_prompt = defaultdict(list)
-    for k in keys:
-        for other in others:
-            if other[k]["prompt"] != base[k]["prompt"]:
-                raise ValueError("the evaluations used different prompts; use the same --prompts and --per-task.")
-        per_prompt[k[0]].append(np.mean([float(o[k]["correct"]) for o in others]) - float(base[k]["correct"]))
-    pm = np.array([np.mean(v) for v in per_prompt.values()])
-    se = float(pm.std(ddof=1) / np.sqrt(len(pm))) if len(pm) > 1 else float("nan")
-    return {"folders": len(others), "images": len(keys), "prompts": len(pm), "difference": float(pm.mean()),
-            "stderr": se}
+    error over prompts: `paired` against one folder whose correctness is the others' mean per image;
+    only images every folder has count."""
+    keys = set(base).intersection(*others)
+    if any(o[k]["prompt"] != base[k]["prompt"] for o in others for k in keys):
+        raise ValueError("the evaluations used different prompts; use the same --prompts and --per-task.")
+    averaged = {k: {**base[k], "correct": float(np.mean([float(o[k]["correct"]) for o in others]))} for k in keys}
+    return {"folders": len(others), **paired(base, averaged)}
 
 
 def main(argv=None) -> dict:

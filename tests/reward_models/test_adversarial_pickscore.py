@@ -15,6 +15,7 @@ from reward_models import build_reward
 from reward_models.adversarial_pickscore import preference_loss
 
 PROMPTS = ["a red circle", "a blue square"]
+LONG_PROMPT = " ".join(["a red circle and"] * 30) + " a square"  # past CLIP's 77 positions
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +212,7 @@ def test_defaults_are_the_released_scripts():
 def test_prompts_of_any_length_are_padded_truncated_and_batched(clip_dir, refs):
     """Prompts of different token lengths share a batch (padding); a prompt past CLIP's 77 positions is
     truncated, as the reference's processor call does; chunking by batch_size changes no score."""
-    long = " ".join(["a red circle and"] * 30) + " a square"
-    prompts = ["a circle", long, PROMPTS[1]]
+    prompts = ["a circle", LONG_PROMPT, PROMPTS[1]]
     arrays = [_image(30), _image(31), _image(32)]
     r = _reward(clip_dir, refs, batch_size=1)
     got = r(_to_tensor(arrays), prompts)
@@ -290,8 +290,7 @@ def test_scores_chunk_over_images_not_channels_and_truncate_at_77(clip_dir, refs
     """Five images in chunks of two score as one batch; the 77-token cap is the reference's own, not the
     tokenizer's model_max_length (here raised past the text tower's positions)."""
     arrays = [_image(50 + i) for i in range(5)]
-    long = " ".join(["a red circle and"] * 30) + " a square"
-    prompts = [PROMPTS[0], long, PROMPTS[1], "a circle", long]
+    prompts = [PROMPTS[0], LONG_PROMPT, PROMPTS[1], "a circle", LONG_PROMPT]
     r = _reward(clip_dir, refs, batch_size=2)
     r.processor.tokenizer.model_max_length = 1000
     got = r(_to_tensor(arrays), prompts)
